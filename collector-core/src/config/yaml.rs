@@ -1,0 +1,307 @@
+//! A YAML document tree that remembers the line of every node, so every
+//! configuration error can name `file:line`.
+//!
+//! serde_yaml stops at the first error and its `Value` has no positions;
+//! validation must report every problem at once. So the document is parsed
+//! once into this tree (with `${ENV}` expansion applied to scalars), each
+//! part is deserialized on its own with `serde_path_to_error`, and an error's
+//! path is walked back through the tree to find its line.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::error::ConfigError;
+
+/// A parsed YAML node with the 1-based line it starts on.
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    Scalar {
+        text: String,
+        /// Plain (unquoted) scalars are typed (null, bool, number);
+        /// quoted ones are always strings.
+        plain: bool,
+        line: usize,
+    },
+    Seq {
+        items: Vec<Node>,
+        line: usize,
+    },
+    Map {
+        entries: Vec<(String, usize, Node)>,
+        line: usize,
+    },
+}
+
+impl Node {
+    pub(crate) fn line(&self) -> usize {
+        match self {
+            Node::Scalar { line, .. } | Node::Seq { line, .. } | Node::Map { line, .. } => *line,
+        }
+    }
+
+    /// The entry `key` of a mapping, with the line of the key.
+    pub(crate) fn get(&self, key: &str) -> Option<(&Node, usize)> {
+        match self {
+            Node::Map { entries, .. } => entries
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .map(|(_, l, n)| (n, *l)),
+            _ => None,
+        }
+    }
+
+    /// Converts to a JSON value for serde, resolving plain scalars the way
+    /// YAML 1.2's core schema does.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Node::Scalar { text, plain, .. } => {
+                if !plain {
+                    return J::String(text.clone());
+                }
+                match text.as_str() {
+                    "" | "~" | "null" | "Null" | "NULL" => J::Null,
+                    "true" | "True" | "TRUE" => J::Bool(true),
+                    "false" | "False" | "FALSE" => J::Bool(false),
+                    t => {
+                        if let Ok(i) = t.parse::<i64>() {
+                            J::from(i)
+                        } else if let Ok(u) = t.parse::<u64>() {
+                            J::from(u)
+                        } else if let Some(f) = t
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|f| f.is_finite() && t.chars().any(|c| c.is_ascii_digit()))
+                        {
+                            J::from(f)
+                        } else {
+                            J::String(t.to_string())
+                        }
+                    }
+                }
+            }
+            Node::Seq { items, .. } => J::Array(items.iter().map(Node::to_json).collect()),
+            Node::Map { entries, .. } => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, _, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The line of the deepest node on a serde error path.
+    pub(crate) fn line_of(&self, path: &serde_path_to_error::Path) -> usize {
+        use serde_path_to_error::Segment;
+        let mut node = self;
+        let mut line = self.line();
+        for seg in path.iter() {
+            let next = match (seg, node) {
+                (Segment::Seq { index }, Node::Seq { items, .. }) => items.get(*index).map(|n| (n, n.line())),
+                (Segment::Map { key }, Node::Map { .. }) => node.get(key),
+                _ => None,
+            };
+            match next {
+                Some((n, l)) => {
+                    node = n;
+                    line = l;
+                }
+                None => break,
+            }
+        }
+        line
+    }
+}
+
+/// Deserializes `node` into `T`; on failure returns the error at the line
+/// of the offending field.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(node: &Node) -> Result<T, ConfigError> {
+    let json = node.to_json();
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let line = node.line_of(e.path());
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let msg = if path == "." || path.is_empty() {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        };
+        ConfigError::new(msg).at(None, Some(line))
+    })
+}
+
+/// Parses a YAML document. `${VAR}` and `${VAR:-default}` in scalars are
+/// replaced from the environment; `$$` is a literal `$`. Every expansion
+/// error is reported; a syntax error stops parsing.
+pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, false) {
+        return Err(vec![ConfigError::new(format!("YAML syntax error: {}", e.info()))
+            .at(None, Some(e.marker().line()))]);
+    }
+    if !builder.errors.is_empty() {
+        return Err(builder.errors);
+    }
+    Ok(builder.root.unwrap_or(Node::Map {
+        entries: Vec::new(),
+        line: 1,
+    }))
+}
+
+enum Frame {
+    Seq(Vec<Node>, usize, usize),
+    Map(Vec<(String, usize, Node)>, Option<(String, usize)>, usize, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    anchors: HashMap<usize, Node>,
+    errors: Vec<ConfigError>,
+}
+
+impl Builder {
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Frame::Seq(items, _, _)) => items.push(node),
+            Some(Frame::Map(entries, pending, _, _)) => match pending.take() {
+                None => {
+                    // A key. Only scalar keys are meaningful in our configs.
+                    match node {
+                        Node::Scalar { text, line, .. } => *pending = Some((text, line)),
+                        other => {
+                            let line = other.line();
+                            self.errors
+                                .push(ConfigError::new("mapping keys must be plain strings").at(None, Some(line)));
+                            *pending = Some((String::new(), line));
+                        }
+                    }
+                }
+                Some((key, key_line)) => entries.push((key, key_line, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let line = mark.line();
+        match ev {
+            Event::Scalar(text, style, anchor, _tag) => {
+                let text = match expand_env(&text) {
+                    Ok(t) => t,
+                    Err(msg) => {
+                        self.errors.push(
+                            ConfigError::new(msg)
+                                .at(None, Some(line))
+                                .hint("export the variable or give a default: ${VAR:-default}"),
+                        );
+                        text
+                    }
+                };
+                let plain = style == TScalarStyle::Plain;
+                self.push_node(Node::Scalar { text, plain, line }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), line, anchor)),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, line, anchor)),
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(items, line, anchor)) = self.stack.pop() {
+                    self.push_node(Node::Seq { items, line }, anchor);
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map(entries, _, line, anchor)) = self.stack.pop() {
+                    self.push_node(Node::Map { entries, line }, anchor);
+                }
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => self.push_node(node, 0),
+                None => self
+                    .errors
+                    .push(ConfigError::new("unknown YAML alias").at(None, Some(line))),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Expands `${VAR}` / `${VAR:-default}`; `$$` is a literal `$`.
+fn expand_env(text: &str) -> Result<String, String> {
+    if !text.contains('$') {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {text:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            match (std::env::var(name), default) {
+                (Ok(v), Some(d)) if v.is_empty() => out.push_str(d),
+                (Ok(v), _) => out.push_str(&v),
+                (Err(_), Some(d)) => out.push_str(d),
+                (Err(_), None) => return Err(format!("environment variable `{name}` is not set")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_types() {
+        let doc = "a: 1\nb:\n  - x\n  - 'true'\nc: true\n";
+        let node = parse(doc).unwrap();
+        assert_eq!(node.get("b").unwrap().1, 2);
+        let json = node.to_json();
+        assert_eq!(json["a"], 1);
+        assert_eq!(json["b"][1], "true");
+        assert_eq!(json["c"], true);
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("COLLECTOR_TEST_X", "hello");
+        assert_eq!(expand_env("${COLLECTOR_TEST_X}-1").unwrap(), "hello-1");
+        assert_eq!(expand_env("${COLLECTOR_TEST_UNSET_Y:-d}").unwrap(), "d");
+        assert_eq!(expand_env("$$5").unwrap(), "$5");
+        assert!(expand_env("${COLLECTOR_TEST_UNSET_Y}").is_err());
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let errs = parse("a: 1\nb: [1, 2\n").unwrap_err();
+        assert!(errs[0].line.is_some());
+    }
+}

@@ -1,0 +1,39 @@
+//! The seam between the engine and a device protocol.
+//!
+//! The core owns *when* and *how many* (scheduler, worker pool, delivery);
+//! an adapter owns *how*: sessions, reconnects, chunking, type mapping. The
+//! OPC UA adapter lives in the `collector-opcua` crate; an embedder can
+//! bring another protocol by implementing these two traits.
+
+use async_trait::async_trait;
+
+use crate::config::Device;
+use crate::error::ReadError;
+use crate::record::Sample;
+
+/// A protocol adapter: hands out one [`DeviceReader`] per device and owns
+/// the sessions behind them.
+#[async_trait]
+pub trait Protocol: Send + Sync + 'static {
+    /// Prepares reading `device`. Does no I/O: sessions open on the first
+    /// read, so a device that is down at start does not delay the others.
+    fn attach(&self, device: &Device) -> Result<Box<dyn DeviceReader>, ReadError>;
+
+    /// Sessions currently connected (for the operator summary and metrics).
+    fn connected_sessions(&self) -> usize;
+
+    /// Closes every session cleanly. Called once, after every reader is
+    /// closed, at shutdown.
+    async fn shutdown(&self);
+}
+
+/// Reads one device. Owned by that device's schedule; never shared.
+#[async_trait]
+pub trait DeviceReader: Send {
+    /// Reads every configured node once. `Ok` carries one sample per node
+    /// in configuration order, Bad ones included; `Err` means no record.
+    async fn read(&mut self) -> Result<Vec<Sample>, ReadError>;
+
+    /// Releases this device's hold on its session.
+    async fn close(&mut self);
+}

@@ -1,0 +1,69 @@
+//! The command line: `run`, `validate` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// OPC UA to Kafka collector.
+#[derive(Debug, Parser)]
+#[command(name = "opc-collector", version, about)]
+pub(crate) struct Cli {
+    /// Log format: `text` (readable), `json` (one object per line), or
+    /// `auto` (text on a terminal, JSON otherwise).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    #[arg(long, global = true, default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the collector with a configuration file.
+    Run {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Metrics and health listen address (overrides `http.addr`).
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+    },
+    /// Check a configuration and report every problem (exit 2 if any).
+    Validate {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the real pipeline against simulated devices and an in-process Kafka.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 100)]
+    pub devices: u32,
+    /// Tags per device.
+    #[arg(long, default_value_t = 20)]
+    pub tags: u32,
+    /// Read interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// How long to run before draining and printing totals.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Serve /metrics and health on this address too.
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+}

@@ -1,0 +1,78 @@
+//! `opc-collector run` and `opc-collector validate`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use collector_core::{Collector, CollectorConfig};
+use collector_opcua::OpcUaProtocol;
+use tokio_util::sync::CancellationToken;
+
+use crate::{http, telemetry, Failure};
+
+/// Loads a config, printing every problem to stderr.
+fn load(path: &Path) -> Result<CollectorConfig, Failure> {
+    CollectorConfig::load(path).map_err(|errors| {
+        for e in errors.iter() {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} problem(s) in {}", errors.0.len(), path.display());
+        Failure::Config
+    })
+}
+
+pub(crate) fn validate(path: &Path) -> Result<(), Failure> {
+    let cfg = load(path)?;
+    let nodes: usize = cfg.devices.iter().map(|d| d.nodes.len()).sum();
+    println!(
+        "{}: OK ({} devices, {} nodes, kafka {} topic {})",
+        path.display(),
+        cfg.devices.len(),
+        nodes,
+        cfg.kafka.brokers,
+        cfg.kafka.topic
+    );
+    Ok(())
+}
+
+pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<(), Failure> {
+    let cfg = load(path)?;
+    let addr = http_addr.unwrap_or(cfg.http.addr);
+    let metrics = telemetry::install_metrics()?;
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).context("OPC UA client")?);
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .context("starting the collector")?;
+    let stop_http = CancellationToken::new();
+    let (_, http_task) = http::serve(addr, metrics, collector.health(), stop_http.clone()).await?;
+    collector.run(shutdown_signal()).await.context("collector")?;
+    stop_http.cancel();
+    let _ = http_task.await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the collector");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

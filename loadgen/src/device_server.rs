@@ -1,0 +1,149 @@
+//! Builds and runs the async-opcua server of one simulated device: one TCP port, one
+//! endpoint (security None, anonymous), one [`DeviceNodeManager`] and nothing else.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use opcua::types::VariableId;
+use opcua_server::{ServerBuilder, ServerEndpoint, ServerHandle, ANONYMOUS_USER_TOKEN_ID};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    model,
+    node_manager::{Counters, DeviceNodeManager},
+    nodes::DeviceSpace,
+    SimError,
+};
+
+/// Encoding/transport limits applied to every device server, sized so that a Read of
+/// 10,000 nodes (and its response) decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Maximum sessions per device server.
+    pub max_sessions: usize,
+    /// `MaxNodesPerRead` operation limit, enforced and served at i=11705.
+    pub max_nodes_per_read: usize,
+    /// Maximum array length when decoding (a Read request is an array of ReadValueIds).
+    pub max_array_length: usize,
+    /// Maximum encoded message size in bytes.
+    pub max_message_size: usize,
+    /// Maximum chunks per message.
+    pub max_chunk_count: usize,
+}
+
+/// Per-device inputs.
+pub struct DeviceSpec<'a> {
+    /// Device index.
+    pub index: u32,
+    /// Number of tags.
+    pub tags: u32,
+    /// Host written in endpoint descriptions.
+    pub host: &'a str,
+    /// Already bound listener.
+    pub listener: TcpListener,
+    /// Directory for the (empty) PKI store the server insists on.
+    pub pki_dir: &'a Path,
+}
+
+/// A started device server.
+pub struct RunningServer {
+    /// Address the listener is bound to.
+    pub addr: SocketAddr,
+    /// Handle of the running server.
+    pub handle: ServerHandle,
+    /// Task running the server; resolves once it has stopped.
+    pub task: JoinHandle<Result<(), String>>,
+}
+
+impl RunningServer {
+    /// Whether the server finished initialising and is accepting connections.
+    pub fn is_listening(&self) -> bool {
+        self.handle.info().port.load(Ordering::Relaxed) != 0
+    }
+
+    fn diagnostic_u32(&self, id: VariableId) -> u64 {
+        self.handle
+            .info()
+            .diagnostics
+            .get(id)
+            .and_then(|dv| dv.value)
+            .and_then(|v| match v {
+                opcua::types::Variant::UInt32(n) => Some(u64::from(n)),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sessions currently held by the server's session manager.
+    pub fn current_sessions(&self) -> u64 {
+        self.diagnostic_u32(
+            VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
+        )
+    }
+
+    /// Sessions created since the server started.
+    pub fn cumulated_sessions(&self) -> u64 {
+        self.diagnostic_u32(
+            VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CumulatedSessionCount,
+        )
+    }
+}
+
+/// Build the server of one device and spawn it on `listener`.
+pub fn spawn_device(
+    spec: DeviceSpec<'_>,
+    limits: ServerLimits,
+    counters: Arc<Counters>,
+    token: CancellationToken,
+) -> Result<RunningServer, SimError> {
+    let id = model::device_id(spec.index);
+    let addr = spec.listener.local_addr().map_err(|source| SimError::Io {
+        context: format!("local address of {id}"),
+        source,
+    })?;
+    let application_uri = format!("urn:opc-loadgen:{id}");
+    let space = DeviceSpace {
+        device: spec.index,
+        tags: spec.tags,
+        application_uri: application_uri.clone(),
+        max_nodes_per_read: u32::try_from(limits.max_nodes_per_read).unwrap_or(u32::MAX),
+    };
+    let mut builder = ServerBuilder::new()
+        // Drop the generated core node managers in case a feature elsewhere in the
+        // build turned them on: the device node manager serves namespace 0 itself.
+        .without_node_managers()
+        .application_name(format!("opc-loadgen {id}"))
+        .application_uri(application_uri)
+        .product_uri("urn:opc-loadgen")
+        .host(spec.host)
+        .port(addr.port())
+        .add_endpoint(
+            "none",
+            ServerEndpoint::new_none("/", &[ANONYMOUS_USER_TOKEN_ID.to_string()]),
+        )
+        .discovery_urls(vec!["/".to_owned()])
+        .create_sample_keypair(false)
+        .pki_dir(spec.pki_dir)
+        .max_sessions(limits.max_sessions)
+        .max_array_length(limits.max_array_length)
+        .max_message_size(limits.max_message_size)
+        .max_chunk_count(limits.max_chunk_count)
+        // No monitored items are supported, so there is nothing to tick: saves one
+        // timer wake-up per server every 100 ms.
+        .subscription_poll_interval_ms(0)
+        // Enables the server-wide session counters read by `current_sessions`.
+        .diagnostics_enabled(true)
+        .token(token)
+        .with_node_manager(DeviceNodeManager::builder(space, counters));
+    builder.limits_mut().operational.max_nodes_per_read = limits.max_nodes_per_read;
+    let (server, handle) = builder.build().map_err(|message| SimError::Build {
+        device: id.clone(),
+        message,
+    })?;
+    let task = tokio::spawn(server.run_with(spec.listener));
+    Ok(RunningServer { addr, handle, task })
+}

@@ -1,0 +1,19 @@
+//! opc-loadgen: a simulator of many OPC UA devices with deterministic values, for the
+//! collector's tests, demos and benchmarks.
+//!
+//! Every device is a separate, lightweight async-opcua server on its own TCP port,
+//! serving a handful of namespace 0 variables and `tags` computed-on-read variables in
+//! namespace 2 (see [`model`] for the value model and [`Simulator`] for the fleet).
+
+#![warn(missing_docs)]
+
+mod device_file;
+mod device_server;
+mod error;
+pub mod model;
+mod node_manager;
+pub mod nodes;
+mod sim;
+
+pub use error::SimError;
+pub use sim::{SimConfig, SimDevice, SimStats, Simulator};

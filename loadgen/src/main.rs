@@ -1,0 +1,136 @@
+//! `opc-loadgen` command line: serves a fleet of simulated OPC UA devices until
+//! SIGINT/SIGTERM.
+
+use std::{io::Write, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use opc_loadgen::{SimConfig, Simulator};
+use tracing::info;
+
+/// Simulator of many OPC UA devices with deterministic values.
+#[derive(Debug, Parser)]
+#[command(name = "opc-loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the simulated devices and serve them until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Number of devices (one OPC UA server and TCP port each).
+    #[arg(long, default_value_t = 10)]
+    devices: u32,
+    /// Tags per device (ns=2;s=Tag000 ...).
+    #[arg(long, default_value_t = 20)]
+    tags: u32,
+    /// IP address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: String,
+    /// Port of the first device (device i listens on port-base + i); 0 = OS-chosen ports.
+    #[arg(long, default_value_t = 4840)]
+    port_base: u16,
+    /// MaxNodesPerRead operation limit served and enforced by every device.
+    #[arg(long, default_value_t = 1000)]
+    max_nodes_per_read: u32,
+    /// Index of the first device.
+    #[arg(long, default_value_t = 0)]
+    first_device: u32,
+    /// Maximum sessions per device.
+    #[arg(long, default_value_t = 100)]
+    max_sessions: u32,
+    /// Write the device file (YAML) for the collector here once all devices listen.
+    #[arg(long)]
+    write_devices: Option<PathBuf>,
+}
+
+fn init_tracing() {
+    // async-opcua logs several lines per server at info level and complains about the
+    // missing certificate (there is none: security None only); keep that quiet by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,opcua_server=error,opcua_crypto=off,opcua_core=error,opcua_client=warn",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = SimConfig {
+        devices: args.devices,
+        tags: args.tags,
+        listen: args.listen.clone(),
+        port_base: args.port_base,
+        max_nodes_per_read: args.max_nodes_per_read,
+        first_device: args.first_device,
+        max_sessions: args.max_sessions,
+    };
+    let sim = Simulator::start(cfg)
+        .await
+        .context("starting the simulated devices")?;
+    if let Some(path) = &args.write_devices {
+        sim.write_device_file(path)
+            .with_context(|| format!("writing the device file {}", path.display()))?;
+        info!(path = %path.display(), "device file written");
+    }
+    let ports = if args.port_base == 0 {
+        "0 (OS-chosen ports, see the device file)".to_string()
+    } else {
+        let last = u32::from(args.port_base) + sim.devices().len().max(1) as u32 - 1;
+        format!("{}..{}", args.port_base, last)
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "ready: {} devices on {}:{}",
+            sim.devices().len(),
+            args.listen,
+            ports
+        )
+        .context("writing to stdout")?;
+        out.flush().context("flushing stdout")?;
+    }
+    let signal = shutdown_signal().await?;
+    let stats = sim.stats();
+    info!(signal, ?stats, "shutting down");
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+    }
+}

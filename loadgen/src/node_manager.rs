@@ -1,0 +1,122 @@
+//! The async-opcua `NodeManager` of a device server: plugs [`crate::nodes::DeviceSpace`]
+//! into the server in place of the (heavy) generated core address space.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use async_trait::async_trait;
+use opcua::types::{DateTime, NodeId, StatusCode, TimestampsToReturn};
+use opcua_nodes::DefaultTypeTree;
+use opcua_server::{
+    diagnostics::NamespaceMetadata,
+    node_manager::{NodeManager, ReadNode, RequestContext, ServerContext},
+    ServerStatusWrapper,
+};
+
+use crate::{
+    model,
+    nodes::{DeviceSpace, StatusSnapshot},
+};
+
+/// Counters shared by every device server of a simulator.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Read service calls that reached a device node manager.
+    pub reads: AtomicU64,
+    /// Node values/attributes answered by those calls.
+    pub nodes_read: AtomicU64,
+}
+
+/// Node manager owning namespaces 0 and 2 of one simulated device.
+pub struct DeviceNodeManager {
+    space: DeviceSpace,
+    status: Arc<ServerStatusWrapper>,
+    counters: Arc<Counters>,
+}
+
+impl DeviceNodeManager {
+    /// Builder closure for `ServerBuilder::with_node_manager`.
+    pub fn builder(
+        space: DeviceSpace,
+        counters: Arc<Counters>,
+    ) -> impl FnOnce(ServerContext) -> DeviceNodeManager {
+        move |ctx: ServerContext| DeviceNodeManager {
+            space,
+            status: ctx.status.clone(),
+            counters,
+        }
+    }
+}
+
+/// The current instant truncated to whole milliseconds.
+pub fn now_ms() -> DateTime {
+    let now = chrono::Utc::now();
+    let ms = now.timestamp_millis();
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(DateTime::from)
+        .unwrap_or_else(|| DateTime::from(now))
+}
+
+#[async_trait]
+impl NodeManager for DeviceNodeManager {
+    fn owns_node(&self, id: &NodeId) -> bool {
+        DeviceSpace::owns_namespace(id)
+    }
+
+    fn name(&self) -> &str {
+        "opc-loadgen-device"
+    }
+
+    fn namespaces_for_user(&self, _context: &RequestContext) -> Vec<NamespaceMetadata> {
+        self.space
+            .namespace_array()
+            .into_iter()
+            .enumerate()
+            .map(|(i, uri)| NamespaceMetadata {
+                namespace_uri: uri,
+                namespace_index: u16::try_from(i).unwrap_or(u16::MAX),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    async fn init(&self, type_tree: &mut DefaultTypeTree, _context: ServerContext) {
+        let namespaces = type_tree.namespaces_mut();
+        namespaces.add_namespace(&self.space.application_uri);
+        namespaces.add_namespace(model::NAMESPACE_URI);
+    }
+
+    async fn read(
+        &self,
+        context: &RequestContext,
+        _max_age: f64,
+        timestamps_to_return: TimestampsToReturn,
+        nodes_to_read: &mut [&mut ReadNode],
+    ) -> Result<(), StatusCode> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .nodes_read
+            .fetch_add(nodes_to_read.len() as u64, Ordering::Relaxed);
+        let now = now_ms();
+        let status = || StatusSnapshot {
+            state: self.status.state(),
+            start_time: self.status.start_time(),
+            build_info: self.status.build_info(),
+            service_level: context.info.service_level.load(Ordering::Relaxed),
+        };
+        for node in nodes_to_read.iter_mut() {
+            let item = node.node();
+            let Some(resolved) = self.space.resolve(&item.node_id) else {
+                node.set_error(StatusCode::BadNodeIdUnknown);
+                continue;
+            };
+            let result = self
+                .space
+                .read(resolved, item, timestamps_to_return, now, &status);
+            node.set_result(result);
+        }
+        Ok(())
+    }
+}

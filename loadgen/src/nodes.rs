@@ -1,0 +1,313 @@
+//! The virtual address space of one simulated device: which node ids exist, their
+//! attributes, and how a Read of each is answered, without storing any node.
+//!
+//! Nothing is kept per node: a node id is parsed back into a [`Node`] on every read and
+//! tag values are computed from [`crate::model::value_at`], which is what keeps a device
+//! server down to a few kilobytes.
+
+use opcua::types::{
+    AttributeId, DataTypeId, DataValue, DateTime, ExtensionObject, Identifier, LocalizedText,
+    NodeClass, NodeId, NumericRange, QualifiedName, ServerState, ServerStatusDataType, StatusCode,
+    TimestampsToReturn, UAString, VariableId, Variant,
+};
+
+use opcua_server::node_manager::ParsedReadValueId;
+
+use crate::model::{self, ModelValue, TagKind, DEVICE_NAMESPACE_INDEX};
+
+/// URI of the OPC UA base namespace (index 0).
+pub const OPC_UA_NAMESPACE_URI: &str = "http://opcfoundation.org/UA/";
+
+/// The namespace 0 variables every simulated server serves (numeric ids in namespace 0).
+pub const SERVED_NS0_VARIABLES: [VariableId; 8] = [
+    VariableId::Server_ServerArray,
+    VariableId::Server_NamespaceArray,
+    VariableId::Server_ServerStatus,
+    VariableId::Server_ServerStatus_StartTime,
+    VariableId::Server_ServerStatus_CurrentTime,
+    VariableId::Server_ServerStatus_State,
+    VariableId::Server_ServiceLevel,
+    VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+];
+
+/// A node of the virtual address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// One of [`SERVED_NS0_VARIABLES`].
+    Server(VariableId),
+    /// Device tag with this index (`ns=2;s=TagNNN`).
+    Tag(u32),
+}
+
+/// Per-server state needed to answer reads.
+#[derive(Debug, Clone)]
+pub struct DeviceSpace {
+    /// Device index, input of the value model.
+    pub device: u32,
+    /// Number of tags; `Tag000` .. `Tag{tags-1}` exist.
+    pub tags: u32,
+    /// ApplicationUri of the server (namespace index 1).
+    pub application_uri: String,
+    /// Value served as `MaxNodesPerRead`.
+    pub max_nodes_per_read: u32,
+}
+
+/// Live server status inputs, read from the running server.
+#[derive(Debug, Clone)]
+pub struct StatusSnapshot {
+    /// Server state.
+    pub state: ServerState,
+    /// Server start time.
+    pub start_time: DateTime,
+    /// Build information.
+    pub build_info: opcua::types::BuildInfo,
+    /// Service level, 0..=255.
+    pub service_level: u8,
+}
+
+impl DeviceSpace {
+    /// Whether a node id falls in a namespace this device answers for (0 or 2).
+    pub fn owns_namespace(id: &NodeId) -> bool {
+        id.namespace == 0 || id.namespace == DEVICE_NAMESPACE_INDEX
+    }
+
+    /// The namespace array: `[OPC UA, application uri, NAMESPACE_URI]`.
+    pub fn namespace_array(&self) -> Vec<String> {
+        vec![
+            OPC_UA_NAMESPACE_URI.to_string(),
+            self.application_uri.clone(),
+            model::NAMESPACE_URI.to_string(),
+        ]
+    }
+
+    /// Resolve a node id to a node of this device, if it exists.
+    pub fn resolve(&self, id: &NodeId) -> Option<Node> {
+        match (id.namespace, &id.identifier) {
+            (0, Identifier::Numeric(n)) => SERVED_NS0_VARIABLES
+                .iter()
+                .find(|v| **v as u32 == *n)
+                .map(|v| Node::Server(*v)),
+            (DEVICE_NAMESPACE_INDEX, Identifier::String(s)) => {
+                let tag = model::tag_index(s.value().as_deref()?)?;
+                (tag < self.tags).then_some(Node::Tag(tag))
+            }
+            _ => None,
+        }
+    }
+
+    /// Answer a read of `item` (node id, attribute, index range), already resolved to
+    /// `node`, at instant `now` (whole milliseconds).
+    pub fn read(
+        &self,
+        node: Node,
+        item: &ParsedReadValueId,
+        timestamps: TimestampsToReturn,
+        now: DateTime,
+        status: &dyn Fn() -> StatusSnapshot,
+    ) -> DataValue {
+        let node_id = &item.node_id;
+        let index_range = &item.index_range;
+        let (data_type, value_rank) = data_type_of(node);
+        let attr_value: Variant = match item.attribute_id {
+            AttributeId::Value => {
+                return self.read_value(node, index_range, timestamps, now, status);
+            }
+            AttributeId::NodeId => node_id.clone().into(),
+            AttributeId::NodeClass => (NodeClass::Variable as i32).into(),
+            AttributeId::BrowseName => {
+                QualifiedName::new(node_id.namespace, browse_name(node)).into()
+            }
+            AttributeId::DisplayName | AttributeId::Description => {
+                LocalizedText::new("", &browse_name(node)).into()
+            }
+            AttributeId::WriteMask | AttributeId::UserWriteMask => 0u32.into(),
+            AttributeId::DataType => NodeId::from(data_type).into(),
+            AttributeId::ValueRank => value_rank.into(),
+            AttributeId::ArrayDimensions => {
+                if value_rank == 1 {
+                    vec![0u32].into()
+                } else {
+                    Variant::Empty
+                }
+            }
+            AttributeId::AccessLevel | AttributeId::UserAccessLevel => 1u8.into(),
+            AttributeId::MinimumSamplingInterval => 0.0f64.into(),
+            AttributeId::Historizing => false.into(),
+            _ => return status_only(StatusCode::BadAttributeIdInvalid),
+        };
+        DataValue {
+            value: Some(attr_value),
+            status: Some(StatusCode::Good),
+            ..Default::default()
+        }
+    }
+
+    fn read_value(
+        &self,
+        node: Node,
+        index_range: &NumericRange,
+        timestamps: TimestampsToReturn,
+        now: DateTime,
+        status: &dyn Fn() -> StatusSnapshot,
+    ) -> DataValue {
+        let value = match node {
+            Node::Tag(tag) if model::is_bad(tag) => None,
+            Node::Tag(tag) => {
+                let at_ms = now.as_chrono().timestamp_millis();
+                Some(model_to_variant(model::value_at(self.device, tag, at_ms)))
+            }
+            Node::Server(id) => Some(self.server_value(id, now, &status())),
+        };
+        let (value, code) = match value {
+            None => (None, StatusCode::from(model::BAD_SENSOR_FAILURE)),
+            Some(v) if matches!(index_range, NumericRange::None) => (Some(v), StatusCode::Good),
+            Some(v) => match v.range_of(index_range) {
+                Ok(v) => (Some(v), StatusCode::Good),
+                Err(e) => (None, e),
+            },
+        };
+        let (source, server) = match timestamps {
+            TimestampsToReturn::Source => (Some(now), None),
+            TimestampsToReturn::Server => (None, Some(now)),
+            TimestampsToReturn::Both => (Some(now), Some(now)),
+            TimestampsToReturn::Neither | TimestampsToReturn::Invalid => (None, None),
+        };
+        DataValue {
+            value,
+            status: Some(code),
+            source_timestamp: source,
+            server_timestamp: server,
+            ..Default::default()
+        }
+    }
+
+    fn server_value(&self, id: VariableId, now: DateTime, status: &StatusSnapshot) -> Variant {
+        match id {
+            VariableId::Server_ServerArray => vec![self.application_uri.clone()].into(),
+            VariableId::Server_NamespaceArray => self.namespace_array().into(),
+            VariableId::Server_ServerStatus => {
+                ExtensionObject::from_message(ServerStatusDataType {
+                    start_time: status.start_time,
+                    current_time: now,
+                    state: status.state,
+                    build_info: status.build_info.clone(),
+                    seconds_till_shutdown: 0,
+                    shutdown_reason: LocalizedText::null(),
+                })
+                .into()
+            }
+            VariableId::Server_ServerStatus_StartTime => status.start_time.into(),
+            VariableId::Server_ServerStatus_CurrentTime => now.into(),
+            VariableId::Server_ServerStatus_State => (status.state as i32).into(),
+            VariableId::Server_ServiceLevel => status.service_level.into(),
+            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead => {
+                self.max_nodes_per_read.into()
+            }
+            _ => Variant::Empty,
+        }
+    }
+}
+
+fn status_only(code: StatusCode) -> DataValue {
+    DataValue {
+        status: Some(code),
+        ..Default::default()
+    }
+}
+
+fn browse_name(node: Node) -> String {
+    match node {
+        Node::Tag(tag) => model::node_name(tag),
+        Node::Server(id) => {
+            let name = format!("{id:?}");
+            name.rsplit('_').next().unwrap_or(&name).to_string()
+        }
+    }
+}
+
+/// OPC UA data type and ValueRank of a tag kind.
+pub fn kind_data_type(kind: TagKind) -> (DataTypeId, i32) {
+    match kind {
+        TagKind::Double => (DataTypeId::Double, -1),
+        TagKind::Float => (DataTypeId::Float, -1),
+        TagKind::Int32 => (DataTypeId::Int32, -1),
+        TagKind::UInt16 => (DataTypeId::UInt16, -1),
+        TagKind::Boolean => (DataTypeId::Boolean, -1),
+        TagKind::String => (DataTypeId::String, -1),
+        TagKind::DateTime => (DataTypeId::DateTime, -1),
+        TagKind::DoubleArray => (DataTypeId::Double, 1),
+    }
+}
+
+fn data_type_of(node: Node) -> (DataTypeId, i32) {
+    match node {
+        Node::Tag(tag) => kind_data_type(model::tag_kind(tag)),
+        Node::Server(id) => match id {
+            VariableId::Server_ServerArray | VariableId::Server_NamespaceArray => {
+                (DataTypeId::String, 1)
+            }
+            VariableId::Server_ServerStatus => (DataTypeId::ServerStatusDataType, -1),
+            VariableId::Server_ServerStatus_StartTime
+            | VariableId::Server_ServerStatus_CurrentTime => (DataTypeId::UtcTime, -1),
+            VariableId::Server_ServerStatus_State => (DataTypeId::ServerState, -1),
+            VariableId::Server_ServiceLevel => (DataTypeId::Byte, -1),
+            _ => (DataTypeId::UInt32, -1),
+        },
+    }
+}
+
+/// Convert a model value to the OPC UA variant a read returns.
+pub fn model_to_variant(value: ModelValue) -> Variant {
+    match value {
+        ModelValue::Double(v) => v.into(),
+        ModelValue::Float(v) => v.into(),
+        ModelValue::Int32(v) => v.into(),
+        ModelValue::UInt16(v) => v.into(),
+        ModelValue::Boolean(v) => v.into(),
+        ModelValue::String(v) => UAString::from(v).into(),
+        ModelValue::DateTime(v) => DateTime::from(v).into(),
+        ModelValue::DoubleArray(v) => v.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> DeviceSpace {
+        DeviceSpace {
+            device: 3,
+            tags: 20,
+            application_uri: "urn:x".into(),
+            max_nodes_per_read: 1000,
+        }
+    }
+
+    #[test]
+    fn resolves_served_nodes_only() {
+        let s = space();
+        assert_eq!(s.resolve(&NodeId::new(2, "Tag019")), Some(Node::Tag(19)));
+        assert_eq!(s.resolve(&NodeId::new(2, "Tag020")), None);
+        assert_eq!(s.resolve(&NodeId::new(1, "Tag001")), None);
+        assert_eq!(
+            s.resolve(&NodeId::new(0, 2255u32)),
+            Some(Node::Server(VariableId::Server_NamespaceArray))
+        );
+        assert_eq!(
+            s.resolve(&NodeId::new(0, 11705u32)),
+            Some(Node::Server(
+                VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
+            ))
+        );
+        assert_eq!(s.resolve(&NodeId::new(0, 85u32)), None);
+    }
+
+    #[test]
+    fn browse_names() {
+        assert_eq!(browse_name(Node::Tag(3)), "Tag003");
+        assert_eq!(
+            browse_name(Node::Server(VariableId::Server_NamespaceArray)),
+            "NamespaceArray"
+        );
+    }
+}

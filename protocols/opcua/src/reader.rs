@@ -1,0 +1,148 @@
+//! Reads one device: resolves its node ids against the current session
+//! (namespace URIs can move when a server restarts), splits the Read into
+//! chunks of at most MaxNodesPerRead, and maps results to samples. A node
+//! the server rejects becomes a Bad sample; only session-level failures
+//! fail the read.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use collector_core::config::{Device, Identifier, Namespace, NodeAddress};
+use collector_core::metrics::names;
+use collector_core::protocol::DeviceReader;
+use collector_core::record::Sample;
+use collector_core::ReadError;
+use opcua::types::{ByteString, Guid, NodeId, ReadValueId, StatusCode, TimestampsToReturn};
+
+use crate::convert;
+use crate::session::{Endpoint, Live, Pool};
+
+/// A node ready to read, or the reason it cannot be.
+enum Resolved {
+    Read(ReadValueId),
+    Unavailable(StatusCode),
+}
+
+pub(crate) struct OpcUaReader {
+    pool: Arc<Pool>,
+    endpoint: Arc<Endpoint>,
+    nodes: Vec<NodeAddress>,
+    /// Resolution for session generation `.0`.
+    resolved: Option<(u64, Vec<Resolved>)>,
+    released: bool,
+}
+
+impl OpcUaReader {
+    pub(crate) fn new(pool: Arc<Pool>, device: &Device) -> Result<Self, ReadError> {
+        let endpoint = pool.endpoint(&device.endpoint);
+        Ok(Self {
+            pool,
+            endpoint,
+            nodes: device.nodes.clone(),
+            resolved: None,
+            released: false,
+        })
+    }
+
+    fn resolve(&mut self, live: &Live) -> &[Resolved] {
+        let fresh = !matches!(&self.resolved, Some((g, _)) if *g == live.generation);
+        if fresh {
+            let list = self.nodes.iter().map(|n| resolve_one(n, live)).collect();
+            self.resolved = Some((live.generation, list));
+        }
+        match &self.resolved {
+            Some((_, list)) => list,
+            None => &[],
+        }
+    }
+}
+
+fn resolve_one(n: &NodeAddress, live: &Live) -> Resolved {
+    let ns = match &n.namespace {
+        Namespace::Index(i) => *i,
+        Namespace::Uri(uri) => match live.namespaces.get(uri) {
+            Some(i) => *i,
+            None => return Resolved::Unavailable(StatusCode::BadNodeIdUnknown),
+        },
+    };
+    let id = match &n.identifier {
+        Identifier::Numeric(i) => NodeId::new(ns, *i),
+        Identifier::String(s) => NodeId::new(ns, s.as_str()),
+        Identifier::Guid(g) => match g.parse::<Guid>() {
+            Ok(g) => NodeId::new(ns, g),
+            Err(_) => return Resolved::Unavailable(StatusCode::BadNodeIdInvalid),
+        },
+        Identifier::Opaque(b) => match ByteString::from_base64(b) {
+            Some(b) => NodeId::new(ns, b),
+            None => return Resolved::Unavailable(StatusCode::BadNodeIdInvalid),
+        },
+    };
+    Resolved::Read(ReadValueId::from(id))
+}
+
+#[async_trait]
+impl DeviceReader for OpcUaReader {
+    async fn read(&mut self) -> Result<Vec<Sample>, ReadError> {
+        let live = self.pool.session(&self.endpoint).await?;
+        let read_timeout = self.pool.config().read_timeout;
+        let resolved = self.resolve(&live);
+        let to_read: Vec<ReadValueId> = resolved
+            .iter()
+            .filter_map(|r| match r {
+                Resolved::Read(id) => Some(id.clone()),
+                Resolved::Unavailable(_) => None,
+            })
+            .collect();
+        let mut values = Vec::with_capacity(to_read.len());
+        for chunk in to_read.chunks(live.max_nodes_per_read.max(1)) {
+            metrics::counter!(names::READ_REQUESTS).increment(1);
+            let result = tokio::time::timeout(
+                read_timeout,
+                live.session.read(chunk, TimestampsToReturn::Both, 0.0),
+            )
+            .await;
+            let err = match result {
+                Ok(Ok(dvs)) if dvs.len() == chunk.len() => {
+                    values.extend(dvs);
+                    continue;
+                }
+                Ok(Ok(dvs)) => ReadError::Service(format!(
+                    "server returned {} results for {} nodes",
+                    dvs.len(),
+                    chunk.len()
+                )),
+                Ok(Err(e)) => ReadError::Service(e.to_string()),
+                Err(_) => ReadError::Timeout {
+                    what: "read",
+                    after: read_timeout,
+                },
+            };
+            // The session may be dead-but-open or confused: start afresh.
+            self.pool.invalidate(&self.endpoint, live.generation).await;
+            return Err(err);
+        }
+        let mut values = values.into_iter();
+        let mut samples = Vec::with_capacity(self.nodes.len());
+        let resolved = match &self.resolved {
+            Some((_, r)) => r,
+            None => return Err(ReadError::Service("node resolution missing".into())),
+        };
+        for (node, r) in self.nodes.iter().zip(resolved) {
+            match r {
+                Resolved::Read(_) => match values.next() {
+                    Some(dv) => samples.push(convert::sample(&node.text, dv)),
+                    None => return Err(ReadError::Service("fewer results than nodes".into())),
+                },
+                Resolved::Unavailable(code) => samples.push(convert::missing(&node.text, *code)),
+            }
+        }
+        Ok(samples)
+    }
+
+    async fn close(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.pool.release(&self.endpoint).await;
+        }
+    }
+}

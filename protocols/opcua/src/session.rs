@@ -1,0 +1,383 @@
+//! The session pool: at most one OPC UA session per endpoint, opened on
+//! first use, shared by every device on that endpoint, re-opened by us (not
+//! by the library's hidden retry loop) with exponential backoff and jitter,
+//! under a fleet-wide connect rate limit.
+//!
+//! The library's event loop is driven here with reconnects disabled: when
+//! the transport drops, or keep-alives fail, the loop ends, the session is
+//! marked dead and the next read opens a new one after its backoff. So
+//! every connection attempt passes through one place that counts it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use collector_core::config::SessionConfig;
+use collector_core::metrics::names;
+use collector_core::ReadError;
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use opcua::client::{Client, IdentityToken, Session, SessionPollResult};
+use opcua::types::{
+    MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, Variant, VariableId,
+};
+use rand::Rng;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// What a connected session knows about its server.
+pub(crate) struct Live {
+    pub(crate) session: Arc<Session>,
+    /// Cleared when the event loop ends (transport lost, keep-alive failed).
+    alive: Arc<AtomicBool>,
+    loop_task: tokio::task::JoinHandle<()>,
+    /// Namespace URI -> index, read at connect.
+    pub(crate) namespaces: HashMap<String, u16>,
+    /// Nodes per Read request: min(server's MaxNodesPerRead, our cap).
+    pub(crate) max_nodes_per_read: usize,
+    /// Increases with every new session on this endpoint, so readers know
+    /// to re-resolve their node ids.
+    pub(crate) generation: u64,
+}
+
+impl Live {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed) && !self.loop_task.is_finished()
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    live: Option<Arc<Live>>,
+    consecutive_failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+/// One endpoint's session slot.
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    state: Mutex<SlotState>,
+    generation: AtomicU64,
+    /// Devices attached to this endpoint; the session closes when it drops to 0.
+    users: AtomicI64,
+}
+
+/// Shared by all endpoints: the client, limits and counters.
+pub(crate) struct Pool {
+    client: StdMutex<Client>,
+    cfg: SessionConfig,
+    limiter: DefaultDirectRateLimiter,
+    endpoints: StdMutex<HashMap<String, Arc<Endpoint>>>,
+    connected: AtomicI64,
+    connecting: AtomicI64,
+}
+
+impl Pool {
+    pub(crate) fn new(client: Client, cfg: SessionConfig) -> Self {
+        let per_sec = NonZeroU32::new(cfg.max_connects_per_second).unwrap_or(NonZeroU32::MIN);
+        Self {
+            client: StdMutex::new(client),
+            limiter: RateLimiter::direct(Quota::per_second(per_sec)),
+            cfg,
+            endpoints: StdMutex::new(HashMap::new()),
+            connected: AtomicI64::new(0),
+            connecting: AtomicI64::new(0),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// The slot for `url`, created on first use; counts one more user.
+    pub(crate) fn endpoint(&self, url: &str) -> Arc<Endpoint> {
+        let mut map = match self.endpoints.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let ep = map
+            .entry(url.to_string())
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    url: url.to_string(),
+                    state: Mutex::new(SlotState::default()),
+                    generation: AtomicU64::new(0),
+                    users: AtomicI64::new(0),
+                })
+            })
+            .clone();
+        ep.users.fetch_add(1, Ordering::Relaxed);
+        ep
+    }
+
+    fn publish_gauges(&self) {
+        let connected = self.connected.load(Ordering::Relaxed);
+        let connecting = self.connecting.load(Ordering::Relaxed);
+        let total = self.endpoints.lock().map(|m| m.len() as i64).unwrap_or(0);
+        metrics::gauge!(names::SESSIONS, "state" => "connected").set(connected as f64);
+        metrics::gauge!(names::SESSIONS, "state" => "connecting").set(connecting as f64);
+        metrics::gauge!(names::SESSIONS, "state" => "disconnected").set((total - connected - connecting).max(0) as f64);
+    }
+
+    /// The live session of `ep`, connecting first if there is none.
+    pub(crate) async fn session(&self, ep: &Endpoint) -> Result<Arc<Live>, ReadError> {
+        let mut st = ep.state.lock().await;
+        if let Some(live) = &st.live {
+            if live.is_alive() {
+                return Ok(live.clone());
+            }
+            tracing::info!(endpoint = %ep.url, "session lost; will reconnect");
+            let dead = st.live.take();
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+            if let Some(dead) = dead {
+                dead.loop_task.abort();
+            }
+            self.publish_gauges();
+        }
+        if let Some(at) = st.next_attempt {
+            let now = Instant::now();
+            if now < at {
+                metrics::counter!(names::SESSION_BACKOFF_SKIPS).increment(1);
+                return Err(ReadError::Connect {
+                    endpoint: ep.url.clone(),
+                    reason: format!("in reconnect backoff for another {:?}", at - now),
+                });
+            }
+        }
+        self.limiter.until_ready().await;
+        self.connecting.fetch_add(1, Ordering::Relaxed);
+        self.publish_gauges();
+        let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let result = tokio::time::timeout(self.cfg.connect_timeout, self.connect(&ep.url, generation)).await;
+        self.connecting.fetch_sub(1, Ordering::Relaxed);
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(ReadError::Timeout {
+                what: "connect",
+                after: self.cfg.connect_timeout,
+            }),
+        };
+        match result {
+            Ok(live) => {
+                metrics::counter!(names::SESSION_CONNECTS, "result" => "ok").increment(1);
+                self.connected.fetch_add(1, Ordering::Relaxed);
+                if st.consecutive_failures > 0 {
+                    tracing::info!(endpoint = %ep.url, after_failures = st.consecutive_failures, "session re-established");
+                }
+                st.consecutive_failures = 0;
+                st.next_attempt = None;
+                let live = Arc::new(live);
+                st.live = Some(live.clone());
+                self.publish_gauges();
+                Ok(live)
+            }
+            Err(e) => {
+                let label = if matches!(e, ReadError::Timeout { .. }) { "timeout" } else { "error" };
+                metrics::counter!(names::SESSION_CONNECTS, "result" => label).increment(1);
+                st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+                let delay = backoff(&self.cfg, st.consecutive_failures);
+                st.next_attempt = Some(Instant::now() + delay);
+                tracing::debug!(endpoint = %ep.url, error = %e, retry_in = ?delay, "connect failed");
+                self.publish_gauges();
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops the session of `ep` if it is still generation `generation`
+    /// (a read on it failed in a way that makes it suspect).
+    pub(crate) async fn invalidate(&self, ep: &Endpoint, generation: u64) {
+        let dead = {
+            let mut st = ep.state.lock().await;
+            match &st.live {
+                Some(l) if l.generation == generation => st.live.take(),
+                _ => None,
+            }
+        };
+        if let Some(dead) = dead {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+            self.publish_gauges();
+            close(&dead).await;
+        }
+    }
+
+    /// One user of `ep` is done; closes the session when it was the last.
+    pub(crate) async fn release(&self, ep: &Endpoint) {
+        if ep.users.fetch_sub(1, Ordering::Relaxed) > 1 {
+            return;
+        }
+        let dead = ep.state.lock().await.live.take();
+        if let Some(dead) = dead {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+            self.publish_gauges();
+            close(&dead).await;
+        }
+    }
+
+    /// Closes every session still open.
+    pub(crate) async fn close_all(&self) {
+        let eps: Vec<Arc<Endpoint>> = match self.endpoints.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        let mut lives = Vec::new();
+        for ep in eps {
+            if let Some(l) = ep.state.lock().await.live.take() {
+                self.connected.fetch_sub(1, Ordering::Relaxed);
+                lives.push(l);
+            }
+        }
+        futures::future::join_all(lives.iter().map(|l| close(l))).await;
+        self.publish_gauges();
+    }
+
+    async fn connect(&self, url: &str, generation: u64) -> Result<Live, ReadError> {
+        let connect_err = |reason: String| ReadError::Connect {
+            endpoint: url.to_string(),
+            reason,
+        };
+        let endpoint = (
+            url,
+            opcua::types::constants::SECURITY_POLICY_NONE_URI,
+            MessageSecurityMode::None,
+            UserTokenPolicy::anonymous(),
+        );
+        let (session, event_loop) = {
+            let mut client = self.client.lock().map_err(|_| connect_err("client lock poisoned".into()))?;
+            client
+                .connect_to_endpoint_directly(endpoint, IdentityToken::Anonymous)
+                .map_err(|e| connect_err(e.to_string()))?
+        };
+        // We own reconnects: when this session's transport ends, its loop ends.
+        session.disable_reconnects();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), StatusCode>>();
+        let loop_alive = alive.clone();
+        let loop_url = url.to_string();
+        let loop_task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let stream = event_loop.enter();
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(SessionPollResult::Reconnected(_)) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Ok(SessionPollResult::ConnectionLost(code)) => {
+                        tracing::debug!(endpoint = %loop_url, %code, "connection lost");
+                    }
+                    Ok(_) => {}
+                    Err(code) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Err(code));
+                        }
+                        break;
+                    }
+                }
+            }
+            loop_alive.store(false, Ordering::Relaxed);
+        });
+        let abort_on_err = |e: ReadError| {
+            loop_task.abort();
+            e
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(code)) => return Err(abort_on_err(connect_err(code.to_string()))),
+            Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
+        }
+        let (namespaces, server_max) = match discover(&session).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = session.disconnect().await;
+                return Err(abort_on_err(e));
+            }
+        };
+        let cap = self.cfg.max_nodes_per_read as usize;
+        let max_nodes_per_read = match (server_max, cap) {
+            (0, 0) => usize::MAX,
+            (0, c) => c,
+            (s, 0) => s,
+            (s, c) => s.min(c),
+        };
+        tracing::debug!(endpoint = %url, max_nodes_per_read, "session connected");
+        Ok(Live {
+            session,
+            alive,
+            loop_task,
+            namespaces,
+            max_nodes_per_read,
+            generation,
+        })
+    }
+}
+
+/// Reads the namespace array and MaxNodesPerRead in one request.
+async fn discover(session: &Session) -> Result<(HashMap<String, u16>, usize), ReadError> {
+    let ids = [
+        ReadValueId::from(opcua::types::NodeId::from(VariableId::Server_NamespaceArray)),
+        ReadValueId::from(opcua::types::NodeId::from(
+            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        )),
+    ];
+    let results = session
+        .read(&ids, TimestampsToReturn::Neither, 0.0)
+        .await
+        .map_err(|e| ReadError::Service(format!("reading NamespaceArray/MaxNodesPerRead: {e}")))?;
+    let mut namespaces = HashMap::new();
+    if let Some(Some(Variant::Array(a))) = results.first().map(|dv| dv.value.clone()) {
+        for (i, v) in a.values.iter().enumerate() {
+            if let (Variant::String(s), Ok(idx)) = (v, u16::try_from(i)) {
+                namespaces.insert(s.as_ref().to_string(), idx);
+            }
+        }
+    }
+    let max = match results.get(1).and_then(|dv| dv.value.clone()) {
+        Some(Variant::UInt32(n)) => n as usize,
+        _ => 0,
+    };
+    Ok((namespaces, max))
+}
+
+async fn close(live: &Live) {
+    match tokio::time::timeout(Duration::from_secs(2), live.session.disconnect()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "session close"),
+        Err(_) => tracing::debug!("session close timed out"),
+    }
+    live.loop_task.abort();
+}
+
+/// Reconnect delay after `failures` consecutive failures: exponential from
+/// `reconnect_initial`, capped at `reconnect_max`, with jitter in [50%, 100%]
+/// so devices that failed together do not retry together.
+pub(crate) fn backoff(cfg: &SessionConfig, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = cfg.reconnect_initial.saturating_mul(1u32 << exp).min(cfg.reconnect_max);
+    let jitter: f64 = rand::rng().random_range(0.5..=1.0);
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let cfg = SessionConfig::default();
+        let d1 = backoff(&cfg, 1);
+        assert!(d1 >= cfg.reconnect_initial / 2 && d1 <= cfg.reconnect_initial);
+        let d4 = backoff(&cfg, 4);
+        assert!(d4 >= cfg.reconnect_initial * 4 && d4 <= cfg.reconnect_initial * 8);
+        let d30 = backoff(&cfg, 30);
+        assert!(d30 <= cfg.reconnect_max && d30 >= cfg.reconnect_max / 2);
+    }
+}
