@@ -118,9 +118,9 @@ impl CollectorConfig {
             let at = |e: ConfigError| e.at(path, None);
             macro_rules! section {
                 ($field:expr) => {
-                    match yaml::deserialize(node) {
+                    match yaml::deserialize(node, key) {
                         Ok(v) => $field = v,
-                        Err(e) => errors.push(at(prefix(key, e))),
+                        Err(e) => errors.push(at(e)),
                     }
                 };
             }
@@ -133,7 +133,7 @@ impl CollectorConfig {
                 "kafka" => section!(cfg.kafka),
                 "http" => section!(cfg.http),
                 "devices" => collect_devices(node, path, &mut raw_devices, &mut errors),
-                "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node) {
+                "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
                     Ok(files) => {
                         for f in files {
                             let full = match path.and_then(Path::parent) {
@@ -143,7 +143,7 @@ impl CollectorConfig {
                             load_device_file(&full, &mut raw_devices, &mut errors);
                         }
                     }
-                    Err(e) => errors.push(at(prefix(key, e))),
+                    Err(e) => errors.push(at(e)),
                 },
                 other => errors.push(
                     ConfigError::new(format!("unknown section `{other}`"))
@@ -237,11 +237,6 @@ impl CollectorConfig {
     }
 }
 
-fn prefix(section: &str, mut e: ConfigError) -> ConfigError {
-    e.message = format!("{section}.{}", e.message);
-    e
-}
-
 fn collect_devices(
     node: &Node,
     file: Option<&Path>,
@@ -257,9 +252,20 @@ fn collect_devices(
         return;
     };
     for (i, item) in items.iter().enumerate() {
-        match yaml::deserialize::<RawDevice>(item) {
+        if let Node::Map { entries, .. } = item {
+            for (key, line, _) in entries {
+                if !RawDevice::FIELDS.contains(&key.as_str()) {
+                    errors.push(
+                        ConfigError::new(format!("devices[{i}]: unknown field `{key}`"))
+                            .at(file, Some(*line))
+                            .hint(format!("device fields are {}", RawDevice::FIELDS.join(", "))),
+                    );
+                }
+            }
+        }
+        match yaml::deserialize::<RawDevice>(item, &format!("devices[{i}]")) {
             Ok(raw) => out.push((raw, item.line(), file.map(Path::to_path_buf), item.clone())),
-            Err(e) => errors.push(prefix(&format!("devices[{i}]"), e).at(file, None)),
+            Err(e) => errors.push(e.at(file, None)),
         }
     }
 }

@@ -205,8 +205,9 @@ impl Default for HttpConfig {
 }
 
 /// One entry of `devices:` as written; validated into [`super::Device`].
+/// Unknown keys are reported by the loader (all of them, with their lines)
+/// rather than by serde, which would stop at the first.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawDevice {
     pub id: Option<String>,
     pub endpoint: Option<String>,
@@ -214,6 +215,11 @@ pub(crate) struct RawDevice {
     pub nodes: Vec<String>,
     #[serde(default, with = "opt_duration")]
     pub interval: Option<Duration>,
+}
+
+impl RawDevice {
+    /// The keys a device entry may have.
+    pub(crate) const FIELDS: &'static [&'static str] = &["id", "endpoint", "nodes", "interval"];
 }
 
 /// Durations as human-readable strings: `500ms`, `10s`, `1m30s`.

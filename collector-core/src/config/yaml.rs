@@ -115,18 +115,23 @@ impl Node {
     }
 }
 
-/// Deserializes `node` into `T`; on failure returns the error at the line
-/// of the offending field.
-pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(node: &Node) -> Result<T, ConfigError> {
+/// Deserializes `node` (found at `context`, e.g. `kafka` or `devices[3]`)
+/// into `T`; on failure returns the error at the line of the offending field.
+/// An empty node (a section whose keys are all commented out) is `T`'s
+/// default.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned + Default>(node: &Node, context: &str) -> Result<T, ConfigError> {
     let json = node.to_json();
+    if json.is_null() {
+        return Ok(T::default());
+    }
     serde_path_to_error::deserialize(json).map_err(|e| {
         let line = node.line_of(e.path());
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         let msg = if path == "." || path.is_empty() {
-            inner
+            format!("{context}: {inner}")
         } else {
-            format!("{path}: {inner}")
+            format!("{context}.{path}: {inner}")
         };
         ConfigError::new(msg).at(None, Some(line))
     })

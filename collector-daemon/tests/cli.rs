@@ -1,0 +1,119 @@
+//! The `opc-collector` binary as a user runs it: `validate` and `demo`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opc-collector"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+#[test]
+fn validate_reports_every_problem_with_lines_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "\
+kafka:
+  brokers: localhost:9092
+devices:
+  - id: press-1
+    endpoint: opc.tcp://10.0.0.1:4840
+    nodes: [\"ns=2;s=Temp\"]
+    colour: blue
+  - id: press-2
+    endpoint: opc.tcp://10.0.0.2:4840
+    nodes:
+      - ns=2;s=Temp
+      - ns=2;x=Pressure
+  - id: press-1
+    endpoint: opc.tcp://10.0.0.3:4840
+    nodes: [\"ns=2;s=Temp\"]
+  - id: press-4
+    nodes: [\"ns=2;s=Temp\"]
+",
+    )
+    .unwrap();
+    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    let file = path.display().to_string();
+    let expect = [
+        (7, "unknown field `colour`"),
+        (12, "ns=2;x=Pressure"),
+        (13, "duplicate device id `press-1`"),
+        (16, "missing `endpoint`"),
+    ];
+    for (line, needle) in expect {
+        let prefix = format!("{file}:{line}: ");
+        assert!(
+            stderr.lines().any(|l| l.contains(&prefix) && l.contains(needle)),
+            "expected `{prefix}...{needle}` in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn validate_accepts_the_shipped_configs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") || path.to_string_lossy().contains("devices") {
+            continue;
+        }
+        let out = bin()
+            .env("KAFKA_BROKERS", "localhost:9092")
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "expected the five example configs, found {checked}");
+}
+
+#[test]
+fn demo_delivers_and_prints_a_schema_valid_record() {
+    let out = bin()
+        .args(["--log-format", "json", "demo", "--devices", "20", "--tags", "10", "--interval", "1s", "--duration", "5s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let record = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sample record: "))
+        .unwrap_or_else(|| panic!("no sample record in:\n{stdout}"));
+    let record: serde_json::Value = serde_json::from_str(record).unwrap();
+    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/record.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&record).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("demo totals:"), "{stdout}");
+    let pct: f64 = last
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no percentage in {last}"));
+    assert!(pct >= 99.9, "{last}");
+    assert!(last.contains("failed deliveries 0"), "{last}");
+}
