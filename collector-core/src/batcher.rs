@@ -11,7 +11,11 @@ use crate::metrics::names;
 use crate::record::Record;
 use crate::sink::{Batch, FlushReason};
 
-pub(crate) async fn run_batcher(mut records: mpsc::Receiver<Record>, cfg: BatchConfig, batches: mpsc::Sender<Batch>) {
+pub(crate) async fn run_batcher(
+    mut records: mpsc::Receiver<Record>,
+    cfg: BatchConfig,
+    batches: mpsc::Sender<Batch>,
+) {
     let mut buf: Vec<Record> = Vec::new();
     let mut bytes = 0usize;
     let mut next_flush = Instant::now() + cfg.interval;
@@ -48,7 +52,12 @@ pub(crate) async fn run_batcher(mut records: mpsc::Receiver<Record>, cfg: BatchC
 }
 
 /// Hands the buffered records on; false if the dispatcher is gone.
-async fn flush(buf: &mut Vec<Record>, bytes: &mut usize, reason: FlushReason, out: &mpsc::Sender<Batch>) -> bool {
+async fn flush(
+    buf: &mut Vec<Record>,
+    bytes: &mut usize,
+    reason: FlushReason,
+    out: &mpsc::Sender<Batch>,
+) -> bool {
     if buf.is_empty() {
         return true;
     }
@@ -69,7 +78,6 @@ async fn flush(buf: &mut Vec<Record>, bytes: &mut usize, reason: FlushReason, ou
 #[cfg(test)]
 const NEVER: std::time::Duration = std::time::Duration::from_secs(3600);
 #[cfg(test)]
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +123,11 @@ mod tests {
     async fn flushes_on_interval_and_bytes() {
         let (tx, rx) = mpsc::channel(100);
         let (btx, mut brx) = mpsc::channel(10);
-        tokio::spawn(run_batcher(rx, cfg(Duration::from_secs(1), 1000, u64::MAX), btx));
+        tokio::spawn(run_batcher(
+            rx,
+            cfg(Duration::from_secs(1), 1000, u64::MAX),
+            btx,
+        ));
         tx.send(record(0)).await.unwrap();
         let b = brx.recv().await.unwrap();
         assert_eq!(b.reason, FlushReason::Interval);

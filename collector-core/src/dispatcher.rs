@@ -12,11 +12,18 @@ use tokio::task::JoinSet;
 use crate::metrics::{names, Stats};
 use crate::sink::{Batch, DeliveryReport, Sink};
 
-pub(crate) async fn run_dispatcher(mut batches: mpsc::Receiver<Batch>, sink: Arc<dyn Sink>, max_in_flight: usize, stats: Arc<Stats>) {
+pub(crate) async fn run_dispatcher(
+    mut batches: mpsc::Receiver<Batch>,
+    sink: Arc<dyn Sink>,
+    max_in_flight: usize,
+    stats: Arc<Stats>,
+) {
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = JoinSet::new();
     while let Some(batch) = batches.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         // Reap finished deliveries so the set stays small.
         while tasks.try_join_next().is_some() {}
         Stats::add(&stats.batches, 1);

@@ -72,16 +72,26 @@ pub fn describe() {
     use names::*;
     describe_counter!(READS, "Device reads by result");
     describe_histogram!(READ_DURATION, Unit::Seconds, "Duration of one device read");
-    describe_histogram!(SCHEDULE_LATENESS, Unit::Seconds, "Delay between a read's scheduled time and its start");
+    describe_histogram!(
+        SCHEDULE_LATENESS,
+        Unit::Seconds,
+        "Delay between a read's scheduled time and its start"
+    );
     describe_counter!(TICKS, "Reads scheduled");
-    describe_counter!(TICKS_SKIPPED, "Ticks skipped because the device's previous read had not finished");
+    describe_counter!(
+        TICKS_SKIPPED,
+        "Ticks skipped because the device's previous read had not finished"
+    );
     describe_counter!(SAMPLES, "Samples read by quality");
     describe_gauge!(WORKER_PERMITS, "Configured worker permits");
     describe_gauge!(WORKER_PERMITS_IN_USE, "Worker permits held by reads");
     describe_gauge!(DEVICES, "Devices scheduled");
     describe_gauge!(SESSIONS, "Sessions by state");
     describe_counter!(SESSION_CONNECTS, "Session connect attempts by result");
-    describe_counter!(SESSION_BACKOFF_SKIPS, "Reads failed fast while an endpoint is in reconnect backoff");
+    describe_counter!(
+        SESSION_BACKOFF_SKIPS,
+        "Reads failed fast while an endpoint is in reconnect backoff"
+    );
     describe_counter!(READ_REQUESTS, "Read service requests sent");
     describe_counter!(BATCHES_FLUSHED, "Batches flushed by reason");
     describe_histogram!(BATCH_RECORDS, Unit::Count, "Records per batch");
@@ -89,11 +99,22 @@ pub fn describe() {
     describe_gauge!(QUEUE_RECORDS, "Records queued for the batcher");
     describe_counter!(KAFKA_DELIVERED, "Records acknowledged by Kafka");
     describe_counter!(KAFKA_FAILED, "Records whose Kafka delivery failed");
-    describe_histogram!(KAFKA_ACK_LATENCY, Unit::Seconds, "Producer enqueue to broker acknowledgement");
-    describe_histogram!(SAMPLE_TO_ACK, Unit::Seconds, "Read to broker acknowledgement");
+    describe_histogram!(
+        KAFKA_ACK_LATENCY,
+        Unit::Seconds,
+        "Producer enqueue to broker acknowledgement"
+    );
+    describe_histogram!(
+        SAMPLE_TO_ACK,
+        Unit::Seconds,
+        "Read to broker acknowledgement"
+    );
     describe_gauge!(KAFKA_IN_FLIGHT, "Records enqueued and not yet acknowledged");
     describe_gauge!(KAFKA_UP, "1 when the last Kafka metadata probe succeeded");
-    describe_counter!(KAFKA_QUEUE_FULL, "Producer queue full events (backpressure)");
+    describe_counter!(
+        KAFKA_QUEUE_FULL,
+        "Producer queue full events (backpressure)"
+    );
     describe_counter!(RECORDS_UNDELIVERED, "Records that could not be delivered");
     describe_gauge!(BUILD_INFO, "Build information");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

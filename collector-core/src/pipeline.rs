@@ -51,9 +51,9 @@ impl CollectorBuilder {
     /// devices; the Kafka producer connects in the background.
     pub fn build(self) -> Result<Collector, CollectorError> {
         self.config.validate()?;
-        let protocol = self
-            .protocol
-            .ok_or_else(|| CollectorError::Startup("no protocol adapter given (CollectorBuilder::protocol)".into()))?;
+        let protocol = self.protocol.ok_or_else(|| {
+            CollectorError::Startup("no protocol adapter given (CollectorBuilder::protocol)".into())
+        })?;
         let stop = CancellationToken::new();
         let mut probe = None;
         let sink: Arc<dyn Sink> = match self.sink {
@@ -118,7 +118,10 @@ impl Collector {
     /// Runs until `shutdown` resolves, then drains: in-flight reads finish,
     /// the batcher flushes, every batch is acknowledged (or counted as
     /// failed), and sessions are closed. Returns the final counters.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<StatsSnapshot, CollectorError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<StatsSnapshot, CollectorError> {
         let cfg = &self.config;
         let (record_tx, record_rx) = mpsc::channel(cfg.batch.queue_capacity);
         let (batch_tx, batch_rx) = mpsc::channel(cfg.batch.max_in_flight);
@@ -147,7 +150,9 @@ impl Collector {
                     tracker.spawn(run_device(device.clone(), reader, ctx.clone()));
                     attached += 1;
                 }
-                Err(e) => tracing::error!(device = %device.id, error = %e, "device rejected by the protocol adapter; not scheduled"),
+                Err(e) => {
+                    tracing::error!(device = %device.id, error = %e, "device rejected by the protocol adapter; not scheduled")
+                }
             }
         }
         drop(ctx);

@@ -181,7 +181,12 @@ impl Value {
             Value::String(s) | Value::Guid(s) => s.len() + 2,
             Value::Other { text, .. } => text.len() + 2,
             Value::ByteString(b) => b.len() * 4 / 3 + 4,
-            Value::Array { values, .. } => 2 + values.iter().map(|v| v.estimated_bytes() + 1).sum::<usize>(),
+            Value::Array { values, .. } => {
+                2 + values
+                    .iter()
+                    .map(|v| v.estimated_bytes() + 1)
+                    .sum::<usize>()
+            }
             Value::DateTime(_) => 32,
             _ => 20,
         }
@@ -201,7 +206,11 @@ impl Record {
     }
 
     /// Appends the JSON encoding of this record to `out`.
-    pub fn encode_json(&self, collector_id: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    pub fn encode_json(
+        &self,
+        collector_id: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
         serde_json::to_writer(
             out,
             &Envelope {

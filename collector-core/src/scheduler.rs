@@ -40,7 +40,10 @@ pub(crate) fn next_deadline(deadline: Instant, interval: Duration, now: Instant)
     }
     let behind = now.duration_since(next).as_nanos();
     let skipped = (behind / interval.as_nanos().max(1)) as u64 + 1;
-    (next + interval * u32::try_from(skipped).unwrap_or(u32::MAX), skipped)
+    (
+        next + interval * u32::try_from(skipped).unwrap_or(u32::MAX),
+        skipped,
+    )
 }
 
 /// Everything a device's schedule shares with the rest of the pipeline.
@@ -82,7 +85,11 @@ impl DeviceMetrics {
 
 /// Runs one device's schedule until `ctx.stop`; an in-flight read is
 /// finished (and its record queued) before returning.
-pub(crate) async fn run_device(device: Device, mut reader: Box<dyn DeviceReader>, ctx: Arc<ScheduleContext>) {
+pub(crate) async fn run_device(
+    device: Device,
+    mut reader: Box<dyn DeviceReader>,
+    ctx: Arc<ScheduleContext>,
+) {
     let m = DeviceMetrics::new();
     let interval = device.interval;
     let mut deadline = ctx.epoch + phase_offset(&device.id, interval);
@@ -103,7 +110,8 @@ pub(crate) async fn run_device(device: Device, mut reader: Box<dyn DeviceReader>
         };
         let Some(permit) = permit else { break };
         let started = Instant::now();
-        m.lateness.record(started.duration_since(deadline).as_secs_f64());
+        m.lateness
+            .record(started.duration_since(deadline).as_secs_f64());
         let read_time = chrono::Utc::now();
         let result = reader.read().await;
         drop(permit);
@@ -165,7 +173,6 @@ fn count_quality(m: &DeviceMetrics, samples: &[crate::record::Sample]) {
     m.bad.increment(b);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +188,10 @@ mod tests {
             buckets[(p.as_secs()) as usize] += 1;
         }
         // 200 expected per second-bucket; a decent hash stays well within 2x.
-        assert!(buckets.iter().all(|&b| (100..300).contains(&b)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&b| (100..300).contains(&b)),
+            "{buckets:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -189,7 +199,10 @@ mod tests {
         let start = Instant::now();
         let i = Duration::from_secs(1);
         // On time: the next grid point.
-        assert_eq!(next_deadline(start, i, start + Duration::from_millis(10)), (start + i, 0));
+        assert_eq!(
+            next_deadline(start, i, start + Duration::from_millis(10)),
+            (start + i, 0)
+        );
         // A read that took 3.5 intervals: skip 3 grid points, land on the next future one.
         let (next, skipped) = next_deadline(start, i, start + Duration::from_millis(3500));
         assert_eq!(skipped, 3);

@@ -63,10 +63,12 @@ mod tests {
         let pool = WorkerPool::new(2);
         let a = pool.acquire().await.unwrap();
         let _b = pool.acquire().await.unwrap();
-        let third = tokio::time::timeout(std::time::Duration::from_millis(50), pool.acquire()).await;
+        let third =
+            tokio::time::timeout(std::time::Duration::from_millis(50), pool.acquire()).await;
         assert!(third.is_err(), "a third permit must wait");
         drop(a);
-        let third = tokio::time::timeout(std::time::Duration::from_millis(50), pool.acquire()).await;
+        let third =
+            tokio::time::timeout(std::time::Duration::from_millis(50), pool.acquire()).await;
         assert!(third.is_ok());
     }
 }

@@ -48,10 +48,14 @@ async fn every_read_arrives_with_the_simulators_values() {
     assert_eq!(totals.reads_failed, 0, "{totals:?}");
     assert_eq!(totals.ticks_skipped, 0, "{totals:?}");
     assert_eq!(totals.records_failed, 0, "{totals:?}");
-    assert_eq!(totals.records_delivered, totals.reads_ok, "every read must be acknowledged: {totals:?}");
+    assert_eq!(
+        totals.records_delivered, totals.reads_ok,
+        "every read must be acknowledged: {totals:?}"
+    );
     assert!(totals.reads_ok >= 500, "100 devices x ~6 ticks: {totals:?}");
 
-    let consumed = support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
+    let consumed =
+        support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
     assert_eq!(consumed.by_device.len(), 100, "every device delivered");
     let mut records = 0;
     for (device, recs) in &consumed.by_device {
@@ -64,5 +68,8 @@ async fn every_read_arrives_with_the_simulators_values() {
             support::assert_model_values(r);
         }
     }
-    assert_eq!(records as u64, totals.records_delivered, "consumed exactly what was acknowledged");
+    assert_eq!(
+        records as u64, totals.records_delivered,
+        "consumed exactly what was acknowledged"
+    );
 }

@@ -15,7 +15,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
-    #[arg(long, global = true, default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn"
+    )]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,

@@ -52,8 +52,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     cfg.session.max_connects_per_second = 1000;
     for d in sim.devices() {
         let nodes: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-        let device = Device::new(d.id.as_str(), d.endpoint_url.as_str(), &nodes, args.interval)
-            .map_err(|e| anyhow!("simulated device {}: {e}", d.id))?;
+        let device = Device::new(
+            d.id.as_str(),
+            d.endpoint_url.as_str(),
+            &nodes,
+            args.interval,
+        )
+        .map_err(|e| anyhow!("simulated device {}: {e}", d.id))?;
         cfg.devices.push(device);
     }
     let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).context("OPC UA client")?);
@@ -137,7 +142,10 @@ async fn summaries(
             .await;
             match first {
                 Ok(Ok(msgs)) if !msgs.is_empty() => {
-                    println!("sample record: {}", String::from_utf8_lossy(&msgs[0].payload));
+                    println!(
+                        "sample record: {}",
+                        String::from_utf8_lossy(&msgs[0].payload)
+                    );
                 }
                 Ok(Ok(_)) => println!("sample record: (none read back yet)"),
                 Ok(Err(e)) => println!("sample record: could not read back: {e}"),

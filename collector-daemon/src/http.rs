@@ -70,7 +70,11 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
         s.health.is_started(),
         s.health.sink_healthy()
     );
-    let code = if s.health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if s.health.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, body)
 }
 

@@ -34,7 +34,9 @@ fn main() -> ExitCode {
     telemetry::init_logging(cli.log_format, &cli.log_level);
     let outcome = match cli.command {
         Command::Validate { config } => run::validate(&config),
-        Command::Run { config, http_addr } => runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr))),
+        Command::Run { config, http_addr } => {
+            runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr)))
+        }
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
     };
     match outcome {

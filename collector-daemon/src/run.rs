@@ -47,7 +47,10 @@ pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<()
         .context("starting the collector")?;
     let stop_http = CancellationToken::new();
     let (_, http_task) = http::serve(addr, metrics, collector.health(), stop_http.clone()).await?;
-    collector.run(shutdown_signal()).await.context("collector")?;
+    collector
+        .run(shutdown_signal())
+        .await
+        .context("collector")?;
     stop_http.cancel();
     let _ = http_task.await;
     Ok(())

@@ -26,9 +26,15 @@ pub(crate) fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
         builder.init();
     }
@@ -38,7 +44,10 @@ pub(crate) fn init_logging(format: LogFormat, level: &str) {
 pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full("collector_batch_records".into()), RECORD_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("collector_batch_records".into()),
+            RECORD_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Full("collector_batch_bytes".into()), BYTE_BUCKETS)?
         .install_recorder()?;
     collector_core::metrics::describe();

@@ -36,7 +36,11 @@ devices:
 ",
     )
     .unwrap();
-    let out = bin().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
     let file = path.display().to_string();
@@ -49,7 +53,9 @@ devices:
     for (line, needle) in expect {
         let prefix = format!("{file}:{line}: ");
         assert!(
-            stderr.lines().any(|l| l.contains(&prefix) && l.contains(needle)),
+            stderr
+                .lines()
+                .any(|l| l.contains(&prefix) && l.contains(needle)),
             "expected `{prefix}...{needle}` in:\n{stderr}"
         );
     }
@@ -62,7 +68,9 @@ fn validate_accepts_the_shipped_configs() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") || path.to_string_lossy().contains("devices") {
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml")
+            || path.to_string_lossy().contains("devices")
+        {
             continue;
         }
         let out = bin()
@@ -79,13 +87,28 @@ fn validate_accepts_the_shipped_configs() {
         );
         checked += 1;
     }
-    assert!(checked >= 5, "expected the five example configs, found {checked}");
+    assert!(
+        checked >= 5,
+        "expected the five example configs, found {checked}"
+    );
 }
 
 #[test]
 fn demo_delivers_and_prints_a_schema_valid_record() {
     let out = bin()
-        .args(["--log-format", "json", "demo", "--devices", "20", "--tags", "10", "--interval", "1s", "--duration", "5s"])
+        .args([
+            "--log-format",
+            "json",
+            "demo",
+            "--devices",
+            "20",
+            "--tags",
+            "10",
+            "--interval",
+            "1s",
+            "--duration",
+            "5s",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -101,9 +124,13 @@ fn demo_delivers_and_prints_a_schema_valid_record() {
         .unwrap_or_else(|| panic!("no sample record in:\n{stdout}"));
     let record: serde_json::Value = serde_json::from_str(record).unwrap();
     let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/record.schema.json");
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&record).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&record)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{errors:?}");
 
     let last = stdout.lines().last().unwrap();

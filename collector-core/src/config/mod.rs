@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use model::{
-    BatchConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig, SessionConfig, WorkerConfig,
+    BatchConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig, SessionConfig,
+    WorkerConfig,
 };
 pub use node_id::{Identifier, Namespace, NodeAddress};
 
@@ -88,7 +89,9 @@ impl CollectorConfig {
     /// it names), reporting every problem found.
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new(format!("cannot read config: {e}")).at(Some(path), None)])
+            ConfigErrors(vec![
+                ConfigError::new(format!("cannot read config: {e}")).at(Some(path), None)
+            ])
         })?;
         Self::from_yaml(&text, Some(path))
     }
@@ -100,7 +103,9 @@ impl CollectorConfig {
         let root = match yaml::parse(text) {
             Ok(root) => root,
             Err(errs) => {
-                return Err(ConfigErrors(errs.into_iter().map(|e| e.at(path, None)).collect()));
+                return Err(ConfigErrors(
+                    errs.into_iter().map(|e| e.at(path, None)).collect(),
+                ));
             }
         };
         let mut cfg = CollectorConfig::default();
@@ -164,7 +169,8 @@ impl CollectorConfig {
                 _ => None,
             };
             let before = errors.0.len();
-            let device = validate_device(raw, default_interval, Some(line), &node_line, &mut errors);
+            let device =
+                validate_device(raw, default_interval, Some(line), &node_line, &mut errors);
             for e in &mut errors.0[before..] {
                 if e.file.is_none() {
                     e.file = file.clone();
@@ -180,9 +186,12 @@ impl CollectorConfig {
                         None => format!("line {first_line}"),
                     };
                     errors.push(
-                        ConfigError::new(format!("duplicate device id `{}` (first defined at {first})", device.id))
-                            .at(file_ref, node.get("id").map(|(_, l)| l).or(Some(line)))
-                            .hint("device ids must be unique across all device files"),
+                        ConfigError::new(format!(
+                            "duplicate device id `{}` (first defined at {first})",
+                            device.id
+                        ))
+                        .at(file_ref, node.get("id").map(|(_, l)| l).or(Some(line)))
+                        .hint("device ids must be unique across all device files"),
                     );
                     continue;
                 }
@@ -200,7 +209,7 @@ impl CollectorConfig {
         if errors.is_empty() {
             Ok(cfg)
         } else {
-            errors.0.sort_by(|a, b| (a.file.clone(), a.line).cmp(&(b.file.clone(), b.line)));
+            errors.0.sort_by_key(|e| (e.file.clone(), e.line));
             Err(errors)
         }
     }
@@ -258,7 +267,10 @@ fn collect_devices(
                     errors.push(
                         ConfigError::new(format!("devices[{i}]: unknown field `{key}`"))
                             .at(file, Some(*line))
-                            .hint(format!("device fields are {}", RawDevice::FIELDS.join(", "))),
+                            .hint(format!(
+                                "device fields are {}",
+                                RawDevice::FIELDS.join(", ")
+                            )),
                     );
                 }
             }
@@ -270,16 +282,24 @@ fn collect_devices(
     }
 }
 
-fn load_device_file(path: &Path, out: &mut Vec<(RawDevice, usize, Option<PathBuf>, Node)>, errors: &mut ConfigErrors) {
+fn load_device_file(
+    path: &Path,
+    out: &mut Vec<(RawDevice, usize, Option<PathBuf>, Node)>,
+    errors: &mut ConfigErrors,
+) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            errors.push(ConfigError::new(format!("cannot read device file: {e}")).at(Some(path), None));
+            errors.push(
+                ConfigError::new(format!("cannot read device file: {e}")).at(Some(path), None),
+            );
             return;
         }
     };
     match yaml::parse(&text) {
-        Err(errs) => errors.0.extend(errs.into_iter().map(|e| e.at(Some(path), None))),
+        Err(errs) => errors
+            .0
+            .extend(errs.into_iter().map(|e| e.at(Some(path), None))),
         Ok(root) => match root.get("devices") {
             Some((node, _)) => collect_devices(node, Some(path), out, errors),
             None => errors.push(
@@ -300,7 +320,11 @@ fn validate_device(
     let id = match raw.id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => {
-            errors.push(ConfigError::new("device has no `id`").at(None, line).hint("every device needs a unique id"));
+            errors.push(
+                ConfigError::new("device has no `id`")
+                    .at(None, line)
+                    .hint("every device needs a unique id"),
+            );
             return None;
         }
     };
@@ -309,9 +333,11 @@ fn validate_device(
         Some(e) if e.starts_with("opc.tcp://") && e.len() > "opc.tcp://".len() => e.to_string(),
         Some(e) => {
             errors.push(
-                ConfigError::new(format!("device `{id}`: endpoint {e:?} is not an opc.tcp:// URL"))
-                    .at(None, line)
-                    .hint("write e.g. opc.tcp://plc-1.example:4840"),
+                ConfigError::new(format!(
+                    "device `{id}`: endpoint {e:?} is not an opc.tcp:// URL"
+                ))
+                .at(None, line)
+                .hint("write e.g. opc.tcp://plc-1.example:4840"),
             );
             ok = false;
             String::new()
@@ -350,7 +376,12 @@ fn validate_device(
     }
     let interval = raw.interval.unwrap_or(default_interval);
     if interval < MIN_INTERVAL {
-        errors.push(ConfigError::new(format!("device `{id}`: interval {interval:?} is below the minimum of 10ms")).at(None, line));
+        errors.push(
+            ConfigError::new(format!(
+                "device `{id}`: interval {interval:?} is below the minimum of 10ms"
+            ))
+            .at(None, line),
+        );
         ok = false;
     }
     ok.then(|| Device {
@@ -361,37 +392,104 @@ fn validate_device(
     })
 }
 
-fn check_sections(cfg: &CollectorConfig, path: Option<&Path>, root: &Node, errors: &mut ConfigErrors) {
+fn check_sections(
+    cfg: &CollectorConfig,
+    path: Option<&Path>,
+    root: &Node,
+    errors: &mut ConfigErrors,
+) {
     let line_of = |section: &str, field: &str| {
         root.get(section)
             .and_then(|(n, l)| n.get(field).map(|(_, fl)| fl).or(Some(l)))
     };
     let mut check = |cond: bool, section: &str, field: &str, msg: &str| {
         if !cond {
-            errors.push(ConfigError::new(format!("{section}.{field}: {msg}")).at(path, line_of(section, field)));
+            errors.push(
+                ConfigError::new(format!("{section}.{field}: {msg}"))
+                    .at(path, line_of(section, field)),
+            );
         }
     };
-    check(cfg.schedule.interval >= MIN_INTERVAL, "schedule", "interval", "must be at least 10ms");
-    check(cfg.workers.permits >= 1, "workers", "permits", "must be at least 1");
-    check(!cfg.session.connect_timeout.is_zero(), "session", "connect_timeout", "must be > 0");
-    check(!cfg.session.read_timeout.is_zero(), "session", "read_timeout", "must be > 0");
-    check(cfg.session.max_connects_per_second >= 1, "session", "max_connects_per_second", "must be at least 1");
+    check(
+        cfg.schedule.interval >= MIN_INTERVAL,
+        "schedule",
+        "interval",
+        "must be at least 10ms",
+    );
+    check(
+        cfg.workers.permits >= 1,
+        "workers",
+        "permits",
+        "must be at least 1",
+    );
+    check(
+        !cfg.session.connect_timeout.is_zero(),
+        "session",
+        "connect_timeout",
+        "must be > 0",
+    );
+    check(
+        !cfg.session.read_timeout.is_zero(),
+        "session",
+        "read_timeout",
+        "must be > 0",
+    );
+    check(
+        cfg.session.max_connects_per_second >= 1,
+        "session",
+        "max_connects_per_second",
+        "must be at least 1",
+    );
     check(
         cfg.session.reconnect_initial <= cfg.session.reconnect_max,
         "session",
         "reconnect_initial",
         "must not exceed reconnect_max",
     );
-    check(!cfg.batch.interval.is_zero(), "batch", "interval", "must be > 0");
-    check(cfg.batch.max_records >= 1, "batch", "max_records", "must be at least 1");
-    check(cfg.batch.max_bytes >= 1024, "batch", "max_bytes", "must be at least 1KiB");
-    check(cfg.batch.max_in_flight >= 1, "batch", "max_in_flight", "must be at least 1");
-    check(cfg.batch.queue_capacity >= 1, "batch", "queue_capacity", "must be at least 1");
-    check(!cfg.kafka.brokers.trim().is_empty(), "kafka", "brokers", "must name at least one broker");
+    check(
+        !cfg.batch.interval.is_zero(),
+        "batch",
+        "interval",
+        "must be > 0",
+    );
+    check(
+        cfg.batch.max_records >= 1,
+        "batch",
+        "max_records",
+        "must be at least 1",
+    );
+    check(
+        cfg.batch.max_bytes >= 1024,
+        "batch",
+        "max_bytes",
+        "must be at least 1KiB",
+    );
+    check(
+        cfg.batch.max_in_flight >= 1,
+        "batch",
+        "max_in_flight",
+        "must be at least 1",
+    );
+    check(
+        cfg.batch.queue_capacity >= 1,
+        "batch",
+        "queue_capacity",
+        "must be at least 1",
+    );
+    check(
+        !cfg.kafka.brokers.trim().is_empty(),
+        "kafka",
+        "brokers",
+        "must name at least one broker",
+    );
     check(
         !cfg.kafka.topic.is_empty()
             && cfg.kafka.topic.len() <= 249
-            && cfg.kafka.topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            && cfg
+                .kafka
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "kafka",
         "topic",
         "must be 1-249 characters of [a-zA-Z0-9._-]",
@@ -402,9 +500,19 @@ fn check_sections(cfg: &CollectorConfig, path: Option<&Path>, root: &Node, error
         "compression",
         "must be one of none, gzip, snappy, lz4, zstd",
     );
-    check(!cfg.kafka.message_timeout.is_zero(), "kafka", "message_timeout", "must be > 0");
+    check(
+        !cfg.kafka.message_timeout.is_zero(),
+        "kafka",
+        "message_timeout",
+        "must be > 0",
+    );
     if let Some(id) = &cfg.collector.id {
-        check(!id.trim().is_empty(), "collector", "id", "must not be empty");
+        check(
+            !id.trim().is_empty(),
+            "collector",
+            "id",
+            "must not be empty",
+        );
     }
 }
 
@@ -451,13 +559,37 @@ devices:
     interval: soon
 ";
         let errs = CollectorConfig::from_yaml(text, Some(Path::new("c.yaml"))).unwrap_err();
-        let lines: Vec<(usize, String)> = errs.iter().map(|e| (e.line.unwrap(), e.message.clone())).collect();
+        let lines: Vec<(usize, String)> = errs
+            .iter()
+            .map(|e| (e.line.unwrap(), e.message.clone()))
+            .collect();
         assert_eq!(errs.0.len(), 5, "{errs}");
-        assert!(lines.iter().any(|(l, m)| *l == 3 && m.contains("bogus")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 12 && m.contains("ns=two")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 13 && m.contains("duplicate")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 16 && m.contains("missing `endpoint`")), "{lines:?}");
-        assert!(lines.iter().any(|(l, m)| *l == 21 && m.contains("invalid duration")), "{lines:?}");
+        assert!(
+            lines.iter().any(|(l, m)| *l == 3 && m.contains("bogus")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|(l, m)| *l == 12 && m.contains("ns=two")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 13 && m.contains("duplicate")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 16 && m.contains("missing `endpoint`")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 21 && m.contains("invalid duration")),
+            "{lines:?}"
+        );
         assert!(errs.to_string().contains("c.yaml:3:"));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// `collector:` — who this collector is and where it keeps state.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorSection {
     /// Written as `collector_id` in every record. Default: `$HOSTNAME`
@@ -20,15 +20,6 @@ pub struct CollectorSection {
     /// floor). Default: none; sequence numbers then rely on the wall clock
     /// alone (see `docs/record-format.md`).
     pub state_dir: Option<PathBuf>,
-}
-
-impl Default for CollectorSection {
-    fn default() -> Self {
-        Self {
-            id: None,
-            state_dir: None,
-        }
-    }
 }
 
 /// `schedule:` — when devices are read.
@@ -245,7 +236,9 @@ pub(crate) mod opt_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => super::duration::parse(&s).map(Some).map_err(serde::de::Error::custom),
+            Some(s) => super::duration::parse(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -279,9 +272,14 @@ pub(crate) fn parse_byte_size(s: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

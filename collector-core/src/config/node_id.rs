@@ -54,29 +54,28 @@ impl std::str::FromStr for NodeAddress {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let t = text.trim();
         let (namespace, rest) = if let Some(r) = t.strip_prefix("nsu=") {
-            let (uri, rest) = r
-                .split_once(';')
-                .ok_or_else(|| format!("node id {text:?}: `nsu=` must be followed by `;` and an identifier"))?;
+            let (uri, rest) = r.split_once(';').ok_or_else(|| {
+                format!("node id {text:?}: `nsu=` must be followed by `;` and an identifier")
+            })?;
             if uri.is_empty() {
                 return Err(format!("node id {text:?}: empty namespace URI"));
             }
             (Namespace::Uri(uri.to_string()), rest)
         } else if let Some(r) = t.strip_prefix("ns=") {
-            let (idx, rest) = r
-                .split_once(';')
-                .ok_or_else(|| format!("node id {text:?}: `ns=` must be followed by `;` and an identifier"))?;
-            let idx: u16 = idx
-                .parse()
-                .map_err(|_| format!("node id {text:?}: namespace index {idx:?} is not a number 0-65535"))?;
+            let (idx, rest) = r.split_once(';').ok_or_else(|| {
+                format!("node id {text:?}: `ns=` must be followed by `;` and an identifier")
+            })?;
+            let idx: u16 = idx.parse().map_err(|_| {
+                format!("node id {text:?}: namespace index {idx:?} is not a number 0-65535")
+            })?;
             (Namespace::Index(idx), rest)
         } else {
             (Namespace::Index(0), t)
         };
         let identifier = if let Some(v) = rest.strip_prefix("i=") {
-            Identifier::Numeric(
-                v.parse()
-                    .map_err(|_| format!("node id {text:?}: numeric identifier {v:?} is not a number 0-4294967295"))?,
-            )
+            Identifier::Numeric(v.parse().map_err(|_| {
+                format!("node id {text:?}: numeric identifier {v:?} is not a number 0-4294967295")
+            })?)
         } else if let Some(v) = rest.strip_prefix("s=") {
             if v.is_empty() {
                 return Err(format!("node id {text:?}: empty string identifier"));
@@ -126,13 +125,24 @@ mod tests {
         assert_eq!(n.identifier, Identifier::Numeric(2258));
         let n: NodeAddress = "nsu=urn:x:y;s=A.B".parse().unwrap();
         assert_eq!(n.namespace, Namespace::Uri("urn:x:y".into()));
-        let n: NodeAddress = "ns=1;g=09087e75-8e5e-499b-954f-f2a9603db28a".parse().unwrap();
+        let n: NodeAddress = "ns=1;g=09087e75-8e5e-499b-954f-f2a9603db28a"
+            .parse()
+            .unwrap();
         assert!(matches!(n.identifier, Identifier::Guid(_)));
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["ns=x;s=A", "ns=2;q=A", "ns=2", "ns=2;s=", "nsu=;s=a", "ns=70000;i=1", "i=abc", "ns=1;g=nope"] {
+        for bad in [
+            "ns=x;s=A",
+            "ns=2;q=A",
+            "ns=2",
+            "ns=2;s=",
+            "nsu=;s=a",
+            "ns=70000;i=1",
+            "i=abc",
+            "ns=1;g=nope",
+        ] {
             assert!(bad.parse::<NodeAddress>().is_err(), "{bad}");
         }
     }

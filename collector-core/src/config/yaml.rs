@@ -99,7 +99,9 @@ impl Node {
         let mut line = self.line();
         for seg in path.iter() {
             let next = match (seg, node) {
-                (Segment::Seq { index }, Node::Seq { items, .. }) => items.get(*index).map(|n| (n, n.line())),
+                (Segment::Seq { index }, Node::Seq { items, .. }) => {
+                    items.get(*index).map(|n| (n, n.line()))
+                }
                 (Segment::Map { key }, Node::Map { .. }) => node.get(key),
                 _ => None,
             };
@@ -119,7 +121,10 @@ impl Node {
 /// into `T`; on failure returns the error at the line of the offending field.
 /// An empty node (a section whose keys are all commented out) is `T`'s
 /// default.
-pub(crate) fn deserialize<T: serde::de::DeserializeOwned + Default>(node: &Node, context: &str) -> Result<T, ConfigError> {
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned + Default>(
+    node: &Node,
+    context: &str,
+) -> Result<T, ConfigError> {
     let json = node.to_json();
     if json.is_null() {
         return Ok(T::default());
@@ -144,8 +149,11 @@ pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
-        return Err(vec![ConfigError::new(format!("YAML syntax error: {}", e.info()))
-            .at(None, Some(e.marker().line()))]);
+        return Err(vec![ConfigError::new(format!(
+            "YAML syntax error: {}",
+            e.info()
+        ))
+        .at(None, Some(e.marker().line()))]);
     }
     if !builder.errors.is_empty() {
         return Err(builder.errors);
@@ -158,7 +166,12 @@ pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
 
 enum Frame {
     Seq(Vec<Node>, usize, usize),
-    Map(Vec<(String, usize, Node)>, Option<(String, usize)>, usize, usize),
+    Map(
+        Vec<(String, usize, Node)>,
+        Option<(String, usize)>,
+        usize,
+        usize,
+    ),
 }
 
 #[derive(Default)]
@@ -188,8 +201,10 @@ impl Builder {
                         Node::Scalar { text, line, .. } => *pending = Some((text, line)),
                         other => {
                             let line = other.line();
-                            self.errors
-                                .push(ConfigError::new("mapping keys must be plain strings").at(None, Some(line)));
+                            self.errors.push(
+                                ConfigError::new("mapping keys must be plain strings")
+                                    .at(None, Some(line)),
+                            );
                             *pending = Some((String::new(), line));
                         }
                     }
@@ -219,8 +234,12 @@ impl MarkedEventReceiver for Builder {
                 let plain = style == TScalarStyle::Plain;
                 self.push_node(Node::Scalar { text, plain, line }, anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), line, anchor)),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, line, anchor)),
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq(Vec::new(), line, anchor))
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), None, line, anchor))
+            }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(items, line, anchor)) = self.stack.pop() {
                     self.push_node(Node::Seq { items, line }, anchor);

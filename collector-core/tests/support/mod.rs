@@ -52,7 +52,13 @@ pub struct Consumed {
 pub async fn consume(bootstrap: &str, expected: usize) -> Consumed {
     let b = bootstrap.to_string();
     let msgs = tokio::task::spawn_blocking(move || {
-        consume_all(&b, TOPIC, expected, Duration::from_secs(5), Duration::from_secs(90))
+        consume_all(
+            &b,
+            TOPIC,
+            expected,
+            Duration::from_secs(5),
+            Duration::from_secs(90),
+        )
     })
     .await
     .unwrap()
@@ -63,8 +69,15 @@ pub async fn consume(bootstrap: &str, expected: usize) -> Consumed {
         let key = String::from_utf8(m.key.clone().expect("message has a key")).unwrap();
         let v: Json = serde_json::from_slice(&m.payload).expect("payload is JSON");
         let errors: Vec<String> = schema.iter_errors(&v).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "record does not match the schema: {errors:?}\n{v}");
-        assert_eq!(v["device_id"], key.as_str(), "message key must be the device id");
+        assert!(
+            errors.is_empty(),
+            "record does not match the schema: {errors:?}\n{v}"
+        );
+        assert_eq!(
+            v["device_id"],
+            key.as_str(),
+            "message key must be the device id"
+        );
         by_device.entry(key).or_default().push(v);
     }
     Consumed {
@@ -101,11 +114,20 @@ pub fn assert_model_values(record: &Json) {
         let name = node.rsplit("s=").next().unwrap();
         let tag = model::tag_index(name).unwrap_or_else(|| panic!("node {node}"));
         let src = s["source_timestamp"].as_str().expect("source timestamp");
-        assert!(s["server_timestamp"].is_string(), "server timestamp missing: {s}");
-        let at_ms = chrono::DateTime::parse_from_rfc3339(src).unwrap().timestamp_millis();
+        assert!(
+            s["server_timestamp"].is_string(),
+            "server timestamp missing: {s}"
+        );
+        let at_ms = chrono::DateTime::parse_from_rfc3339(src)
+            .unwrap()
+            .timestamp_millis();
         if model::is_bad(tag) {
             assert_eq!(s["status"]["name"], "BadSensorFailure", "{s}");
-            assert_eq!(s["status"]["code"], u64::from(model::BAD_SENSOR_FAILURE), "{s}");
+            assert_eq!(
+                s["status"]["code"],
+                u64::from(model::BAD_SENSOR_FAILURE),
+                "{s}"
+            );
             assert!(s["value"].is_null());
             continue;
         }
@@ -114,22 +136,30 @@ pub fn assert_model_values(record: &Json) {
         let v = &s["value"];
         let ok = match &expected {
             ModelValue::Double(x) => s["type"] == "Double" && v.as_f64() == Some(*x),
-            ModelValue::Float(x) => s["type"] == "Float" && v.as_f64().map(|f| f as f32) == Some(*x),
+            ModelValue::Float(x) => {
+                s["type"] == "Float" && v.as_f64().map(|f| f as f32) == Some(*x)
+            }
             ModelValue::Int32(x) => s["type"] == "Int32" && v.as_i64() == Some(i64::from(*x)),
             ModelValue::UInt16(x) => s["type"] == "UInt16" && v.as_u64() == Some(u64::from(*x)),
             ModelValue::Boolean(x) => s["type"] == "Boolean" && v.as_bool() == Some(*x),
             ModelValue::String(x) => s["type"] == "String" && v.as_str() == Some(x.as_str()),
             ModelValue::DateTime(x) => {
                 s["type"] == "DateTime"
-                    && v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc())
+                    && v.as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.to_utc())
                         == Some(*x)
             }
             ModelValue::DoubleArray(xs) => {
                 s["type"] == "Double[]"
-                    && v.as_array().map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
+                    && v.as_array()
+                        .map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
                         == Some(xs.iter().map(|x| Some(*x)).collect())
             }
         };
-        assert!(ok, "device {device} tag {tag} at {at_ms}: expected {expected:?}, got {s}");
+        assert!(
+            ok,
+            "device {device} tag {tag} at {at_ms}: expected {expected:?}, got {s}"
+        );
     }
 }

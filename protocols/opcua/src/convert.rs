@@ -33,7 +33,11 @@ pub(crate) fn missing(node_id: &Arc<str>, code: StatusCode) -> Sample {
 pub(crate) fn status_of(code: StatusCode) -> Status {
     Status {
         code: code.bits(),
-        name: if code.bits() == 0 { "Good" } else { code.sub_code().name() },
+        name: if code.bits() == 0 {
+            "Good"
+        } else {
+            code.sub_code().name()
+        },
     }
 }
 

@@ -21,7 +21,8 @@ use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use opcua::client::{Client, IdentityToken, Session, SessionPollResult};
 use opcua::types::{
-    MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, Variant, VariableId,
+    MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, VariableId,
+    Variant,
 };
 use rand::Rng;
 use tokio::sync::Mutex;
@@ -122,7 +123,8 @@ impl Pool {
         let total = self.endpoints.lock().map(|m| m.len() as i64).unwrap_or(0);
         metrics::gauge!(names::SESSIONS, "state" => "connected").set(connected as f64);
         metrics::gauge!(names::SESSIONS, "state" => "connecting").set(connecting as f64);
-        metrics::gauge!(names::SESSIONS, "state" => "disconnected").set((total - connected - connecting).max(0) as f64);
+        metrics::gauge!(names::SESSIONS, "state" => "disconnected")
+            .set((total - connected - connecting).max(0) as f64);
     }
 
     /// The live session of `ep`, connecting first if there is none.
@@ -154,7 +156,8 @@ impl Pool {
         self.connecting.fetch_add(1, Ordering::Relaxed);
         self.publish_gauges();
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let result = tokio::time::timeout(self.cfg.connect_timeout, self.connect(&ep.url, generation)).await;
+        let result =
+            tokio::time::timeout(self.cfg.connect_timeout, self.connect(&ep.url, generation)).await;
         self.connecting.fetch_sub(1, Ordering::Relaxed);
         let result = match result {
             Ok(r) => r,
@@ -178,7 +181,11 @@ impl Pool {
                 Ok(live)
             }
             Err(e) => {
-                let label = if matches!(e, ReadError::Timeout { .. }) { "timeout" } else { "error" };
+                let label = if matches!(e, ReadError::Timeout { .. }) {
+                    "timeout"
+                } else {
+                    "error"
+                };
                 metrics::counter!(names::SESSION_CONNECTS, "result" => label).increment(1);
                 st.consecutive_failures = st.consecutive_failures.saturating_add(1);
                 let delay = backoff(&self.cfg, st.consecutive_failures);
@@ -249,7 +256,10 @@ impl Pool {
             UserTokenPolicy::anonymous(),
         );
         let (session, event_loop) = {
-            let mut client = self.client.lock().map_err(|_| connect_err("client lock poisoned".into()))?;
+            let mut client = self
+                .client
+                .lock()
+                .map_err(|_| connect_err("client lock poisoned".into()))?;
             client
                 .connect_to_endpoint_directly(endpoint, IdentityToken::Anonymous)
                 .map_err(|e| connect_err(e.to_string()))?
@@ -323,7 +333,9 @@ impl Pool {
 /// Reads the namespace array and MaxNodesPerRead in one request.
 async fn discover(session: &Session) -> Result<(HashMap<String, u16>, usize), ReadError> {
     let ids = [
-        ReadValueId::from(opcua::types::NodeId::from(VariableId::Server_NamespaceArray)),
+        ReadValueId::from(opcua::types::NodeId::from(
+            VariableId::Server_NamespaceArray,
+        )),
         ReadValueId::from(opcua::types::NodeId::from(
             VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
         )),
@@ -361,7 +373,10 @@ async fn close(live: &Live) {
 /// so devices that failed together do not retry together.
 pub(crate) fn backoff(cfg: &SessionConfig, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    let base = cfg.reconnect_initial.saturating_mul(1u32 << exp).min(cfg.reconnect_max);
+    let base = cfg
+        .reconnect_initial
+        .saturating_mul(1u32 << exp)
+        .min(cfg.reconnect_max);
     let jitter: f64 = rand::rng().random_range(0.5..=1.0);
     base.mul_f64(jitter)
 }

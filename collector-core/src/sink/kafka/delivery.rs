@@ -52,7 +52,11 @@ impl BatchAck {
         while self.remaining.load(Ordering::Acquire) != 0 {
             self.done.notified().await;
         }
-        let mut failed = self.failed.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+        let mut failed = self
+            .failed
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
         failed.sort_unstable();
         let err = self.first_error.lock().ok().and_then(|mut e| e.take());
         (failed, err)
@@ -75,7 +79,10 @@ pub(crate) struct Context {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
             self.up.store(false, Ordering::Relaxed);
             metrics::gauge!(names::KAFKA_UP).set(0.0);
         }
@@ -91,9 +98,11 @@ impl ProducerContext for Context {
         match result {
             Ok(_) => {
                 metrics::counter!(names::KAFKA_DELIVERED).increment(1);
-                metrics::histogram!(names::KAFKA_ACK_LATENCY).record(p.enqueued.elapsed().as_secs_f64());
+                metrics::histogram!(names::KAFKA_ACK_LATENCY)
+                    .record(p.enqueued.elapsed().as_secs_f64());
                 let now_us = chrono::Utc::now().timestamp_micros();
-                metrics::histogram!(names::SAMPLE_TO_ACK).record((now_us - p.read_time_us).max(0) as f64 / 1e6);
+                metrics::histogram!(names::SAMPLE_TO_ACK)
+                    .record((now_us - p.read_time_us).max(0) as f64 / 1e6);
                 p.ack.settle_ok();
             }
             Err((e, _)) => {

@@ -44,9 +44,18 @@ impl KafkaSink {
             .set("acks", "all")
             .set("compression.codec", &cfg.compression)
             .set("linger.ms", cfg.linger_ms.to_string())
-            .set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
-            .set("queue.buffering.max.messages", cfg.queue_max_messages.to_string())
-            .set("queue.buffering.max.kbytes", cfg.queue_max_kbytes.to_string());
+            .set(
+                "message.timeout.ms",
+                cfg.message_timeout.as_millis().to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                cfg.queue_max_messages.to_string(),
+            )
+            .set(
+                "queue.buffering.max.kbytes",
+                cfg.queue_max_kbytes.to_string(),
+            );
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
@@ -72,9 +81,11 @@ impl KafkaSink {
             loop {
                 let p = producer.clone();
                 let t = topic.clone();
-                let ok = tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&t), PROBE_TIMEOUT).is_ok())
-                    .await
-                    .unwrap_or(false);
+                let ok = tokio::task::spawn_blocking(move || {
+                    p.client().fetch_metadata(Some(&t), PROBE_TIMEOUT).is_ok()
+                })
+                .await
+                .unwrap_or(false);
                 let was = up.swap(ok, Ordering::Relaxed);
                 metrics::gauge!(names::KAFKA_UP).set(if ok { 1.0 } else { 0.0 });
                 if was != ok {
