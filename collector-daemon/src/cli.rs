@@ -15,10 +15,13 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    /// The default quiets async-opcua's per-connection chatter (our own
+    /// session events are logged by the collector) and its complaint that a
+    /// security-None channel has no certificate.
     #[arg(
         long,
         global = true,
-        default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn"
+        default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn,opcua_core::comms::secure_channel=off"
     )]
     pub log_level: String,
     #[command(subcommand)]

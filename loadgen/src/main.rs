@@ -55,10 +55,11 @@ fn init_tracing() {
     // missing certificate (there is none: security None only); keep that quiet by default.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,opcua_server=error,opcua_crypto=off,opcua_core=error,opcua_client=warn",
+            "info,opcua_server=error,opcua_crypto=off,opcua_core=error,opcua_core::comms::secure_channel=off,opcua_client=warn",
         )
     });
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();

@@ -1,0 +1,112 @@
+//! The daemon's HTTP surface and signal handling, from outside the process:
+//! `/healthz`, `/startupz`, `/readyz` (503 while Kafka is unreachable, 200
+//! when it is), `/metrics`, and a clean exit 0 on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use collector_core::testing::EmbeddedKafka;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A minimal HTTP/1.1 GET: (status, body), or None if nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn wait_for(port: u16, path: &str, status: u16, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        match get(port, path) {
+            Some((s, body)) if s == status => return body,
+            other if start.elapsed() > within => panic!("{path}: wanted {status}, last answer {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, brokers: &str, http_port: u16) -> Daemon {
+    let dead_device = format!("opc.tcp://127.0.0.1:{}", free_port());
+    let config = dir.join("collector.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {brokers}\n  properties:\n    reconnect.backoff.max.ms: \"500\"\n\
+             http:\n  addr: 127.0.0.1:{http_port}\n\
+             schedule:\n  interval: 1s\n\
+             devices:\n  - id: plc-1\n    endpoint: {dead_device}\n    nodes: [\"ns=2;s=Tag000\"]\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_opc-collector"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+fn sigterm_and_wait(mut d: Daemon) {
+    let pid = d.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = d.0.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn not_ready_while_kafka_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = start(dir.path(), &format!("127.0.0.1:{}", free_port()), port);
+    wait_for(port, "/healthz", 200, Duration::from_secs(20));
+    wait_for(port, "/startupz", 200, Duration::from_secs(10));
+    // The first probe needs its timeout to fail; readiness must stay 503.
+    std::thread::sleep(Duration::from_secs(4));
+    let body = wait_for(port, "/readyz", 503, Duration::from_secs(1));
+    assert!(body.contains("\"kafka\":false"), "{body}");
+    let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(1));
+    for name in ["collector_build_info", "collector_devices 1", "collector_kafka_up 0", "collector_reads_total"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
+    sigterm_and_wait(d);
+}
+
+#[test]
+fn ready_when_kafka_answers() {
+    let kafka = EmbeddedKafka::start(1, "opc-samples", 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = start(dir.path(), kafka.bootstrap_servers(), port);
+    let body = wait_for(port, "/readyz", 200, Duration::from_secs(20));
+    assert!(body.contains("\"ready\":true"), "{body}");
+    sigterm_and_wait(d);
+}
