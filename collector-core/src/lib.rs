@@ -23,6 +23,8 @@
 //! - `scheduler`: one timer per device, phase-spread over the interval,
 //!   missed ticks skipped and counted, lateness measured.
 //! - `worker`: the semaphore that bounds concurrent reads.
+//! - [`breaker`]: the per-device circuit breaker; [`device_status`]: the
+//!   per-device view served at `/devices`.
 //! - [`record`]: what one device read produces, and its JSON encoding
 //!   (documented in `docs/record-format.md`).
 //! - `seq`: per-device sequence numbers that never repeat, also across
@@ -37,14 +39,18 @@
 //!
 //! See `examples/embedded.rs` for a collector embedded in another program.
 
+pub mod breaker;
 pub mod config;
+pub mod device_status;
 pub mod error;
 pub mod health;
+pub mod histogram;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod sink;
+pub mod spill;
 pub mod testing;
 
 pub(crate) mod batcher;

@@ -18,9 +18,13 @@ pub mod names {
     pub const SCHEDULE_LATENESS: &str = "collector_schedule_lateness_seconds";
     /// Counter: ticks fired (reads scheduled).
     pub const TICKS: &str = "collector_schedule_ticks_total";
-    /// Counter: ticks skipped because the previous read of the device was
-    /// still running or waiting (never queued up).
+    /// Counter, label `reason`: `overrun` (the device's previous read was
+    /// still running or waiting; never queued up) or `breaker_open`.
     pub const TICKS_SKIPPED: &str = "collector_schedule_ticks_skipped_total";
+    /// Gauge, label `state` (`closed`, `open`, `half_open`): devices per breaker state.
+    pub const BREAKERS: &str = "collector_breakers";
+    /// Counter, label `to` (`open`, `half_open`, `closed`): breaker transitions.
+    pub const BREAKER_TRANSITIONS: &str = "collector_breaker_transitions_total";
     /// Counter, label `quality` (`good`, `uncertain`, `bad`).
     pub const SAMPLES: &str = "collector_samples_total";
     /// Gauge: worker permits configured.
@@ -126,6 +130,7 @@ pub struct Stats {
     pub(crate) devices: AtomicU64,
     pub(crate) ticks: AtomicU64,
     pub(crate) ticks_skipped: AtomicU64,
+    pub(crate) ticks_breaker_open: AtomicU64,
     pub(crate) reads_ok: AtomicU64,
     pub(crate) reads_failed: AtomicU64,
     pub(crate) samples: AtomicU64,
@@ -143,6 +148,8 @@ pub struct StatsSnapshot {
     pub ticks: u64,
     /// Ticks skipped (previous read still running).
     pub ticks_skipped: u64,
+    /// Ticks skipped because the device's breaker was open.
+    pub ticks_breaker_open: u64,
     /// Reads that produced a record.
     pub reads_ok: u64,
     /// Reads that failed (no record).
@@ -158,9 +165,10 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// Reads the schedule asked for: fired plus skipped ticks.
+    /// Reads the schedule asked for: fired plus skipped ticks (for
+    /// either reason).
     pub fn scheduled(&self) -> u64 {
-        self.ticks + self.ticks_skipped
+        self.ticks + self.ticks_skipped + self.ticks_breaker_open
     }
 }
 
@@ -172,6 +180,7 @@ impl Stats {
             devices: l(&self.devices),
             ticks: l(&self.ticks),
             ticks_skipped: l(&self.ticks_skipped),
+            ticks_breaker_open: l(&self.ticks_breaker_open),
             reads_ok: l(&self.reads_ok),
             reads_failed: l(&self.reads_failed),
             samples: l(&self.samples),

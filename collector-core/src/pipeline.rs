@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::batcher::run_batcher;
 use crate::config::CollectorConfig;
+use crate::device_status::DeviceBoard;
 use crate::dispatcher::run_dispatcher;
 use crate::error::CollectorError;
 use crate::health::Health;
@@ -71,6 +72,7 @@ impl CollectorBuilder {
             protocol,
             sink,
             stats: Arc::new(Stats::default()),
+            board: DeviceBoard::default(),
             seq,
             stop,
             _probe: probe,
@@ -84,6 +86,7 @@ pub struct Collector {
     protocol: Arc<dyn Protocol>,
     sink: Arc<dyn Sink>,
     stats: Arc<Stats>,
+    board: DeviceBoard,
     health: Health,
     seq: SeqBase,
     stop: CancellationToken,
@@ -103,6 +106,11 @@ impl Collector {
     /// Live counters (reads, records delivered, ...).
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Per-device state for `/devices`.
+    pub fn devices(&self) -> DeviceBoard {
+        self.board.clone()
     }
 
     /// Health latches for `/healthz`, `/readyz`, `/startupz`.
@@ -138,6 +146,8 @@ impl Collector {
             pool: WorkerPool::new(cfg.workers.permits),
             records: record_tx,
             stats: self.stats.clone(),
+            board: self.board.clone(),
+            breaker: cfg.breaker.clone(),
             epoch: tokio::time::Instant::now(),
             seq_base: self.seq.0,
             stop: schedules_stop.clone(),

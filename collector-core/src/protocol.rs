@@ -36,4 +36,10 @@ pub trait DeviceReader: Send {
 
     /// Releases this device's hold on its session.
     async fn close(&mut self);
+
+    /// The session as seen for `/devices`: `connected`, `disconnected`,
+    /// `backoff`, or `unknown` (the default).
+    fn session_state(&self) -> &'static str {
+        "unknown"
+    }
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
@@ -221,8 +221,59 @@ impl Record {
     }
 }
 
-fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// RFC 3339 in UTC with the fraction in 0, 3, 6 or 9 digits (as chrono's
+/// `SecondsFormat::AutoSi`), written into a stack buffer: timestamps are
+/// three per sample, so the encoder must not allocate for them.
+struct Rfc3339<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Rfc3339<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 30];
+        let n = format_rfc3339(self.0, &mut buf);
+        // Only ASCII digits and separators were written.
+        s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+    }
+}
+
+fn format_rfc3339(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> usize {
+    use chrono::{Datelike, Timelike};
+    fn put(buf: &mut [u8], at: usize, v: u32, width: usize) {
+        let mut v = v;
+        for i in (0..width).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let year = t.year().clamp(0, 9999) as u32;
+    put(buf, 0, year, 4);
+    buf[4] = b'-';
+    put(buf, 5, t.month(), 2);
+    buf[7] = b'-';
+    put(buf, 8, t.day(), 2);
+    buf[10] = b'T';
+    put(buf, 11, t.hour(), 2);
+    buf[13] = b':';
+    put(buf, 14, t.minute(), 2);
+    buf[16] = b':';
+    put(buf, 17, t.second(), 2);
+    let mut n = 19;
+    // A leap second carries nanos >= 1e9; keep it inside the second.
+    let nanos = t.nanosecond().min(999_999_999);
+    if nanos != 0 {
+        buf[n] = b'.';
+        n += 1;
+        let (value, width) = if nanos % 1_000_000 == 0 {
+            (nanos / 1_000_000, 3)
+        } else if nanos % 1_000 == 0 {
+            (nanos / 1_000, 6)
+        } else {
+            (nanos, 9)
+        };
+        put(buf, n, value, width);
+        n += width;
+    }
+    buf[n] = b'Z';
+    n + 1
 }
 
 /// The JSON envelope: a record plus the collector that produced it.
@@ -239,7 +290,7 @@ impl Serialize for Envelope<'_> {
         m.serialize_entry("device_id", &*r.device_id)?;
         m.serialize_entry("seq", &r.seq)?;
         m.serialize_entry("collector_id", self.collector_id)?;
-        m.serialize_entry("read_time", &rfc3339(&r.read_time))?;
+        m.serialize_entry("read_time", &Rfc3339(&r.read_time))?;
         m.serialize_entry("samples", &Samples(&r.samples))?;
         m.end()
     }
@@ -261,16 +312,28 @@ impl Serialize for Sample {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("node_id", &*self.node_id)?;
-        m.serialize_entry("type", &self.value.type_name())?;
+        m.serialize_entry("type", &TypeName(&self.value))?;
         m.serialize_entry("value", &self.value)?;
         m.serialize_entry("status", &StatusJson(&self.status))?;
         if let Some(t) = &self.source_timestamp {
-            m.serialize_entry("source_timestamp", &rfc3339(t))?;
+            m.serialize_entry("source_timestamp", &Rfc3339(t))?;
         }
         if let Some(t) = &self.server_timestamp {
-            m.serialize_entry("server_timestamp", &rfc3339(t))?;
+            m.serialize_entry("server_timestamp", &Rfc3339(t))?;
         }
         m.end()
+    }
+}
+
+/// The `type` field, written without allocating (also for `Type[]`).
+struct TypeName<'a>(&'a Value);
+
+impl Serialize for TypeName<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Array { element_type, .. } => s.collect_str(&format_args!("{element_type}[]")),
+            other => s.serialize_str(&other.type_name()),
+        }
     }
 }
 
@@ -315,7 +378,7 @@ impl Serialize for Value {
             Value::Double(v) => serialize_float(*v, s),
             Value::String(v) | Value::Guid(v) => s.serialize_str(v),
             Value::Other { text, .. } => s.serialize_str(text),
-            Value::DateTime(t) => s.serialize_str(&rfc3339(t)),
+            Value::DateTime(t) => Rfc3339(t).serialize(s),
             Value::ByteString(b) => {
                 s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
             }
@@ -403,6 +466,22 @@ mod tests {
             name: "Uncertain",
         };
         assert_eq!(unc.quality(), Quality::Uncertain);
+    }
+
+    #[test]
+    fn timestamps_match_chrono_autosi() {
+        use chrono::SecondsFormat;
+        for nanos in [0u32, 123_000_000, 123_456_000, 123_456_789, 1, 999_999_999] {
+            for secs in [0i64, 1_700_000_000, 4_102_444_799] {
+                let t = DateTime::from_timestamp(secs, nanos).unwrap();
+                let mut buf = [0u8; 30];
+                let n = format_rfc3339(&t, &mut buf);
+                assert_eq!(
+                    std::str::from_utf8(&buf[..n]).unwrap(),
+                    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Device;
+use crate::breaker::{Admit, Breaker, BreakerState};
+use crate::config::{BreakerConfig, Device};
+use crate::device_status::DeviceBoard;
 use crate::metrics::{names, Stats};
 use crate::protocol::DeviceReader;
 use crate::record::{Quality, Record};
@@ -51,6 +53,8 @@ pub(crate) struct ScheduleContext {
     pub(crate) pool: WorkerPool,
     pub(crate) records: mpsc::Sender<Record>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) board: DeviceBoard,
+    pub(crate) breaker: BreakerConfig,
     pub(crate) epoch: Instant,
     pub(crate) seq_base: u64,
     pub(crate) stop: CancellationToken,
@@ -61,6 +65,7 @@ struct DeviceMetrics {
     ok: Counter,
     ticks: Counter,
     skipped: Counter,
+    skipped_open: Counter,
     lateness: Histogram,
     duration: Histogram,
     good: Counter,
@@ -73,12 +78,34 @@ impl DeviceMetrics {
         Self {
             ok: metrics::counter!(names::READS, "result" => "ok"),
             ticks: metrics::counter!(names::TICKS),
-            skipped: metrics::counter!(names::TICKS_SKIPPED),
+            skipped: metrics::counter!(names::TICKS_SKIPPED, "reason" => "overrun"),
+            skipped_open: metrics::counter!(names::TICKS_SKIPPED, "reason" => "breaker_open"),
             lateness: metrics::histogram!(names::SCHEDULE_LATENESS),
             duration: metrics::histogram!(names::READ_DURATION),
             good: metrics::counter!(names::SAMPLES, "quality" => "good"),
             uncertain: metrics::counter!(names::SAMPLES, "quality" => "uncertain"),
             bad: metrics::counter!(names::SAMPLES, "quality" => "bad"),
+        }
+    }
+}
+
+/// Moves the breaker gauges and logs a transition.
+fn breaker_transition(device: &str, from: BreakerState, to: BreakerState, failures: u32) {
+    if from == to {
+        return;
+    }
+    metrics::gauge!(names::BREAKERS, "state" => from.label()).decrement(1.0);
+    metrics::gauge!(names::BREAKERS, "state" => to.label()).increment(1.0);
+    metrics::counter!(names::BREAKER_TRANSITIONS, "to" => to.label()).increment(1);
+    match to {
+        BreakerState::Open => tracing::warn!(
+            device,
+            consecutive_failures = failures,
+            "circuit breaker opened"
+        ),
+        BreakerState::HalfOpen => tracing::debug!(device, "circuit breaker half-open: probing"),
+        BreakerState::Closed => {
+            tracing::info!(device, "circuit breaker closed: device reads again")
         }
     }
 }
@@ -91,16 +118,34 @@ pub(crate) async fn run_device(
     ctx: Arc<ScheduleContext>,
 ) {
     let m = DeviceMetrics::new();
+    let status = ctx.board.register(device.id.clone(), &device.endpoint);
+    let mut breaker = Breaker::new(ctx.breaker.clone());
+    metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let interval = device.interval;
     let mut deadline = ctx.epoch + phase_offset(&device.id, interval);
     let mut seq = ctx.seq_base;
-    let mut failing = false;
     loop {
         tokio::select! {
             biased;
             _ = ctx.stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        let before = breaker.state();
+        if breaker.admit(Instant::now()) == Admit::Skip {
+            m.skipped_open.increment(1);
+            Stats::add(&ctx.stats.ticks_breaker_open, 1);
+            if let Ok(mut st) = status.lock() {
+                st.ticks_skipped_open += 1;
+            }
+            deadline = next_deadline(deadline, interval, Instant::now()).0;
+            continue;
+        }
+        breaker_transition(
+            &device.id,
+            before,
+            breaker.state(),
+            breaker.consecutive_failures(),
+        );
         m.ticks.increment(1);
         Stats::add(&ctx.stats.ticks, 1);
         let permit = tokio::select! {
@@ -110,43 +155,67 @@ pub(crate) async fn run_device(
         };
         let Some(permit) = permit else { break };
         let started = Instant::now();
-        m.lateness
-            .record(started.duration_since(deadline).as_secs_f64());
+        let lateness = started.duration_since(deadline).as_secs_f64();
+        m.lateness.record(lateness);
         let read_time = chrono::Utc::now();
         let result = reader.read().await;
         drop(permit);
         m.duration.record(started.elapsed().as_secs_f64());
-        match result {
+        let before = breaker.state();
+        let outcome = match result {
             Ok(samples) => {
                 m.ok.increment(1);
                 Stats::add(&ctx.stats.reads_ok, 1);
                 Stats::add(&ctx.stats.samples, samples.len() as u64);
                 count_quality(&m, &samples);
-                if failing {
-                    tracing::info!(device = %device.id, "device reads recovered");
-                    failing = false;
-                }
-                let record = Record {
+                breaker.success();
+                Ok(Record {
                     device_id: device.id.clone(),
                     seq,
                     read_time,
                     samples,
-                };
-                seq += 1;
-                if ctx.records.send(record).await.is_err() {
-                    tracing::error!(device = %device.id, "record queue closed; stopping schedule");
-                    break;
-                }
+                })
             }
             Err(e) => {
                 metrics::counter!(names::READS, "result" => e.label()).increment(1);
                 Stats::add(&ctx.stats.reads_failed, 1);
-                if failing {
-                    tracing::debug!(device = %device.id, error = %e, "read failed");
-                } else {
+                if breaker.consecutive_failures() == 0 {
                     tracing::warn!(device = %device.id, error = %e, "read failed");
-                    failing = true;
+                } else {
+                    tracing::debug!(device = %device.id, error = %e, "read failed");
                 }
+                breaker.failure(Instant::now());
+                Err(e)
+            }
+        };
+        breaker_transition(
+            &device.id,
+            before,
+            breaker.state(),
+            breaker.consecutive_failures(),
+        );
+        if let Ok(mut st) = status.lock() {
+            st.lateness.record(lateness);
+            st.breaker = breaker.state().label();
+            st.session = reader.session_state();
+            st.consecutive_failures = breaker.consecutive_failures();
+            match &outcome {
+                Ok(_) => {
+                    st.reads_ok += 1;
+                    st.last_success = Some(read_time);
+                }
+                Err(e) => {
+                    st.reads_failed += 1;
+                    st.last_error_at = Some(chrono::Utc::now());
+                    st.last_error = Some(e.to_string());
+                }
+            }
+        }
+        if let Ok(record) = outcome {
+            seq += 1;
+            if ctx.records.send(record).await.is_err() {
+                tracing::error!(device = %device.id, "record queue closed; stopping schedule");
+                break;
             }
         }
         let (next, skipped) = next_deadline(deadline, interval, Instant::now());
@@ -156,6 +225,7 @@ pub(crate) async fn run_device(
         }
         deadline = next;
     }
+    metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).decrement(1.0);
     reader.close().await;
 }
 

@@ -71,7 +71,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     let mut http_task = None;
     if let Some(addr) = args.http_addr {
-        let (_, t) = http::serve(addr, metrics, collector.health(), stop.clone()).await?;
+        let surface = http::AppState {
+            metrics,
+            health: collector.health(),
+            devices: collector.devices(),
+        };
+        let (_, t) = http::serve(addr, surface, stop.clone()).await?;
         http_task = Some(t);
     }
     let summary = tokio::spawn(summaries(

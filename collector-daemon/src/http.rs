@@ -1,37 +1,40 @@
 //! The operator's HTTP surface: `/metrics` (Prometheus), `/healthz`
 //! (liveness), `/readyz` (Kafka reachable), `/startupz` (devices loaded
-//! and scheduled).
+//! and scheduled), `/devices` (per-device state, filtered and paginated).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
+use collector_core::device_status::{DeviceBoard, DeviceStatus};
 use collector_core::health::Health;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+/// What the HTTP server shows.
 #[derive(Clone)]
-struct AppState {
-    metrics: PrometheusHandle,
-    health: Health,
+pub(crate) struct AppState {
+    pub metrics: PrometheusHandle,
+    pub health: Health,
+    pub devices: DeviceBoard,
 }
 
 /// Binds `addr` (so a port conflict fails start-up, not later) and serves
 /// until `stop`.
 pub(crate) async fn serve(
     addr: SocketAddr,
-    metrics: PrometheusHandle,
-    health: Health,
+    state: AppState,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics/health: {e}"))?;
     let local = listener.local_addr()?;
-    let upkeep = metrics.clone();
+    let upkeep = state.metrics.clone();
     let upkeep_stop = stop.clone();
     tokio::spawn(async move {
         loop {
@@ -46,7 +49,8 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/startupz", get(started))
-        .with_state(AppState { metrics, health });
+        .route("/devices", get(devices))
+        .with_state(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -55,7 +59,7 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "http server failed");
         }
     });
-    tracing::info!(addr = %local, "serving /metrics /healthz /readyz /startupz");
+    tracing::info!(addr = %local, "serving /metrics /healthz /readyz /startupz /devices");
     Ok((local, task))
 }
 
@@ -84,4 +88,46 @@ async fn started(State(s): State<AppState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
+}
+
+/// `/devices` query: `?breaker=open&failing=true&offset=0&limit=100`.
+#[derive(Debug, serde::Deserialize)]
+struct DevicesQuery {
+    /// Only devices whose breaker is in this state (`closed`, `open`, `half_open`).
+    breaker: Option<String>,
+    /// Only devices whose last read failed (`true`) or succeeded (`false`).
+    failing: Option<bool>,
+    /// Only devices whose id starts with this.
+    id_prefix: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Largest page `/devices` returns.
+const MAX_PAGE: usize = 1000;
+
+#[derive(serde::Serialize)]
+struct DevicesPage {
+    total: usize,
+    offset: usize,
+    devices: Vec<DeviceStatus>,
+}
+
+async fn devices(State(s): State<AppState>, Query(q): Query<DevicesQuery>) -> Json<DevicesPage> {
+    let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let (total, devices) = s.devices.page(
+        |d| {
+            q.breaker.as_deref().is_none_or(|b| d.breaker == b)
+                && q.failing.is_none_or(|f| (d.consecutive_failures > 0) == f)
+                && q.id_prefix.as_deref().is_none_or(|p| d.id.starts_with(p))
+        },
+        q.offset,
+        limit,
+    );
+    Json(DevicesPage {
+        total,
+        offset: q.offset,
+        devices,
+    })
 }

@@ -46,7 +46,12 @@ pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<()
         .build()
         .context("starting the collector")?;
     let stop_http = CancellationToken::new();
-    let (_, http_task) = http::serve(addr, metrics, collector.health(), stop_http.clone()).await?;
+    let surface = http::AppState {
+        metrics,
+        health: collector.health(),
+        devices: collector.devices(),
+    };
+    let (_, http_task) = http::serve(addr, surface, stop_http.clone()).await?;
     collector
         .run(shutdown_signal())
         .await

@@ -10,18 +10,29 @@ use std::time::{Duration, Instant};
 use collector_core::testing::EmbeddedKafka;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A minimal HTTP/1.1 GET: (status, body), or None if nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -30,7 +41,9 @@ fn wait_for(port: u16, path: &str, status: u16, within: Duration) -> String {
     loop {
         match get(port, path) {
             Some((s, body)) if s == status => return body,
-            other if start.elapsed() > within => panic!("{path}: wanted {status}, last answer {other:?}"),
+            other if start.elapsed() > within => {
+                panic!("{path}: wanted {status}, last answer {other:?}")
+            }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
@@ -70,14 +83,21 @@ fn start(dir: &std::path::Path, brokers: &str, http_port: u16) -> Daemon {
 
 fn sigterm_and_wait(mut d: Daemon) {
     let pid = d.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let start = Instant::now();
     loop {
         if let Some(status) = d.0.try_wait().unwrap() {
             assert!(status.success(), "exit status after SIGTERM: {status}");
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no exit within 30 s of SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no exit within 30 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -94,9 +114,37 @@ fn not_ready_while_kafka_is_unreachable() {
     let body = wait_for(port, "/readyz", 503, Duration::from_secs(1));
     assert!(body.contains("\"kafka\":false"), "{body}");
     let metrics = wait_for(port, "/metrics", 200, Duration::from_secs(1));
-    for name in ["collector_build_info", "collector_devices 1", "collector_kafka_up 0", "collector_reads_total"] {
-        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    for name in [
+        "collector_build_info",
+        "collector_devices 1",
+        "collector_kafka_up 0",
+        "collector_reads_total",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
     }
+    // The unreachable device shows in /devices: failing, then its breaker
+    // opens (3 failures at 1 s).
+    let failing = wait_for(port, "/devices?failing=true", 200, Duration::from_secs(1));
+    assert!(failing.contains("\"id\":\"plc-1\""), "{failing}");
+    assert!(failing.contains("\"last_error\":\"connect to"), "{failing}");
+    let start = Instant::now();
+    loop {
+        let (_, open) = get(port, "/devices?breaker=open").unwrap();
+        if open.contains("\"id\":\"plc-1\"") {
+            assert!(open.contains("\"total\":1"), "{open}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "breaker never opened: {open}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, none) = get(port, "/devices?breaker=closed").unwrap();
+    assert!(none.contains("\"total\":0"), "{none}");
     sigterm_and_wait(d);
 }
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use model::{
-    BatchConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig, SessionConfig,
-    WorkerConfig,
+    BatchConfig, BreakerConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig,
+    SessionConfig, WorkerConfig,
 };
 pub use node_id::{Identifier, Namespace, NodeAddress};
 
@@ -38,6 +38,8 @@ pub struct CollectorConfig {
     pub workers: WorkerConfig,
     /// Session and read behaviour.
     pub session: SessionConfig,
+    /// Per-device circuit breaker.
+    pub breaker: BreakerConfig,
     /// Batching.
     pub batch: BatchConfig,
     /// The Kafka sink.
@@ -134,6 +136,7 @@ impl CollectorConfig {
                 "schedule" => section!(cfg.schedule),
                 "workers" => section!(cfg.workers),
                 "session" => section!(cfg.session),
+                "breaker" => section!(cfg.breaker),
                 "batch" => section!(cfg.batch),
                 "kafka" => section!(cfg.kafka),
                 "http" => section!(cfg.http),
@@ -153,7 +156,7 @@ impl CollectorConfig {
                 other => errors.push(
                     ConfigError::new(format!("unknown section `{other}`"))
                         .at(path, Some(*line))
-                        .hint("sections are collector, schedule, workers, session, batch, kafka, http, devices, device_files"),
+                        .hint("sections are collector, schedule, workers, session, breaker, batch, kafka, http, devices, device_files"),
                 ),
             }
         }

@@ -105,6 +105,31 @@ impl Default for SessionConfig {
     }
 }
 
+/// `breaker:` — the per-device circuit breaker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed reads that open the breaker. Default 3.
+    pub failure_threshold: u32,
+    /// First cool-down before a probe read; doubles per consecutive trip
+    /// (with +-20 % jitter). Default `10s`.
+    #[serde(with = "duration")]
+    pub cooldown_initial: Duration,
+    /// Longest cool-down. Default `5m`.
+    #[serde(with = "duration")]
+    pub cooldown_max: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            cooldown_initial: Duration::from_secs(10),
+            cooldown_max: Duration::from_secs(300),
+        }
+    }
+}
+
 /// `batch:` — how records are grouped before delivery.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

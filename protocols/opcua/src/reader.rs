@@ -59,7 +59,11 @@ impl OpcUaReader {
 
 fn resolve_one(n: &NodeAddress, live: &Live) -> Resolved {
     let ns = match &n.namespace {
-        Namespace::Index(i) => *i,
+        Namespace::Index(i) => match live.remap.get(i) {
+            None => *i,
+            Some(Some(moved)) => *moved,
+            Some(None) => return Resolved::Unavailable(StatusCode::BadNodeIdUnknown),
+        },
         Namespace::Uri(uri) => match live.namespaces.get(uri) {
             Some(i) => *i,
             None => return Resolved::Unavailable(StatusCode::BadNodeIdUnknown),
@@ -137,6 +141,10 @@ impl DeviceReader for OpcUaReader {
             }
         }
         Ok(samples)
+    }
+
+    fn session_state(&self) -> &'static str {
+        self.endpoint.state_label()
     }
 
     async fn close(&mut self) {

@@ -36,6 +36,10 @@ pub(crate) struct Live {
     loop_task: tokio::task::JoinHandle<()>,
     /// Namespace URI -> index, read at connect.
     pub(crate) namespaces: HashMap<String, u16>,
+    /// Namespace indexes that moved since the first session on this
+    /// endpoint (old index -> new index, or None if the URI is gone):
+    /// configured `ns=` ids keep meaning what they meant at first connect.
+    pub(crate) remap: HashMap<u16, Option<u16>>,
     /// Nodes per Read request: min(server's MaxNodesPerRead, our cap).
     pub(crate) max_nodes_per_read: usize,
     /// Increases with every new session on this endpoint, so readers know
@@ -63,6 +67,47 @@ pub(crate) struct Endpoint {
     generation: AtomicU64,
     /// Devices attached to this endpoint; the session closes when it drops to 0.
     users: AtomicI64,
+    /// The NamespaceArray seen at the first connect: what `ns=N` in the
+    /// configuration refers to.
+    first_namespaces: StdMutex<Option<Vec<String>>>,
+}
+
+impl Endpoint {
+    /// `connected`, `connecting`, `backoff` or `disconnected`, without waiting.
+    pub(crate) fn state_label(&self) -> &'static str {
+        match self.state.try_lock() {
+            Err(_) => "connecting",
+            Ok(st) => match (&st.live, st.next_attempt) {
+                (Some(l), _) if l.is_alive() => "connected",
+                (_, Some(at)) if at > Instant::now() => "backoff",
+                _ => "disconnected",
+            },
+        }
+    }
+
+    /// Maps configured namespace indexes onto the current server's.
+    fn remap(&self, current: &[String]) -> HashMap<u16, Option<u16>> {
+        let mut guard = match self.first_namespaces.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let first = guard.get_or_insert_with(|| current.to_vec());
+        let mut remap = HashMap::new();
+        for (old, uri) in first.iter().enumerate() {
+            let Ok(old) = u16::try_from(old) else { break };
+            let new = current
+                .iter()
+                .position(|u| u == uri)
+                .and_then(|i| u16::try_from(i).ok());
+            if new != Some(old) {
+                remap.insert(old, new);
+            }
+        }
+        if !remap.is_empty() {
+            tracing::warn!(endpoint = %self.url, ?remap, "server namespace array changed since first connect; remapping configured ns= indexes by URI");
+        }
+        remap
+    }
 }
 
 /// Shared by all endpoints: the client, limits and counters.
@@ -110,6 +155,7 @@ impl Pool {
                     state: Mutex::new(SlotState::default()),
                     generation: AtomicU64::new(0),
                     users: AtomicI64::new(0),
+                    first_namespaces: StdMutex::new(None),
                 })
             })
             .clone();
@@ -157,7 +203,7 @@ impl Pool {
         self.publish_gauges();
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let result =
-            tokio::time::timeout(self.cfg.connect_timeout, self.connect(&ep.url, generation)).await;
+            tokio::time::timeout(self.cfg.connect_timeout, self.connect(ep, generation)).await;
         self.connecting.fetch_sub(1, Ordering::Relaxed);
         let result = match result {
             Ok(r) => r,
@@ -244,7 +290,8 @@ impl Pool {
         self.publish_gauges();
     }
 
-    async fn connect(&self, url: &str, generation: u64) -> Result<Live, ReadError> {
+    async fn connect(&self, ep: &Endpoint, generation: u64) -> Result<Live, ReadError> {
+        let url = ep.url.as_str();
         let connect_err = |reason: String| ReadError::Connect {
             endpoint: url.to_string(),
             reason,
@@ -304,7 +351,7 @@ impl Pool {
             Ok(Err(code)) => return Err(abort_on_err(connect_err(code.to_string()))),
             Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
         }
-        let (namespaces, server_max) = match discover(&session).await {
+        let (namespace_array, server_max) = match discover(&session).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = session.disconnect().await;
@@ -319,11 +366,18 @@ impl Pool {
             (s, c) => s.min(c),
         };
         tracing::debug!(endpoint = %url, max_nodes_per_read, "session connected");
+        let remap = ep.remap(&namespace_array);
+        let namespaces = namespace_array
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, uri)| u16::try_from(i).ok().map(|i| (uri, i)))
+            .collect();
         Ok(Live {
             session,
             alive,
             loop_task,
             namespaces,
+            remap,
             max_nodes_per_read,
             generation,
         })
@@ -331,7 +385,7 @@ impl Pool {
 }
 
 /// Reads the namespace array and MaxNodesPerRead in one request.
-async fn discover(session: &Session) -> Result<(HashMap<String, u16>, usize), ReadError> {
+async fn discover(session: &Session) -> Result<(Vec<String>, usize), ReadError> {
     let ids = [
         ReadValueId::from(opcua::types::NodeId::from(
             VariableId::Server_NamespaceArray,
@@ -344,12 +398,13 @@ async fn discover(session: &Session) -> Result<(HashMap<String, u16>, usize), Re
         .read(&ids, TimestampsToReturn::Neither, 0.0)
         .await
         .map_err(|e| ReadError::Service(format!("reading NamespaceArray/MaxNodesPerRead: {e}")))?;
-    let mut namespaces = HashMap::new();
+    let mut namespaces = Vec::new();
     if let Some(Some(Variant::Array(a))) = results.first().map(|dv| dv.value.clone()) {
-        for (i, v) in a.values.iter().enumerate() {
-            if let (Variant::String(s), Ok(idx)) = (v, u16::try_from(i)) {
-                namespaces.insert(s.as_ref().to_string(), idx);
-            }
+        for v in &a.values {
+            namespaces.push(match v {
+                Variant::String(s) => s.as_ref().to_string(),
+                _ => String::new(),
+            });
         }
     }
     let max = match results.get(1).and_then(|dv| dv.value.clone()) {

@@ -1,0 +1,96 @@
+//! What each device is doing, for the operator's `/devices` view: breaker
+//! and session state, last success, last error, failure streak. Metrics
+//! carry no device labels (cardinality); this is where a shard is debugged
+//! device by device.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::histogram::LatencyHistogram;
+
+/// One device's state, as served by `/devices`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    /// Device id.
+    pub id: Arc<str>,
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// The session as the protocol adapter sees it (`connected`,
+    /// `disconnected`, `backoff`, `unknown`).
+    pub session: &'static str,
+    /// When the last successful read started.
+    pub last_success: Option<DateTime<Utc>>,
+    /// When the last read failed, and why.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The last error (no secrets: errors never carry credentials).
+    pub last_error: Option<String>,
+    /// Failed reads since the last success.
+    pub consecutive_failures: u32,
+    /// Successful reads since start.
+    pub reads_ok: u64,
+    /// Failed reads since start.
+    pub reads_failed: u64,
+    /// Ticks skipped because the breaker was open.
+    pub ticks_skipped_open: u64,
+    /// This device's schedule lateness (scheduled time to read start).
+    pub lateness: LatencyHistogram,
+}
+
+/// Every scheduled device's status; cheap to clone and read.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceBoard {
+    devices: Arc<RwLock<Vec<Arc<Mutex<DeviceStatus>>>>>,
+}
+
+impl DeviceBoard {
+    pub(crate) fn register(&self, id: Arc<str>, endpoint: &str) -> Arc<Mutex<DeviceStatus>> {
+        let entry = Arc::new(Mutex::new(DeviceStatus {
+            id,
+            endpoint: endpoint.to_string(),
+            breaker: "closed",
+            session: "unknown",
+            last_success: None,
+            last_error_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            reads_ok: 0,
+            reads_failed: 0,
+            ticks_skipped_open: 0,
+            lateness: LatencyHistogram::default(),
+        }));
+        if let Ok(mut all) = self.devices.write() {
+            all.push(entry.clone());
+        }
+        entry
+    }
+
+    /// A page of devices (in configuration order) matching `filter`,
+    /// and how many match in total.
+    pub fn page(
+        &self,
+        filter: impl Fn(&DeviceStatus) -> bool,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<DeviceStatus>) {
+        let all = match self.devices.read() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        let mut total = 0;
+        let mut page = Vec::new();
+        for entry in all.iter() {
+            let Ok(s) = entry.lock() else { continue };
+            if filter(&s) {
+                if total >= offset && page.len() < limit {
+                    page.push(s.clone());
+                }
+                total += 1;
+            }
+        }
+        (total, page)
+    }
+}
