@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use collector_core::error::SinkError;
-use collector_core::sink::{Batch, DeliveryReport, Sink};
-use collector_core::{Collector, CollectorConfig, Device};
+use collector_core::sink::{Batch, DeliveryReport, Message, Sink};
+use collector_core::{Collector, CollectorConfig, Device, Record};
 use collector_opcua::OpcUaProtocol;
 use opc_loadgen::{SimConfig, Simulator};
 
@@ -26,6 +26,23 @@ struct PrintSink;
 
 #[async_trait]
 impl Sink for PrintSink {
+    fn encode(&self, record: &Record) -> Result<Message, SinkError> {
+        let mut payload = Vec::new();
+        record
+            .encode_json("embedded-example", &mut payload)
+            .map_err(|e| SinkError::Delivery(e.to_string()))?;
+        Ok(Message {
+            key: record.device_id.to_string(),
+            payload,
+            read_time_us: record.read_time.timestamp_micros(),
+        })
+    }
+
+    async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
+        println!("{} encoded messages acknowledged", messages.len());
+        DeliveryReport::default()
+    }
+
     async fn deliver(&self, batch: &Batch) -> DeliveryReport {
         let samples: usize = batch.records.iter().map(|r| r.samples.len()).sum();
         let first = batch.records.first();

@@ -1,8 +1,9 @@
 //! Sends flushed batches to the sink, at most `batch.max_in_flight` at a
-//! time, and settles each one: delivered records are counted, failed ones
-//! are handed to the failure path. The spill (disk) will plug in at
-//! [`on_undelivered`]; until then undelivered records are counted and
-//! logged, never silently dropped.
+//! time, and settles each one: delivered records are counted; records the
+//! sink could not deliver go to the spill. While the sink is known to be
+//! down, batches go straight to the spill, so memory stays bounded during
+//! an outage of any length. Only when there is no spill (or it fails) is a
+//! record lost, and then it is counted and logged.
 
 use std::sync::Arc;
 
@@ -10,13 +11,22 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::{names, Stats};
-use crate::sink::{Batch, DeliveryReport, Sink};
+use crate::record::Record;
+use crate::sink::{Batch, Sink};
+use crate::spill::{payload, SpillStore};
+
+/// Where batches go and what happens to failures.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) spill: Option<Arc<dyn SpillStore>>,
+    pub(crate) stats: Arc<Stats>,
+}
 
 pub(crate) async fn run_dispatcher(
     mut batches: mpsc::Receiver<Batch>,
-    sink: Arc<dyn Sink>,
+    dispatch: Dispatch,
     max_in_flight: usize,
-    stats: Arc<Stats>,
 ) {
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = JoinSet::new();
@@ -26,38 +36,93 @@ pub(crate) async fn run_dispatcher(
         };
         // Reap finished deliveries so the set stays small.
         while tasks.try_join_next().is_some() {}
-        Stats::add(&stats.batches, 1);
-        let sink = sink.clone();
-        let stats = stats.clone();
+        Stats::add(&dispatch.stats.batches, 1);
+        let d = dispatch.clone();
         tasks.spawn(async move {
-            let report = sink.deliver(&batch).await;
-            settle(&batch, report, &stats);
+            d.handle(batch).await;
             drop(slot);
         });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-fn settle(batch: &Batch, report: DeliveryReport, stats: &Stats) {
-    let failed = report.failed.len();
-    let delivered = batch.records.len() - failed;
-    Stats::add(&stats.records_delivered, delivered as u64);
-    if failed > 0 {
-        Stats::add(&stats.records_failed, failed as u64);
-        on_undelivered(batch, &report);
+impl Dispatch {
+    async fn handle(&self, batch: Batch) {
+        if self.spill.is_some() && !self.sink.is_accepting() {
+            let refs: Vec<&Record> = batch.records.iter().collect();
+            self.spill_records(&refs, "kafka_down").await;
+            return;
+        }
+        let report = self.sink.deliver(&batch).await;
+        let failed = report.failed.len();
+        Stats::add(
+            &self.stats.records_delivered,
+            (batch.records.len() - failed) as u64,
+        );
+        if failed == 0 {
+            return;
+        }
+        Stats::add(&self.stats.records_failed, failed as u64);
+        let records: Vec<&Record> = report
+            .failed
+            .iter()
+            .filter_map(|&i| batch.records.get(i))
+            .collect();
+        tracing::warn!(
+            records = failed,
+            error = report.error.as_ref().map(|e| e.to_string()),
+            "delivery failed; spilling"
+        );
+        self.spill_records(&records, "delivery_failed").await;
     }
-}
 
-/// The seam for the spill: records the sink could not deliver.
-fn on_undelivered(batch: &Batch, report: &DeliveryReport) {
-    metrics::counter!(names::RECORDS_UNDELIVERED).increment(report.failed.len() as u64);
-    let first = report.failed.first().and_then(|&i| batch.records.get(i));
-    tracing::error!(
-        records = report.failed.len(),
-        batch_records = batch.records.len(),
-        first_device = first.map(|r| &*r.device_id),
-        first_seq = first.map(|r| r.seq),
-        error = report.error.as_ref().map(|e| e.to_string()),
-        "records could not be delivered"
-    );
+    /// Writes records to the spill (durably); counts them as undelivered
+    /// if there is no spill or it fails.
+    async fn spill_records(&self, records: &[&Record], reason: &'static str) {
+        if records.is_empty() {
+            return;
+        }
+        let Some(store) = self.spill.clone() else {
+            self.undelivered(records, "no spill configured");
+            return;
+        };
+        let mut messages = Vec::with_capacity(records.len());
+        for r in records {
+            match self.sink.encode(r) {
+                Ok(m) => messages.push(m),
+                Err(e) => self.undelivered(&[*r], &e.to_string()),
+            }
+        }
+        let mut buf = Vec::with_capacity(
+            messages
+                .iter()
+                .map(|m| m.payload.len() + m.key.len() + 16)
+                .sum(),
+        );
+        payload::encode(&messages, &mut buf);
+        let n = messages.len();
+        let appended = tokio::task::spawn_blocking(move || store.append(&buf, n as u32)).await;
+        match appended {
+            Ok(Ok(id)) => {
+                Stats::add(&self.stats.records_spilled, n as u64);
+                metrics::counter!(names::RECORDS_SPILLED, "reason" => reason).increment(n as u64);
+                tracing::debug!(records = n, spill_id = %id, reason, "records spilled");
+            }
+            Ok(Err(e)) => self.undelivered(records, &format!("spill append failed: {e}")),
+            Err(e) => self.undelivered(records, &format!("spill task failed: {e}")),
+        }
+    }
+
+    fn undelivered(&self, records: &[&Record], why: &str) {
+        Stats::add(&self.stats.records_undelivered, records.len() as u64);
+        metrics::counter!(names::RECORDS_UNDELIVERED).increment(records.len() as u64);
+        let first = records.first();
+        tracing::error!(
+            records = records.len(),
+            first_device = first.map(|r| &*r.device_id),
+            first_seq = first.map(|r| r.seq),
+            why,
+            "records lost: neither delivered nor spilled"
+        );
+    }
 }

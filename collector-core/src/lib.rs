@@ -55,6 +55,7 @@ pub mod testing;
 
 pub(crate) mod batcher;
 pub(crate) mod dispatcher;
+pub(crate) mod replay;
 pub(crate) mod scheduler;
 pub(crate) mod seq;
 pub(crate) mod worker;

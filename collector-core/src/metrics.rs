@@ -63,6 +63,11 @@ pub mod names {
     pub const KAFKA_UP: &str = "collector_kafka_up";
     /// Counter: times the producer queue was full (backpressure).
     pub const KAFKA_QUEUE_FULL: &str = "collector_kafka_queue_full_total";
+    /// Counter: records written to the spill, label `reason`
+    /// (`delivery_failed`, `kafka_down`).
+    pub const RECORDS_SPILLED: &str = "collector_records_spilled_total";
+    /// Counter: spilled records delivered by the replay.
+    pub const RECORDS_REPLAYED: &str = "collector_records_replayed_total";
     /// Counter: records that could not be delivered and had nowhere to go.
     pub const RECORDS_UNDELIVERED: &str = "collector_records_undelivered_total";
     /// Gauge, labels `version`: always 1.
@@ -119,9 +124,15 @@ pub fn describe() {
         KAFKA_QUEUE_FULL,
         "Producer queue full events (backpressure)"
     );
-    describe_counter!(RECORDS_UNDELIVERED, "Records that could not be delivered");
+    describe_counter!(
+        RECORDS_UNDELIVERED,
+        "Records neither delivered nor spilled (lost)"
+    );
+    describe_counter!(RECORDS_SPILLED, "Records written to the spill");
+    describe_counter!(RECORDS_REPLAYED, "Spilled records delivered by the replay");
     describe_gauge!(BUILD_INFO, "Build information");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    crate::spill::describe();
 }
 
 /// Counters kept in-process, readable without a metrics recorder.
@@ -137,6 +148,9 @@ pub struct Stats {
     pub(crate) batches: AtomicU64,
     pub(crate) records_delivered: AtomicU64,
     pub(crate) records_failed: AtomicU64,
+    pub(crate) records_spilled: AtomicU64,
+    pub(crate) records_replayed: AtomicU64,
+    pub(crate) records_undelivered: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -160,8 +174,17 @@ pub struct StatsSnapshot {
     pub batches: u64,
     /// Records acknowledged by the sink.
     pub records_delivered: u64,
-    /// Records whose delivery failed.
+    /// Records whose delivery failed (they were then spilled, or counted
+    /// in `records_undelivered`).
     pub records_failed: u64,
+    /// Records written to the spill (failed deliveries, or sent straight
+    /// there while Kafka was down).
+    pub records_spilled: u64,
+    /// Spilled records delivered by the replay.
+    pub records_replayed: u64,
+    /// Records neither delivered nor spilled (no spill configured, or the
+    /// spill failed): lost, and logged.
+    pub records_undelivered: u64,
 }
 
 impl StatsSnapshot {
@@ -187,6 +210,9 @@ impl Stats {
             batches: l(&self.batches),
             records_delivered: l(&self.records_delivered),
             records_failed: l(&self.records_failed),
+            records_spilled: l(&self.records_spilled),
+            records_replayed: l(&self.records_replayed),
+            records_undelivered: l(&self.records_undelivered),
         }
     }
 

@@ -1,7 +1,13 @@
 //! The collector: wires config, protocol, scheduler, worker pool, batcher,
-//! dispatcher and sink into one running pipeline, and takes it down in
-//! order on shutdown (stop scheduling, finish in-flight reads, flush the
-//! batcher, await acknowledgements, close sessions).
+//! dispatcher, sink, spill and replay into one running pipeline, and takes
+//! it down in order on shutdown.
+//!
+//! Shutdown (SIGTERM) within `collector.shutdown_grace`: stop scheduling;
+//! let in-flight reads finish; flush the batcher; wait for every batch to
+//! be acknowledged or spilled. If 60 % of the grace passes first, pending
+//! Kafka deliveries are aborted so they resolve as failed and are spilled.
+//! Then the replay stops, the producer and the spill are flushed, and
+//! sessions are closed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,19 +20,18 @@ use tokio_util::task::TaskTracker;
 use crate::batcher::run_batcher;
 use crate::config::CollectorConfig;
 use crate::device_status::DeviceBoard;
-use crate::dispatcher::run_dispatcher;
+use crate::dispatcher::{run_dispatcher, Dispatch};
 use crate::error::CollectorError;
 use crate::health::Health;
 use crate::metrics::{names, Stats, StatsSnapshot};
 use crate::protocol::Protocol;
+use crate::replay::run_replay;
 use crate::scheduler::{run_device, ScheduleContext};
 use crate::seq::SeqBase;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::Sink;
+use crate::spill::{self, SpillStore};
 use crate::worker::WorkerPool;
-
-/// How long shutdown waits for in-flight reads, batches and acknowledgements.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 /// Builds a [`Collector`].
 pub struct CollectorBuilder {
@@ -48,8 +53,10 @@ impl CollectorBuilder {
         self
     }
 
-    /// Validates the configuration and creates the sink. Does not contact
-    /// devices; the Kafka producer connects in the background.
+    /// Validates the configuration, creates the sink and opens the spill
+    /// (recovering what a previous run left there). Does not contact
+    /// devices; the Kafka producer connects in the background. Call from
+    /// within a tokio runtime.
     pub fn build(self) -> Result<Collector, CollectorError> {
         self.config.validate()?;
         let protocol = self.protocol.ok_or_else(|| {
@@ -65,12 +72,36 @@ impl CollectorBuilder {
                 Arc::new(kafka)
             }
         };
+        let spill: Option<Arc<dyn SpillStore>> = match self.config.spill_config() {
+            Some(cfg) => {
+                let store = spill::open(&cfg).map_err(|e| {
+                    CollectorError::Startup(format!(
+                        "opening the spill in {}: {e}",
+                        cfg.dir.display()
+                    ))
+                })?;
+                let st = store.stats();
+                tracing::info!(
+                    dir = %cfg.dir.display(),
+                    backend = store.backend().label(),
+                    batches = st.batches,
+                    records = st.records,
+                    "spill open"
+                );
+                Some(Arc::from(store))
+            }
+            None => {
+                tracing::warn!("no collector.state_dir or spill.dir: records Kafka cannot take will be lost (counted)");
+                None
+            }
+        };
         let seq = SeqBase::reserve(self.config.collector.state_dir.as_deref())?;
         Ok(Collector {
-            health: Health::new(sink.clone()),
+            health: Health::new(sink.clone(), spill.is_some()),
             config: self.config,
             protocol,
             sink,
+            spill,
             stats: Arc::new(Stats::default()),
             board: DeviceBoard::default(),
             seq,
@@ -85,6 +116,7 @@ pub struct Collector {
     config: CollectorConfig,
     protocol: Arc<dyn Protocol>,
     sink: Arc<dyn Sink>,
+    spill: Option<Arc<dyn SpillStore>>,
     stats: Arc<Stats>,
     board: DeviceBoard,
     health: Health,
@@ -103,7 +135,7 @@ impl Collector {
         }
     }
 
-    /// Live counters (reads, records delivered, ...).
+    /// Live counters (reads, records delivered, spilled, ...).
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
@@ -118,14 +150,18 @@ impl Collector {
         self.health.clone()
     }
 
+    /// The spill store, when configured (for its statistics).
+    pub fn spill(&self) -> Option<Arc<dyn SpillStore>> {
+        self.spill.clone()
+    }
+
     /// The protocol adapter (e.g. for its session count).
     pub fn protocol(&self) -> Arc<dyn Protocol> {
         self.protocol.clone()
     }
 
-    /// Runs until `shutdown` resolves, then drains: in-flight reads finish,
-    /// the batcher flushes, every batch is acknowledged (or counted as
-    /// failed), and sessions are closed. Returns the final counters.
+    /// Runs until `shutdown` resolves, then drains within the shutdown
+    /// grace (see the module docs). Returns the final counters.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -134,12 +170,22 @@ impl Collector {
         let (record_tx, record_rx) = mpsc::channel(cfg.batch.queue_capacity);
         let (batch_tx, batch_rx) = mpsc::channel(cfg.batch.max_in_flight);
         let batcher = tokio::spawn(run_batcher(record_rx, cfg.batch.clone(), batch_tx));
-        let dispatcher = tokio::spawn(run_dispatcher(
-            batch_rx,
-            self.sink.clone(),
-            cfg.batch.max_in_flight,
-            self.stats.clone(),
-        ));
+        let dispatch = Dispatch {
+            sink: self.sink.clone(),
+            spill: self.spill.clone(),
+            stats: self.stats.clone(),
+        };
+        let dispatcher = tokio::spawn(run_dispatcher(batch_rx, dispatch, cfg.batch.max_in_flight));
+        let replay_stop = CancellationToken::new();
+        let replay = self.spill.clone().map(|store| {
+            tokio::spawn(run_replay(
+                store,
+                self.sink.clone(),
+                cfg.spill.replay_batches_per_second,
+                self.stats.clone(),
+                replay_stop.clone(),
+            ))
+        });
 
         let schedules_stop = CancellationToken::new();
         let ctx = Arc::new(ScheduleContext {
@@ -173,7 +219,12 @@ impl Collector {
         tracing::info!(devices = attached, collector_id = %cfg.collector_id(), "collector started");
 
         shutdown.await;
-        tracing::info!("shutting down: stopping schedules, finishing in-flight reads");
+        let grace = cfg.collector.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(
+            ?grace,
+            "shutting down: stopping schedules, finishing in-flight reads"
+        );
         self.health.set_stopping();
         schedules_stop.cancel();
 
@@ -182,18 +233,41 @@ impl Collector {
             let _ = batcher.await;
             let _ = dispatcher.await;
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-            let s = self.stats.snapshot();
-            tracing::error!(
-                grace = ?SHUTDOWN_GRACE,
-                read = s.reads_ok,
-                delivered = s.records_delivered,
-                failed = s.records_failed,
-                "shutdown grace exceeded; records read but not acknowledged are lost"
-            );
+        tokio::pin!(drain);
+        if tokio::time::timeout(grace.mul_f64(0.6), &mut drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("deliveries still pending at 60% of the shutdown grace; aborting them so they are spilled");
+            self.sink.abort_pending();
+            if tokio::time::timeout_at(deadline - grace.mul_f64(0.1), &mut drain)
+                .await
+                .is_err()
+            {
+                let s = self.stats.snapshot();
+                tracing::error!(
+                    ?grace,
+                    read = s.reads_ok,
+                    delivered = s.records_delivered,
+                    spilled = s.records_spilled,
+                    "shutdown grace exceeded; records read but neither acknowledged nor spilled are lost"
+                );
+            }
         }
-        if let Err(e) = self.sink.flush(Duration::from_secs(5)).await {
+        replay_stop.cancel();
+        if let Some(replay) = replay {
+            let _ = tokio::time::timeout_at(deadline, replay).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self.sink.flush(left.min(Duration::from_secs(5))).await {
             tracing::warn!(error = %e, "sink flush at shutdown");
+        }
+        if let Some(store) = self.spill.clone() {
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "spill flush at shutdown"),
+                Err(e) => tracing::error!(error = %e, "spill flush task"),
+            }
         }
         self.protocol.shutdown().await;
         self.stop.cancel();
@@ -203,6 +277,9 @@ impl Collector {
             reads_failed = s.reads_failed,
             delivered = s.records_delivered,
             failed = s.records_failed,
+            spilled = s.records_spilled,
+            replayed = s.records_replayed,
+            undelivered = s.records_undelivered,
             "collector stopped"
         );
         Ok(s)

@@ -69,10 +69,11 @@ async fn metrics_handler(State(s): State<AppState>) -> String {
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let body = format!(
-        "{{\"ready\":{},\"started\":{},\"kafka\":{}}}\n",
+        "{{\"ready\":{},\"started\":{},\"kafka\":{},\"spill\":{}}}\n",
         s.health.is_ready(),
         s.health.is_started(),
-        s.health.sink_healthy()
+        s.health.sink_healthy(),
+        s.health.has_spill()
     );
     let code = if s.health.is_ready() {
         StatusCode::OK

@@ -58,13 +58,18 @@ impl Drop for Daemon {
     }
 }
 
-fn start(dir: &std::path::Path, brokers: &str, http_port: u16) -> Daemon {
+fn start(dir: &std::path::Path, brokers: &str, http_port: u16, spill: bool) -> Daemon {
     let dead_device = format!("opc.tcp://127.0.0.1:{}", free_port());
     let config = dir.join("collector.yaml");
+    let state = if spill {
+        format!("collector:\n  state_dir: {}\n", dir.join("state").display())
+    } else {
+        String::new()
+    };
     std::fs::write(
         &config,
         format!(
-            "kafka:\n  brokers: {brokers}\n  properties:\n    reconnect.backoff.max.ms: \"500\"\n\
+            "{state}kafka:\n  brokers: {brokers}\n  properties:\n    reconnect.backoff.max.ms: \"500\"\n\
              http:\n  addr: 127.0.0.1:{http_port}\n\
              schedule:\n  interval: 1s\n\
              devices:\n  - id: plc-1\n    endpoint: {dead_device}\n    nodes: [\"ns=2;s=Tag000\"]\n"
@@ -106,7 +111,12 @@ fn sigterm_and_wait(mut d: Daemon) {
 fn not_ready_while_kafka_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let d = start(dir.path(), &format!("127.0.0.1:{}", free_port()), port);
+    let d = start(
+        dir.path(),
+        &format!("127.0.0.1:{}", free_port()),
+        port,
+        false,
+    );
     wait_for(port, "/healthz", 200, Duration::from_secs(20));
     wait_for(port, "/startupz", 200, Duration::from_secs(10));
     // The first probe needs its timeout to fail; readiness must stay 503.
@@ -153,8 +163,28 @@ fn ready_when_kafka_answers() {
     let kafka = EmbeddedKafka::start(1, "opc-samples", 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let d = start(dir.path(), kafka.bootstrap_servers(), port);
+    let d = start(dir.path(), kafka.bootstrap_servers(), port, false);
     let body = wait_for(port, "/readyz", 200, Duration::from_secs(20));
     assert!(body.contains("\"ready\":true"), "{body}");
+    sigterm_and_wait(d);
+}
+
+#[test]
+fn ready_while_spilling_through_a_kafka_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = start(
+        dir.path(),
+        &format!("127.0.0.1:{}", free_port()),
+        port,
+        true,
+    );
+    wait_for(port, "/startupz", 200, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    let body = wait_for(port, "/readyz", 200, Duration::from_secs(1));
+    assert!(
+        body.contains("\"kafka\":false") && body.contains("\"spill\":true"),
+        "{body}"
+    );
     sigterm_and_wait(d);
 }

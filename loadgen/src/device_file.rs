@@ -53,6 +53,7 @@ mod tests {
             id: "dev-00000".into(),
             endpoint_url: "opc.tcp://127.0.0.1:4840".into(),
             node_ids: vec!["ns=2;s=Tag000".into(), "ns=2;s=Tag001".into()],
+            faults: Vec::new(),
         }];
         assert_eq!(
             render(&devices, 2),

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     model,
-    node_manager::{Counters, DeviceNodeManager},
+    node_manager::{Counters, DeviceNodeManager, ReadFaults},
     nodes::DeviceSpace,
+    stats::DeviceCounters,
     SimError,
 };
 
@@ -23,8 +24,6 @@ use crate::{
 /// 10,000 nodes (and its response) decodes.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
-    /// Maximum sessions per device server.
-    pub max_sessions: usize,
     /// `MaxNodesPerRead` operation limit, enforced and served at i=11705.
     pub max_nodes_per_read: usize,
     /// Maximum array length when decoding (a Read request is an array of ReadValueIds).
@@ -43,16 +42,28 @@ pub struct DeviceSpec<'a> {
     pub tags: u32,
     /// Host written in endpoint descriptions.
     pub host: &'a str,
-    /// Already bound listener.
+    /// Public port (the device's front), written in endpoint descriptions.
+    pub public_port: u16,
+    /// Already bound internal listener the front relays to.
     pub listener: TcpListener,
+    /// Namespace index of the device tags.
+    pub device_namespace: u16,
+    /// Maximum sessions of this server (the fleet's limit or a `MaxSessions` fault).
+    pub max_sessions: usize,
+    /// Injected Read faults.
+    pub read_faults: ReadFaults,
+    /// Counters of this device.
+    pub counters: Arc<DeviceCounters>,
     /// Directory for the (empty) PKI store the server insists on.
     pub pki_dir: &'a Path,
 }
 
 /// A started device server.
 pub struct RunningServer {
-    /// Address the listener is bound to.
+    /// Internal address the listener is bound to (the front relays to it).
     pub addr: SocketAddr,
+    /// Public port advertised in endpoint descriptions.
+    pub public_port: u16,
     /// Handle of the running server.
     pub handle: ServerHandle,
     /// Task running the server; resolves once it has stopped.
@@ -63,6 +74,15 @@ impl RunningServer {
     /// Whether the server finished initialising and is accepting connections.
     pub fn is_listening(&self) -> bool {
         self.handle.info().port.load(Ordering::Relaxed) != 0
+    }
+
+    /// Once listening: make endpoint descriptions (GetEndpoints, CreateSession) name the
+    /// public port instead of the internal one async-opcua recorded.
+    pub fn advertise_public_port(&self) {
+        self.handle
+            .info()
+            .port
+            .store(self.public_port, Ordering::Relaxed);
     }
 
     fn diagnostic_u32(&self, id: VariableId) -> u64 {
@@ -111,6 +131,7 @@ pub fn spawn_device(
         tags: spec.tags,
         application_uri: application_uri.clone(),
         max_nodes_per_read: u32::try_from(limits.max_nodes_per_read).unwrap_or(u32::MAX),
+        device_namespace: spec.device_namespace,
     };
     let mut builder = ServerBuilder::new()
         // Drop the generated core node managers in case a feature elsewhere in the
@@ -120,7 +141,7 @@ pub fn spawn_device(
         .application_uri(application_uri)
         .product_uri("urn:opc-loadgen")
         .host(spec.host)
-        .port(addr.port())
+        .port(spec.public_port)
         .add_endpoint(
             "none",
             ServerEndpoint::new_none("/", &[ANONYMOUS_USER_TOKEN_ID.to_string()]),
@@ -128,7 +149,7 @@ pub fn spawn_device(
         .discovery_urls(vec!["/".to_owned()])
         .create_sample_keypair(false)
         .pki_dir(spec.pki_dir)
-        .max_sessions(limits.max_sessions)
+        .max_sessions(spec.max_sessions)
         .max_array_length(limits.max_array_length)
         .max_message_size(limits.max_message_size)
         .max_chunk_count(limits.max_chunk_count)
@@ -138,12 +159,22 @@ pub fn spawn_device(
         // Enables the server-wide session counters read by `current_sessions`.
         .diagnostics_enabled(true)
         .token(token)
-        .with_node_manager(DeviceNodeManager::builder(space, counters));
+        .with_node_manager(DeviceNodeManager::builder(
+            space,
+            counters,
+            spec.counters,
+            spec.read_faults,
+        ));
     builder.limits_mut().operational.max_nodes_per_read = limits.max_nodes_per_read;
     let (server, handle) = builder.build().map_err(|message| SimError::Build {
         device: id.clone(),
         message,
     })?;
     let task = tokio::spawn(server.run_with(spec.listener));
-    Ok(RunningServer { addr, handle, task })
+    Ok(RunningServer {
+        addr,
+        public_port: spec.public_port,
+        handle,
+        task,
+    })
 }

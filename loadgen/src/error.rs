@@ -42,4 +42,7 @@ pub enum SimError {
         /// What went wrong.
         reason: String,
     },
+    /// No device with this index in the simulator.
+    #[error("no device with index {0} in this simulator")]
+    UnknownDevice(u32),
 }

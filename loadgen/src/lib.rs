@@ -10,10 +10,16 @@
 mod device_file;
 mod device_server;
 mod error;
+mod fault;
+mod front;
 pub mod model;
 mod node_manager;
 pub mod nodes;
 mod sim;
+mod sniff;
+mod stats;
 
 pub use error::SimError;
+pub use fault::{Fault, FaultParseError, FaultSpec, Selection};
 pub use sim::{SimConfig, SimDevice, SimStats, Simulator};
+pub use stats::DeviceStats;

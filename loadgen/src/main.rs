@@ -1,11 +1,11 @@
 //! `opc-loadgen` command line: serves a fleet of simulated OPC UA devices until
 //! SIGINT/SIGTERM.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use opc_loadgen::{SimConfig, Simulator};
+use opc_loadgen::{FaultSpec, SimConfig, Simulator};
 use tracing::info;
 
 /// Simulator of many OPC UA devices with deterministic values.
@@ -48,6 +48,13 @@ struct ServeArgs {
     /// Write the device file (YAML) for the collector here once all devices listen.
     #[arg(long)]
     write_devices: Option<PathBuf>,
+    /// Inject a fault, KIND=SELECTION[:PARAM] (repeatable): dead=0.1, dead=3,7,
+    /// slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, max-sessions=0.1:1.
+    #[arg(long = "fault", value_name = "KIND=SELECTION[:PARAM]")]
+    faults: Vec<FaultSpec>,
+    /// Serve per-device counters as JSON at GET /stats on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "IP:PORT")]
+    stats_addr: Option<SocketAddr>,
 }
 
 fn init_tracing() {
@@ -93,6 +100,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_nodes_per_read: args.max_nodes_per_read,
         first_device: args.first_device,
         max_sessions: args.max_sessions,
+        faults: args.faults.clone(),
     };
     let sim = Simulator::start(cfg)
         .await
@@ -101,6 +109,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sim.write_device_file(path)
             .with_context(|| format!("writing the device file {}", path.display()))?;
         info!(path = %path.display(), "device file written");
+    }
+    if let Some(addr) = args.stats_addr {
+        let bound = sim
+            .serve_stats(addr)
+            .await
+            .context("starting the stats endpoint")?;
+        info!("stats at http://{bound}/stats");
+    }
+    for d in sim.devices().iter().filter(|d| !d.faults.is_empty()) {
+        let faults: Vec<String> = d.faults.iter().map(ToString::to_string).collect();
+        tracing::debug!(device = %d.id, endpoint = %d.endpoint_url, faults = %faults.join(","), "faulty device");
     }
     let ports = if args.port_base == 0 {
         "0 (OS-chosen ports, see the device file)".to_string()

@@ -1,9 +1,12 @@
 //! The async-opcua `NodeManager` of a device server: plugs [`crate::nodes::DeviceSpace`]
 //! into the server in place of the (heavy) generated core address space.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -17,7 +20,8 @@ use opcua_server::{
 
 use crate::{
     model,
-    nodes::{DeviceSpace, StatusSnapshot},
+    nodes::{DeviceSpace, StatusSnapshot, SHIFTED_NAMESPACE_URI},
+    stats::DeviceCounters,
 };
 
 /// Counters shared by every device server of a simulator.
@@ -29,23 +33,38 @@ pub struct Counters {
     pub nodes_read: AtomicU64,
 }
 
-/// Node manager owning namespaces 0 and 2 of one simulated device.
+/// Injected misbehaviour of the Read service (see [`crate::Fault`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadFaults {
+    /// Sleep this long before answering every Read (`Fault::Slow`).
+    pub delay: Option<Duration>,
+    /// Answer every third Read with `BadCommunicationError` for all nodes (`Fault::BadStatus`).
+    pub bad_status: bool,
+}
+
+/// Node manager owning namespace 0 and the device namespace of one simulated device.
 pub struct DeviceNodeManager {
     space: DeviceSpace,
     status: Arc<ServerStatusWrapper>,
     counters: Arc<Counters>,
+    device: Arc<DeviceCounters>,
+    faults: ReadFaults,
 }
 
 impl DeviceNodeManager {
     /// Builder closure for `ServerBuilder::with_node_manager`.
-    pub fn builder(
+    pub(crate) fn builder(
         space: DeviceSpace,
         counters: Arc<Counters>,
+        device: Arc<DeviceCounters>,
+        faults: ReadFaults,
     ) -> impl FnOnce(ServerContext) -> DeviceNodeManager {
         move |ctx: ServerContext| DeviceNodeManager {
             space,
             status: ctx.status.clone(),
             counters,
+            device,
+            faults,
         }
     }
 }
@@ -62,7 +81,7 @@ pub fn now_ms() -> DateTime {
 #[async_trait]
 impl NodeManager for DeviceNodeManager {
     fn owns_node(&self, id: &NodeId) -> bool {
-        DeviceSpace::owns_namespace(id)
+        self.space.owns(id)
     }
 
     fn name(&self) -> &str {
@@ -85,6 +104,9 @@ impl NodeManager for DeviceNodeManager {
     async fn init(&self, type_tree: &mut DefaultTypeTree, _context: ServerContext) {
         let namespaces = type_tree.namespaces_mut();
         namespaces.add_namespace(&self.space.application_uri);
+        for i in model::DEVICE_NAMESPACE_INDEX..self.space.device_namespace {
+            namespaces.add_namespace(&format!("{SHIFTED_NAMESPACE_URI}:{i}"));
+        }
         namespaces.add_namespace(model::NAMESPACE_URI);
     }
 
@@ -99,6 +121,16 @@ impl NodeManager for DeviceNodeManager {
         self.counters
             .nodes_read
             .fetch_add(nodes_to_read.len() as u64, Ordering::Relaxed);
+        let nth = self.device.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(delay) = self.faults.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if self.faults.bad_status && nth % 3 == 2 {
+            for node in nodes_to_read.iter_mut() {
+                node.set_error(StatusCode::BadCommunicationError);
+            }
+            return Ok(());
+        }
         let now = now_ms();
         let status = || StatusSnapshot {
             state: self.status.state(),

@@ -18,6 +18,10 @@ use crate::model::{self, ModelValue, TagKind, DEVICE_NAMESPACE_INDEX};
 /// URI of the OPC UA base namespace (index 0).
 pub const OPC_UA_NAMESPACE_URI: &str = "http://opcfoundation.org/UA/";
 
+/// Prefix of the placeholder namespace URIs a shifting restart inserts before
+/// [`model::NAMESPACE_URI`].
+pub const SHIFTED_NAMESPACE_URI: &str = "urn:opc-loadgen:shifted";
+
 /// The namespace 0 variables every simulated server serves (numeric ids in namespace 0).
 pub const SERVED_NS0_VARIABLES: [VariableId; 8] = [
     VariableId::Server_ServerArray,
@@ -50,6 +54,9 @@ pub struct DeviceSpace {
     pub application_uri: String,
     /// Value served as `MaxNodesPerRead`.
     pub max_nodes_per_read: u32,
+    /// Namespace index of the device tags: [`DEVICE_NAMESPACE_INDEX`], or more after a
+    /// restart that shifted the namespace array (placeholder URIs fill the gap).
+    pub device_namespace: u16,
 }
 
 /// Live server status inputs, read from the running server.
@@ -66,18 +73,32 @@ pub struct StatusSnapshot {
 }
 
 impl DeviceSpace {
-    /// Whether a node id falls in a namespace this device answers for (0 or 2).
+    /// Whether a node id falls in a namespace a device with the initial namespace array
+    /// answers for (0 or 2); see [`DeviceSpace::owns`] for this device.
     pub fn owns_namespace(id: &NodeId) -> bool {
         id.namespace == 0 || id.namespace == DEVICE_NAMESPACE_INDEX
     }
 
-    /// The namespace array: `[OPC UA, application uri, NAMESPACE_URI]`.
+    /// Whether a node id falls in a namespace this device answers for: 0 and 2 up to the
+    /// device namespace (ids in a placeholder namespace are answered `BadNodeIdUnknown`).
+    pub fn owns(&self, id: &NodeId) -> bool {
+        id.namespace == 0
+            || (DEVICE_NAMESPACE_INDEX..=self.device_namespace).contains(&id.namespace)
+    }
+
+    /// The namespace array: `[OPC UA, application uri, NAMESPACE_URI]`, with placeholder
+    /// URIs (`urn:opc-loadgen:shifted:N`) before `NAMESPACE_URI` when the device namespace
+    /// was shifted.
     pub fn namespace_array(&self) -> Vec<String> {
-        vec![
+        let mut array = vec![
             OPC_UA_NAMESPACE_URI.to_string(),
             self.application_uri.clone(),
-            model::NAMESPACE_URI.to_string(),
-        ]
+        ];
+        for i in DEVICE_NAMESPACE_INDEX..self.device_namespace {
+            array.push(format!("{SHIFTED_NAMESPACE_URI}:{i}"));
+        }
+        array.push(model::NAMESPACE_URI.to_string());
+        array
     }
 
     /// Resolve a node id to a node of this device, if it exists.
@@ -87,7 +108,7 @@ impl DeviceSpace {
                 .iter()
                 .find(|v| **v as u32 == *n)
                 .map(|v| Node::Server(*v)),
-            (DEVICE_NAMESPACE_INDEX, Identifier::String(s)) => {
+            (ns, Identifier::String(s)) if ns == self.device_namespace => {
                 let tag = model::tag_index(s.value().as_deref()?)?;
                 (tag < self.tags).then_some(Node::Tag(tag))
             }
@@ -280,7 +301,29 @@ mod tests {
             tags: 20,
             application_uri: "urn:x".into(),
             max_nodes_per_read: 1000,
+            device_namespace: DEVICE_NAMESPACE_INDEX,
         }
+    }
+
+    #[test]
+    fn shifted_namespace() {
+        let s = DeviceSpace {
+            device_namespace: 3,
+            ..space()
+        };
+        assert_eq!(s.resolve(&NodeId::new(3, "Tag019")), Some(Node::Tag(19)));
+        assert_eq!(s.resolve(&NodeId::new(2, "Tag019")), None);
+        assert!(s.owns(&NodeId::new(2, "Tag019")));
+        assert!(!s.owns(&NodeId::new(4, "Tag019")));
+        assert_eq!(
+            s.namespace_array(),
+            [
+                OPC_UA_NAMESPACE_URI,
+                "urn:x",
+                "urn:opc-loadgen:shifted:2",
+                model::NAMESPACE_URI
+            ]
+        );
     }
 
     #[test]

@@ -46,3 +46,60 @@ fn serve_writes_devices_prints_ready_and_exits_on_sigterm() {
     child.kill().unwrap();
     panic!("opc-loadgen did not exit within 10 s of SIGTERM");
 }
+
+#[cfg(unix)]
+#[test]
+fn serve_with_faults_and_stats_endpoint() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stats_addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
+        .args(["serve", "--devices", "4", "--tags", "2", "--port-base", "0"])
+        .args(["--fault", "dead=1", "--fault", "slow=2,3:300ms"])
+        .args(["--stats-addr", &stats_addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready: 4 devices"), "{line:?}");
+    let mut http = std::net::TcpStream::connect(&stats_addr).unwrap();
+    http.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("\"devices\":4,"), "{response}");
+    assert!(
+        response.contains("{\"index\":1,\"id\":\"dev-00001\",\"faults\":[\"dead\"],"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\"id\":\"dev-00003\",\"faults\":[\"slow:300ms\"],"),
+        "{response}"
+    );
+}
+
+#[test]
+fn invalid_fault_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
+        .args(["serve", "--devices", "1", "--port-base", "0"])
+        .args(["--fault", "slow=0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid fault `slow=0.1`: slow needs a delay such as 0.1:3s"),
+        "{stderr}"
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use model::{
     BatchConfig, BreakerConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig,
-    SessionConfig, WorkerConfig,
+    SessionConfig, SpillSection, WorkerConfig,
 };
 pub use node_id::{Identifier, Namespace, NodeAddress};
 
@@ -44,6 +44,8 @@ pub struct CollectorConfig {
     pub batch: BatchConfig,
     /// The Kafka sink.
     pub kafka: KafkaConfig,
+    /// The disk spill.
+    pub spill: SpillSection,
     /// The daemon's HTTP server.
     pub http: HttpConfig,
     /// The devices to read, validated.
@@ -139,6 +141,7 @@ impl CollectorConfig {
                 "breaker" => section!(cfg.breaker),
                 "batch" => section!(cfg.batch),
                 "kafka" => section!(cfg.kafka),
+                "spill" => section!(cfg.spill),
                 "http" => section!(cfg.http),
                 "devices" => collect_devices(node, path, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
@@ -156,7 +159,7 @@ impl CollectorConfig {
                 other => errors.push(
                     ConfigError::new(format!("unknown section `{other}`"))
                         .at(path, Some(*line))
-                        .hint("sections are collector, schedule, workers, session, breaker, batch, kafka, http, devices, device_files"),
+                        .hint("sections are collector, schedule, workers, session, breaker, batch, kafka, spill, http, devices, device_files"),
                 ),
             }
         }
@@ -236,6 +239,24 @@ impl CollectorConfig {
         } else {
             Err(errors)
         }
+    }
+
+    /// The spill store's settings, or None when no directory is configured.
+    pub fn spill_config(&self) -> Option<crate::spill::SpillConfig> {
+        let dir = self
+            .spill
+            .dir
+            .clone()
+            .or_else(|| self.collector.state_dir.as_ref().map(|d| d.join("spill")))?;
+        let mut c = crate::spill::SpillConfig::new(dir);
+        c.max_bytes = self.spill.max_bytes;
+        c.ttl = self.spill.ttl;
+        c.segment_bytes = self.spill.segment_bytes;
+        c.backend = match self.spill.backend.as_str() {
+            "sled" => crate::spill::SpillBackend::Sled,
+            _ => crate::spill::SpillBackend::SegmentLog,
+        };
+        Some(c)
     }
 
     /// The collector id: configured, else `$HOSTNAME`, else `opc-collector`.

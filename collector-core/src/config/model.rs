@@ -10,16 +10,73 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// `collector:` — who this collector is and where it keeps state.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorSection {
     /// Written as `collector_id` in every record. Default: `$HOSTNAME`
     /// (the pod name in a StatefulSet), else `opc-collector`.
     pub id: Option<String>,
-    /// Directory for state that must survive restarts (the sequence-number
-    /// floor). Default: none; sequence numbers then rely on the wall clock
-    /// alone (see `docs/record-format.md`).
+    /// Directory for state that must survive restarts: the sequence-number
+    /// floor and (unless `spill.dir` says otherwise) the spill. Default:
+    /// none; then sequence numbers rely on the wall clock alone (see
+    /// `docs/record-format.md`) and there is no spill.
     pub state_dir: Option<PathBuf>,
+    /// On SIGTERM, how long in-memory data may take to be delivered or
+    /// spilled before the process exits. Default `25s` (under Kubernetes'
+    /// default 30 s termination grace period).
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for CollectorSection {
+    fn default() -> Self {
+        Self {
+            id: None,
+            state_dir: None,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// `spill:` — the disk buffer that keeps records Kafka could not take.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpillSection {
+    /// Spill directory. Default: `<collector.state_dir>/spill`; with
+    /// neither set there is no spill (undeliverable records are counted
+    /// in `collector_records_undelivered_total` and logged).
+    pub dir: Option<PathBuf>,
+    /// Size cap on disk (bytes or `10GiB`); above it the oldest data is
+    /// dropped, counted and logged. Default `10GiB`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+    /// Spilled data older than this is dropped, counted and logged.
+    /// Default `24h`.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// `segment_log` (default: a segmented append-only log; see
+    /// `docs/spill.md` for why) or `sled`.
+    pub backend: String,
+    /// Segment size of the segment log (the unit of space reclamation).
+    /// Default `64MiB`.
+    #[serde(deserialize_with = "byte_size")]
+    pub segment_bytes: u64,
+    /// Replay pace: spilled batches sent per second while Kafka is
+    /// healthy, so live traffic keeps its latency. Default 20.
+    pub replay_batches_per_second: u32,
+}
+
+impl Default for SpillSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 10 << 30,
+            ttl: Duration::from_secs(24 * 3600),
+            backend: "segment_log".to_string(),
+            segment_bytes: 64 << 20,
+            replay_batches_per_second: 20,
+        }
+    }
 }
 
 /// `schedule:` — when devices are read.
@@ -174,8 +231,10 @@ pub struct KafkaConfig {
     pub compression: String,
     /// `linger.ms`: how long the producer waits to fill a request. Default 20.
     pub linger_ms: u32,
-    /// `message.timeout.ms`: when an undelivered message is declared
-    /// failed (and, once the spill exists, spilled). Default `60s`.
+    /// `message.timeout.ms`: when an undelivered record is declared
+    /// failed and spilled. Also bounds how long a batch already handed to
+    /// the producer waits when Kafka goes down (new batches go straight to
+    /// the spill once the outage is detected). Default `30s`.
     #[serde(with = "duration")]
     pub message_timeout: Duration,
     /// `queue.buffering.max.messages`: producer queue bound; a full queue
@@ -195,7 +254,7 @@ impl Default for KafkaConfig {
             topic: "opc-samples".to_string(),
             compression: "snappy".to_string(),
             linger_ms: 20,
-            message_timeout: Duration::from_secs(60),
+            message_timeout: Duration::from_secs(30),
             queue_max_messages: 200_000,
             queue_max_kbytes: 262_144,
             properties: BTreeMap::new(),

@@ -12,6 +12,19 @@ use async_trait::async_trait;
 use crate::error::SinkError;
 use crate::record::Record;
 
+/// A record as the destination stores it (for Kafka: key and JSON value).
+/// This is what the spill keeps, so a replay sends exactly the bytes the
+/// first attempt would have sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The message key (the device id).
+    pub key: String,
+    /// The encoded record.
+    pub payload: Vec<u8>,
+    /// The record's read time, microseconds since the Unix epoch.
+    pub read_time_us: i64,
+}
+
 /// Why the batcher flushed a batch (the `reason` label of
 /// `collector_batches_flushed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,16 +74,62 @@ pub struct DeliveryReport {
 }
 
 /// A destination for records.
+///
+/// A sink works on encoded [`Message`]s so that what it could not deliver
+/// can be spilled and replayed byte for byte; [`Sink::deliver`] is the
+/// convenience for typed batches.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
-    /// Delivers a batch; resolves once every record is acknowledged or has
-    /// definitely failed.
-    async fn deliver(&self, batch: &Batch) -> DeliveryReport;
+    /// Encodes one record the way this sink stores it.
+    fn encode(&self, record: &Record) -> Result<Message, SinkError>;
+
+    /// Delivers messages; resolves once every one is acknowledged or has
+    /// definitely failed. `DeliveryReport::failed` indexes `messages`.
+    async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport;
+
+    /// Delivers a batch of records (encode, then deliver); failed indexes
+    /// refer to `batch.records`.
+    async fn deliver(&self, batch: &Batch) -> DeliveryReport {
+        let mut messages = Vec::with_capacity(batch.records.len());
+        let mut index = Vec::with_capacity(batch.records.len());
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (i, r) in batch.records.iter().enumerate() {
+            match self.encode(r) {
+                Ok(m) => {
+                    messages.push(m);
+                    index.push(i);
+                }
+                Err(e) => {
+                    failed.push(i);
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        let report = self.deliver_messages(&messages).await;
+        failed.extend(report.failed.iter().filter_map(|&j| index.get(j).copied()));
+        failed.sort_unstable();
+        DeliveryReport {
+            failed,
+            error: error.or(report.error),
+        }
+    }
 
     /// Whether the destination is reachable now (drives `/readyz`).
     fn is_healthy(&self) -> bool {
         true
     }
+
+    /// False only when the destination is known to be down; then the
+    /// pipeline spills new batches instead of queueing them in memory.
+    fn is_accepting(&self) -> bool {
+        true
+    }
+
+    /// Gives up on messages still waiting for an acknowledgement: their
+    /// deliveries resolve as failed now (so they can be spilled). Used when
+    /// the shutdown grace period runs out.
+    fn abort_pending(&self) {}
 
     /// Waits (at most `timeout`) for anything still buffered in the sink.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;

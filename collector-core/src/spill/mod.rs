@@ -63,6 +63,7 @@
 
 pub mod commit;
 pub mod frame;
+pub(crate) mod payload;
 pub mod segment_log;
 pub mod sled_store;
 

@@ -2,7 +2,7 @@
 //! through librdkafka's delivery callback, which settles it in its batch's
 //! [`BatchAck`]; the batch's `deliver()` wakes when the last one settles.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,7 +74,8 @@ pub(crate) struct Pending {
 
 /// Producer context: settles deliveries and tracks broker reachability.
 pub(crate) struct Context {
-    pub(crate) up: Arc<AtomicBool>,
+    /// Reachability, see `sink::UNKNOWN`/`UP`/`DOWN`.
+    pub(crate) up: Arc<AtomicU8>,
 }
 
 impl ClientContext for Context {
@@ -83,7 +84,7 @@ impl ClientContext for Context {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
         ) {
-            self.up.store(false, Ordering::Relaxed);
+            self.up.store(super::sink::DOWN, Ordering::Relaxed);
             metrics::gauge!(names::KAFKA_UP).set(0.0);
         }
         tracing::warn!(error = %error, reason, "kafka client error");
@@ -109,6 +110,9 @@ impl ProducerContext for Context {
                 let reason = match e.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::MessageTimedOut) => "timeout",
                     Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+                    Some(RDKafkaErrorCode::PurgeQueue) | Some(RDKafkaErrorCode::PurgeInflight) => {
+                        "purged"
+                    }
                     _ => "error",
                 };
                 metrics::counter!(names::KAFKA_FAILED, "reason" => reason).increment(1);

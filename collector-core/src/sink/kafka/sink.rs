@@ -2,26 +2,32 @@
 //! enqueues records with backpressure on a full queue, awaits their
 //! acknowledgements, and probes the cluster for readiness.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{BatchAck, Context, Pending};
 use crate::config::KafkaConfig;
 use crate::error::SinkError;
 use crate::metrics::names;
-use crate::sink::{Batch, DeliveryReport, Sink};
+use crate::record::Record;
+use crate::sink::{DeliveryReport, Message, Sink};
 
 /// How often the cluster is probed for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reachability as last observed: not yet known (start), up, or down.
+pub(crate) const UNKNOWN: u8 = 0;
+pub(crate) const UP: u8 = 1;
+pub(crate) const DOWN: u8 = 2;
+
 /// Wait before retrying a send that found the producer queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -30,7 +36,8 @@ pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Context>>,
     topic: String,
     collector_id: String,
-    up: Arc<AtomicBool>,
+    /// [`UNKNOWN`], [`UP`] or [`DOWN`].
+    up: Arc<AtomicU8>,
 }
 
 impl KafkaSink {
@@ -59,7 +66,7 @@ impl KafkaSink {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let up = Arc::new(AtomicBool::new(false));
+        let up = Arc::new(AtomicU8::new(UNKNOWN));
         let producer: ThreadedProducer<Context> = cc
             .create_with_context(Context { up: up.clone() })
             .map_err(|e| SinkError::Config(redact(&e.to_string())))?;
@@ -86,7 +93,7 @@ impl KafkaSink {
                 })
                 .await
                 .unwrap_or(false);
-                let was = up.swap(ok, Ordering::Relaxed);
+                let was = up.swap(if ok { UP } else { DOWN }, Ordering::Relaxed) == UP;
                 metrics::gauge!(names::KAFKA_UP).set(if ok { 1.0 } else { 0.0 });
                 if was != ok {
                     if ok {
@@ -115,28 +122,32 @@ fn redact(msg: &str) -> String {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn deliver(&self, batch: &Batch) -> DeliveryReport {
-        let ack = BatchAck::new(batch.records.len());
-        let mut buf = Vec::with_capacity(4096);
-        for (index, record) in batch.records.iter().enumerate() {
-            buf.clear();
-            if let Err(e) = record.encode_json(&self.collector_id, &mut buf) {
-                metrics::counter!(names::KAFKA_FAILED, "reason" => "encode").increment(1);
-                ack.settle_failed(index, format!("encode: {e}"));
-                continue;
-            }
-            let read_time_us = record.read_time.timestamp_micros();
+    fn encode(&self, record: &Record) -> Result<Message, SinkError> {
+        let mut payload = Vec::with_capacity(record.estimated_bytes());
+        record
+            .encode_json(&self.collector_id, &mut payload)
+            .map_err(|e| SinkError::Delivery(format!("encode: {e}")))?;
+        Ok(Message {
+            key: record.device_id.to_string(),
+            payload,
+            read_time_us: record.read_time.timestamp_micros(),
+        })
+    }
+
+    async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
+        let ack = BatchAck::new(messages.len());
+        for (index, m) in messages.iter().enumerate() {
             let mut opaque = Box::new(Pending {
                 ack: ack.clone(),
                 index,
                 enqueued: Instant::now(),
-                read_time_us,
+                read_time_us: m.read_time_us,
             });
             loop {
                 let msg = BaseRecord::with_opaque_to(&self.topic, opaque)
-                    .key(&*record.device_id)
-                    .payload(&buf)
-                    .timestamp(read_time_us / 1000);
+                    .key(m.key.as_str())
+                    .payload(&m.payload)
+                    .timestamp(m.read_time_us / 1000);
                 match self.producer.send(msg) {
                     Ok(()) => {
                         metrics::gauge!(names::KAFKA_IN_FLIGHT).increment(1.0);
@@ -156,8 +167,8 @@ impl Sink for KafkaSink {
             }
         }
         let (failed, error) = ack.wait().await;
-        if failed.is_empty() {
-            self.up.store(true, Ordering::Relaxed);
+        if failed.is_empty() && !messages.is_empty() {
+            self.up.store(UP, Ordering::Relaxed);
         }
         DeliveryReport {
             failed,
@@ -165,8 +176,19 @@ impl Sink for KafkaSink {
         }
     }
 
+    fn is_accepting(&self) -> bool {
+        self.up.load(Ordering::Relaxed) != DOWN
+    }
+
+    fn abort_pending(&self) {
+        // Delivery callbacks fire with "purged" errors for everything queued
+        // or in flight, so those records are spilled rather than lost.
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+
     fn is_healthy(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) == UP
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {

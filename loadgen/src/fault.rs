@@ -1,0 +1,467 @@
+//! Fault injection: which simulated devices misbehave and how, so that tests can check
+//! that one bad device never hurts the others. Parsed from the CLI syntax
+//! `KIND=SELECTION[:PARAM]` (`dead=0.1`, `slow=3,7:300ms`, `flap=0.1:5s/5s`, ...).
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use crate::model;
+
+/// What is wrong with a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The device's port accepts TCP connections and closes them at once (with a reset),
+    /// for the whole run; no OPC UA server runs for it.
+    Dead,
+    /// Every Read service response is delayed by this duration (an async sleep in the
+    /// node manager; other devices are not affected).
+    Slow(Duration),
+    /// The device is reachable for `up`, then its listener closes and its existing
+    /// connections are dropped for `down`, repeatedly.
+    Flap {
+        /// How long the device accepts connections in each cycle.
+        up: Duration,
+        /// How long the port is closed in each cycle.
+        down: Duration,
+    },
+    /// Every third Read call on the device (the 3rd, 6th, ...: read count `n` with
+    /// `n % 3 == 2`, counted per device from 0) answers `BadCommunicationError` for every
+    /// node of that call.
+    BadStatus,
+    /// Server-wide session limit of the device: further CreateSession calls are answered
+    /// `BadTooManySessions` (async-opcua's own limit).
+    MaxSessions(u32),
+}
+
+impl Fault {
+    /// The fault's name in the CLI syntax (`dead`, `slow`, `flap`, `bad-status`, `max-sessions`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Dead => "dead",
+            Fault::Slow(_) => "slow",
+            Fault::Flap { .. } => "flap",
+            Fault::BadStatus => "bad-status",
+            Fault::MaxSessions(_) => "max-sessions",
+        }
+    }
+}
+
+/// `dead`, `slow:300ms`, `flap:5s/5s`, `bad-status`, `max-sessions:1`.
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Dead | Fault::BadStatus => f.write_str(self.kind()),
+            Fault::Slow(d) => write!(f, "slow:{}", DisplayDuration(*d)),
+            Fault::Flap { up, down } => {
+                write!(
+                    f,
+                    "flap:{}/{}",
+                    DisplayDuration(*up),
+                    DisplayDuration(*down)
+                )
+            }
+            Fault::MaxSessions(n) => write!(f, "max-sessions:{n}"),
+        }
+    }
+}
+
+/// Which devices a fault applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// `round(f · N)` devices of the simulator (at least one when `f > 0`), taken from a
+    /// deterministic shuffle of the device indexes; the faults of a configuration take
+    /// consecutive blocks of that shuffle, so their devices are disjoint while the
+    /// fractions add up to at most 1.
+    Fraction(f64),
+    /// These device indexes (indexes outside the simulator are ignored).
+    Devices(Vec<u32>),
+    /// Every device.
+    All,
+}
+
+/// One fault and the devices it applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    /// The fault.
+    pub fault: Fault,
+    /// The devices.
+    pub select: Selection,
+}
+
+/// A `--fault` value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid fault `{spec}`: {reason}")]
+pub struct FaultParseError {
+    /// The text given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+const SYNTAX: &str = "expected KIND=SELECTION[:PARAM] with KIND one of dead, slow, flap, \
+     bad-status, max-sessions (e.g. dead=0.1, dead=3,7, slow=0.1:3s, flap=0.1:5s/5s, \
+     bad-status=0.05, max-sessions=1)";
+
+impl FromStr for FaultSpec {
+    type Err = FaultParseError;
+
+    /// Parse `KIND=SELECTION[:PARAM]`:
+    ///
+    /// * SELECTION is a fraction with a decimal point (`0.1`, `1.0`), `all`, or a device
+    ///   list (`3,7` or `dev-00003,dev-00007`); a plain integer is a device index;
+    /// * `dead` and `bad-status` take no PARAM; `slow` takes a delay (`300ms`, `3s`),
+    ///   `flap` `UP/DOWN` (`5s/5s`) and `max-sessions` a positive count; for those three
+    ///   a value without `:` is the PARAM alone and selects all devices
+    ///   (`max-sessions=1`, `slow=300ms`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| FaultParseError {
+            spec: s.to_string(),
+            reason,
+        };
+        let (kind, rest) = s.split_once('=').ok_or_else(|| err(SYNTAX.to_string()))?;
+        let kind = kind.trim().to_ascii_lowercase();
+        let rest = rest.trim();
+        let no_param = |select: &str| -> Result<Selection, FaultParseError> {
+            if select.contains(':') {
+                return Err(err(format!("{kind} takes no parameter, e.g. {kind}=0.1")));
+            }
+            parse_selection(select).map_err(err)
+        };
+        let with_param = || -> Result<(Selection, &str), FaultParseError> {
+            match rest.rsplit_once(':') {
+                Some((select, param)) => Ok((parse_selection(select).map_err(err)?, param)),
+                None => Ok((Selection::All, rest)),
+            }
+        };
+        let (fault, select) = match kind.as_str() {
+            "dead" => (Fault::Dead, no_param(rest)?),
+            "bad-status" => (Fault::BadStatus, no_param(rest)?),
+            "slow" => {
+                let (select, param) = with_param()?;
+                let delay = parse_duration(param)
+                    .map_err(|e| err(format!("slow needs a delay such as 0.1:3s: {e}")))?;
+                (Fault::Slow(delay), select)
+            }
+            "flap" => {
+                let (select, param) = with_param()?;
+                let (up, down) = param.split_once('/').ok_or_else(|| {
+                    err("flap needs UP/DOWN periods such as 0.1:5s/5s".to_string())
+                })?;
+                let up = parse_duration(up).map_err(|e| err(format!("flap up period: {e}")))?;
+                let down =
+                    parse_duration(down).map_err(|e| err(format!("flap down period: {e}")))?;
+                if up.is_zero() || down.is_zero() {
+                    return Err(err("flap periods must be positive".to_string()));
+                }
+                (Fault::Flap { up, down }, select)
+            }
+            "max-sessions" => {
+                let (select, param) = with_param()?;
+                let n: u32 = param.trim().parse().map_err(|_| {
+                    err(format!(
+                        "max-sessions needs a session count such as 1 or 0.1:1, not `{param}`"
+                    ))
+                })?;
+                if n == 0 {
+                    return Err(err("max-sessions must be at least 1".to_string()));
+                }
+                (Fault::MaxSessions(n), select)
+            }
+            other => return Err(err(format!("unknown fault kind `{other}`; {SYNTAX}"))),
+        };
+        Ok(FaultSpec { fault, select })
+    }
+}
+
+/// The CLI syntax, e.g. `slow=0.1:3s`, `dead=3,7`, `max-sessions=all:1`.
+impl fmt::Display for FaultSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=", self.fault.kind())?;
+        match &self.select {
+            Selection::All => f.write_str("all")?,
+            Selection::Fraction(x) if x.fract() == 0.0 => write!(f, "{x:.1}")?,
+            Selection::Fraction(x) => write!(f, "{x}")?,
+            Selection::Devices(list) => {
+                for (i, d) in list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{d}")?;
+                }
+            }
+        }
+        match self.fault {
+            Fault::Dead | Fault::BadStatus => Ok(()),
+            Fault::Slow(d) => write!(f, ":{}", DisplayDuration(d)),
+            Fault::Flap { up, down } => {
+                write!(f, ":{}/{}", DisplayDuration(up), DisplayDuration(down))
+            }
+            Fault::MaxSessions(n) => write!(f, ":{n}"),
+        }
+    }
+}
+
+fn parse_selection(s: &str) -> Result<Selection, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(Selection::All);
+    }
+    if s.contains('.') {
+        let f: f64 = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a fraction such as 0.1"))?;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(format!("fraction {s} is not between 0 and 1"));
+        }
+        return Ok(Selection::Fraction(f));
+    }
+    let mut list = Vec::new();
+    for item in s.split(',') {
+        let item = item.trim();
+        let index = if item.starts_with("dev-") {
+            model::device_index(item)
+        } else {
+            item.parse().ok()
+        };
+        match index {
+            Some(i) => list.push(i),
+            None => {
+                return Err(format!(
+                    "`{item}` is neither a fraction with a decimal point (0.1, 1.0), `all`, \
+                     nor a device (3 or dev-00003)"
+                ))
+            }
+        }
+    }
+    Ok(Selection::Devices(list))
+}
+
+/// Parse `300ms`, `3s`, `1.5s`, `2m` or `250us`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` has no unit (ms, s, m)"))?;
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 300ms or 3s"))?;
+    let seconds = match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use us, ms, s or m)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+struct DisplayDuration(Duration);
+
+impl fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_nanos() == 0 {
+            write!(f, "{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{}us", d.as_micros())
+        }
+    }
+}
+
+/// A fixed 64-bit mix (splitmix64), the deterministic shuffle key of a device index.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The faults of each device `first .. first + count` (in index order).
+///
+/// Fraction selections take consecutive blocks of the devices sorted by [`mix`] of their
+/// index, in the order of `specs`, wrapping around once the fractions exceed 1. A device
+/// gets each distinct fault at most once.
+pub(crate) fn assign(specs: &[FaultSpec], first: u32, count: u32) -> Vec<Vec<Fault>> {
+    let n = count as usize;
+    let mut out: Vec<Vec<Fault>> = vec![Vec::new(); n];
+    if n == 0 {
+        return out;
+    }
+    let mut order: Vec<u32> = (0..count).collect();
+    order.sort_by_key(|&pos| (mix(u64::from(first) + u64::from(pos)), pos));
+    let mut cursor = 0usize;
+    let add = |pos: usize, fault: Fault, out: &mut Vec<Vec<Fault>>| {
+        if let Some(faults) = out.get_mut(pos) {
+            if !faults.contains(&fault) {
+                faults.push(fault);
+            }
+        }
+    };
+    for spec in specs {
+        match &spec.select {
+            Selection::All => (0..n).for_each(|pos| add(pos, spec.fault, &mut out)),
+            Selection::Devices(list) => {
+                for &index in list {
+                    if let Some(pos) = index.checked_sub(first).filter(|p| *p < count) {
+                        add(pos as usize, spec.fault, &mut out);
+                    }
+                }
+            }
+            Selection::Fraction(f) => {
+                let mut k = (f * n as f64).round() as usize;
+                if *f > 0.0 {
+                    k = k.max(1);
+                }
+                for j in 0..k.min(n) {
+                    add(order[(cursor + j) % n] as usize, spec.fault, &mut out);
+                }
+                cursor += k;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> FaultSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_the_cli_syntax() {
+        assert_eq!(
+            p("dead=0.1"),
+            FaultSpec {
+                fault: Fault::Dead,
+                select: Selection::Fraction(0.1)
+            }
+        );
+        assert_eq!(
+            p("dead=dev-00003,dev-00007").select,
+            Selection::Devices(vec![3, 7])
+        );
+        assert_eq!(p("dead=3,7").select, Selection::Devices(vec![3, 7]));
+        assert_eq!(p("dead=all").select, Selection::All);
+        assert_eq!(p("dead=1").select, Selection::Devices(vec![1]));
+        assert_eq!(p("dead=1.0").select, Selection::Fraction(1.0));
+        assert_eq!(
+            p("slow=0.1:3s"),
+            FaultSpec {
+                fault: Fault::Slow(Duration::from_secs(3)),
+                select: Selection::Fraction(0.1)
+            }
+        );
+        assert_eq!(
+            p("slow=300ms").fault,
+            Fault::Slow(Duration::from_millis(300))
+        );
+        assert_eq!(p("slow=300ms").select, Selection::All);
+        assert_eq!(
+            p("flap=0.1:5s/1.5s").fault,
+            Fault::Flap {
+                up: Duration::from_secs(5),
+                down: Duration::from_millis(1500)
+            }
+        );
+        assert_eq!(p("bad-status=0.05").fault, Fault::BadStatus);
+        assert_eq!(
+            p("max-sessions=1"),
+            FaultSpec {
+                fault: Fault::MaxSessions(1),
+                select: Selection::All
+            }
+        );
+        assert_eq!(p("max-sessions=0.1:2").select, Selection::Fraction(0.1));
+        assert_eq!(
+            p("max-sessions=4,5:2").select,
+            Selection::Devices(vec![4, 5])
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "dead=0.1",
+            "dead=3,7",
+            "dead=all",
+            "dead=1.0",
+            "slow=0.25:300ms",
+            "flap=2:5s/1500ms",
+            "bad-status=0.05",
+            "max-sessions=all:1",
+        ] {
+            assert_eq!(p(s).to_string(), s);
+            assert_eq!(p(&p(s).to_string()), p(s));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs_clearly() {
+        for (s, needle) in [
+            ("dead", "expected KIND=SELECTION"),
+            ("zombie=0.1", "unknown fault kind `zombie`"),
+            ("dead=0.1:3s", "dead takes no parameter"),
+            ("dead=1.5", "not between 0 and 1"),
+            ("dead=x", "neither a fraction"),
+            ("dead=dev-3", "neither a fraction"),
+            ("slow=0.1", "has no unit"),
+            ("slow=0.1:3h", "unknown unit `h`"),
+            ("flap=0.1:5s", "UP/DOWN"),
+            ("flap=0.1:0s/1s", "positive"),
+            ("max-sessions=0.1:x", "session count"),
+            ("max-sessions=0", "at least 1"),
+        ] {
+            let e = s.parse::<FaultSpec>().unwrap_err();
+            assert!(e.to_string().contains(needle), "{s}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("invalid fault `{s}`")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn fractions_take_disjoint_deterministic_blocks() {
+        let specs = [p("dead=0.1"), p("slow=0.1:3s"), p("flap=0.1:5s/5s")];
+        let a = assign(&specs, 0, 100);
+        assert_eq!(a, assign(&specs, 0, 100), "deterministic");
+        let faulty = a.iter().filter(|f| !f.is_empty()).count();
+        assert_eq!(faulty, 30);
+        assert!(a.iter().all(|f| f.len() <= 1), "disjoint");
+        for kind in ["dead", "slow", "flap"] {
+            let n = a
+                .iter()
+                .filter(|f| f.iter().any(|x| x.kind() == kind))
+                .count();
+            assert_eq!(n, 10, "{kind}");
+        }
+        // Spread over the index range, not the first 30 devices.
+        assert!(a[..30].iter().any(|f| f.is_empty()));
+    }
+
+    #[test]
+    fn lists_all_and_small_fractions() {
+        let a = assign(&[p("dead=3,7,99"), p("max-sessions=1")], 2, 8);
+        assert_eq!(a[1], vec![Fault::Dead, Fault::MaxSessions(1)]);
+        assert_eq!(a[5], vec![Fault::Dead, Fault::MaxSessions(1)]);
+        assert_eq!(a[0], vec![Fault::MaxSessions(1)]);
+        let a = assign(&[p("bad-status=0.05")], 0, 3);
+        assert_eq!(
+            a.iter().filter(|f| !f.is_empty()).count(),
+            1,
+            "at least one"
+        );
+        let a = assign(&[p("dead=0.0")], 0, 3);
+        assert!(a.iter().all(|f| f.is_empty()));
+    }
+}
