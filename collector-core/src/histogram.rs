@@ -50,6 +50,16 @@ impl LatencyHistogram {
         self.total += other.total;
     }
 
+    /// What was recorded after `earlier` (an older copy of this histogram).
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let mut d = LatencyHistogram::default();
+        for (i, (now, then)) in self.counts.iter().zip(earlier.counts.iter()).enumerate() {
+            d.counts[i] = now.saturating_sub(*then);
+        }
+        d.total = self.total.saturating_sub(earlier.total);
+        d
+    }
+
     /// Observations recorded.
     pub fn count(&self) -> u64 {
         self.total
@@ -105,5 +115,7 @@ mod tests {
         assert_eq!(h.count(), 1001);
         assert!(h.quantile(1.0).unwrap() >= 100.0);
         assert_eq!(LatencyHistogram::default().quantile(0.5), None);
+        let d = h.since(&other);
+        assert_eq!(d.count(), 1000);
     }
 }

@@ -30,6 +30,11 @@ pub trait Protocol: Send + Sync + 'static {
 /// Reads one device. Owned by that device's schedule; never shared.
 #[async_trait]
 pub trait DeviceReader: Send {
+    /// Called before a worker permit is taken for the next read: wait here
+    /// for anything that should not hold a permit (e.g. a fleet-wide
+    /// connect rate limit). Default: nothing.
+    async fn prepare(&mut self) {}
+
     /// Reads every configured node once. `Ok` carries one sample per node
     /// in configuration order, Bad ones included; `Err` means no record.
     async fn read(&mut self) -> Result<Vec<Sample>, ReadError>;

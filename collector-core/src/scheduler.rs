@@ -151,7 +151,10 @@ pub(crate) async fn run_device(
         let permit = tokio::select! {
             biased;
             _ = ctx.stop.cancelled() => break,
-            p = ctx.pool.acquire() => p,
+            p = async {
+                reader.prepare().await;
+                ctx.pool.acquire().await
+            } => p,
         };
         let Some(permit) = permit else { break };
         let started = Instant::now();

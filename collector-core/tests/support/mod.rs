@@ -50,11 +50,16 @@ pub struct Consumed {
 }
 
 pub async fn consume(bootstrap: &str, expected: usize) -> Consumed {
+    consume_topic(bootstrap, TOPIC, expected).await
+}
+
+pub async fn consume_topic(bootstrap: &str, topic: &str, expected: usize) -> Consumed {
     let b = bootstrap.to_string();
+    let t = topic.to_string();
     let msgs = tokio::task::spawn_blocking(move || {
         consume_all(
             &b,
-            TOPIC,
+            &t,
             expected,
             Duration::from_secs(5),
             Duration::from_secs(90),

@@ -30,6 +30,8 @@ pub(crate) struct OpcUaReader {
     /// Resolution for session generation `.0`.
     resolved: Option<(u64, Vec<Resolved>)>,
     released: bool,
+    /// A connect token was taken in `prepare` for the next read.
+    admitted: bool,
 }
 
 impl OpcUaReader {
@@ -41,6 +43,7 @@ impl OpcUaReader {
             nodes: device.nodes.clone(),
             resolved: None,
             released: false,
+            admitted: false,
         })
     }
 
@@ -86,8 +89,16 @@ fn resolve_one(n: &NodeAddress, live: &Live) -> Resolved {
 
 #[async_trait]
 impl DeviceReader for OpcUaReader {
+    async fn prepare(&mut self) {
+        if !self.admitted && self.pool.needs_connect(&self.endpoint) {
+            self.pool.connect_token().await;
+            self.admitted = true;
+        }
+    }
+
     async fn read(&mut self) -> Result<Vec<Sample>, ReadError> {
-        let live = self.pool.session(&self.endpoint).await?;
+        let admitted = std::mem::take(&mut self.admitted);
+        let live = self.pool.session(&self.endpoint, admitted).await?;
         let read_timeout = self.pool.config().read_timeout;
         let resolved = self.resolve(&live);
         let to_read: Vec<ReadValueId> = resolved

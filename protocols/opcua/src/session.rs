@@ -28,12 +28,34 @@ use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// A task that is aborted when this handle is dropped: a session's event
+/// loop owns its TCP connection, so a connect abandoned half-way (e.g. by
+/// the connect timeout) must not leave the loop, and the connection,
+/// running.
+pub(crate) struct LoopTask(tokio::task::JoinHandle<()>);
+
+impl LoopTask {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for LoopTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a connected session knows about its server.
 pub(crate) struct Live {
     pub(crate) session: Arc<Session>,
     /// Cleared when the event loop ends (transport lost, keep-alive failed).
     alive: Arc<AtomicBool>,
-    loop_task: tokio::task::JoinHandle<()>,
+    loop_task: LoopTask,
     /// Namespace URI -> index, read at connect.
     pub(crate) namespaces: HashMap<String, u16>,
     /// Namespace indexes that moved since the first session on this
@@ -173,8 +195,26 @@ impl Pool {
             .set((total - connected - connecting).max(0) as f64);
     }
 
-    /// The live session of `ep`, connecting first if there is none.
-    pub(crate) async fn session(&self, ep: &Endpoint) -> Result<Arc<Live>, ReadError> {
+    /// Whether a read of `ep` would have to connect now (no live session,
+    /// not in backoff): the scheduler then waits for a connect token before
+    /// taking a worker permit, so devices queued behind the fleet-wide
+    /// connect rate limit do not hold permits healthy devices need.
+    pub(crate) fn needs_connect(&self, ep: &Endpoint) -> bool {
+        ep.state_label() == "disconnected"
+    }
+
+    /// Waits for a token of the fleet-wide connect rate limit.
+    pub(crate) async fn connect_token(&self) {
+        self.limiter.until_ready().await;
+    }
+
+    /// The live session of `ep`, connecting first if there is none
+    /// (`admitted`: a connect token was already taken).
+    pub(crate) async fn session(
+        &self,
+        ep: &Endpoint,
+        admitted: bool,
+    ) -> Result<Arc<Live>, ReadError> {
         let mut st = ep.state.lock().await;
         if let Some(live) = &st.live {
             if live.is_alive() {
@@ -198,7 +238,9 @@ impl Pool {
                 });
             }
         }
-        self.limiter.until_ready().await;
+        if !admitted {
+            self.limiter.until_ready().await;
+        }
         self.connecting.fetch_add(1, Ordering::Relaxed);
         self.publish_gauges();
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -317,7 +359,7 @@ impl Pool {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), StatusCode>>();
         let loop_alive = alive.clone();
         let loop_url = url.to_string();
-        let loop_task = tokio::spawn(async move {
+        let loop_task = LoopTask(tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let stream = event_loop.enter();
             futures::pin_mut!(stream);
@@ -341,7 +383,7 @@ impl Pool {
                 }
             }
             loop_alive.store(false, Ordering::Relaxed);
-        });
+        }));
         let abort_on_err = |e: ReadError| {
             loop_task.abort();
             e
