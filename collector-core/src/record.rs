@@ -10,8 +10,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
 
 /// The version of the JSON envelope; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -205,36 +203,194 @@ impl Record {
                 .sum::<usize>()
     }
 
-    /// Appends the JSON encoding of this record to `out`.
+    /// Appends the JSON encoding of this record to `out` (the format of
+    /// `docs/record-format.md`).
+    ///
+    /// Written by hand rather than through serde: this runs once per sample
+    /// on the hot path, and fixed keys, timestamps, type and status names
+    /// need no escaping; only strings from the device or the configuration
+    /// (ids, node ids, string values) go through serde_json's escaper.
     pub fn encode_json(
         &self,
         collector_id: &str,
         out: &mut Vec<u8>,
     ) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(
-            out,
-            &Envelope {
-                record: self,
-                collector_id,
-            },
-        )
+        out.extend_from_slice(b"{\"schema\":");
+        push_display(out, SCHEMA_VERSION);
+        out.extend_from_slice(b",\"device_id\":");
+        push_str(out, &self.device_id)?;
+        out.extend_from_slice(b",\"seq\":");
+        push_display(out, self.seq);
+        out.extend_from_slice(b",\"collector_id\":");
+        push_str(out, collector_id)?;
+        let mut times = TimeCache::default();
+        out.extend_from_slice(b",\"read_time\":");
+        times.push(out, &self.read_time);
+        out.extend_from_slice(b",\"samples\":[");
+        for (i, sample) in self.samples.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            sample.encode_json(out, &mut times)?;
+        }
+        out.extend_from_slice(b"]}");
+        Ok(())
+    }
+}
+
+impl Sample {
+    fn encode_json(
+        &self,
+        out: &mut Vec<u8>,
+        times: &mut TimeCache,
+    ) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"node_id\":");
+        push_str(out, &self.node_id)?;
+        out.extend_from_slice(b",\"type\":");
+        match &self.value {
+            Value::Array { element_type, .. } => {
+                out.push(b'"');
+                push_name(out, element_type);
+                out.extend_from_slice(b"[]\"");
+            }
+            other => {
+                out.push(b'"');
+                push_name(out, &other.type_name());
+                out.push(b'"');
+            }
+        }
+        out.extend_from_slice(b",\"value\":");
+        self.value.encode_json(out, times)?;
+        out.extend_from_slice(b",\"status\":{\"code\":");
+        push_display(out, self.status.code);
+        out.extend_from_slice(b",\"name\":\"");
+        push_name(out, self.status.name);
+        out.extend_from_slice(b"\"}");
+        if let Some(t) = &self.source_timestamp {
+            out.extend_from_slice(b",\"source_timestamp\":");
+            times.push(out, t);
+        }
+        if let Some(t) = &self.server_timestamp {
+            out.extend_from_slice(b",\"server_timestamp\":");
+            times.push(out, t);
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+impl Value {
+    fn encode_json(
+        &self,
+        out: &mut Vec<u8>,
+        times: &mut TimeCache,
+    ) -> Result<(), serde_json::Error> {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Boolean(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
+            Value::SByte(v) => push_display(out, *v),
+            Value::Byte(v) => push_display(out, *v),
+            Value::Int16(v) => push_display(out, *v),
+            Value::UInt16(v) => push_display(out, *v),
+            Value::Int32(v) => push_display(out, *v),
+            Value::UInt32(v) => push_display(out, *v),
+            Value::Int64(v) => push_display(out, *v),
+            Value::UInt64(v) => push_display(out, *v),
+            Value::StatusCode(v) => push_display(out, *v),
+            Value::Float(v) if v.is_finite() => serde_json::to_writer(&mut *out, v)?,
+            Value::Float(v) => push_non_finite(out, f64::from(*v)),
+            Value::Double(v) if v.is_finite() => serde_json::to_writer(&mut *out, v)?,
+            Value::Double(v) => push_non_finite(out, *v),
+            Value::String(v) | Value::Guid(v) => push_str(out, v)?,
+            Value::Other { text, .. } => push_str(out, text)?,
+            Value::DateTime(t) => times.push(out, t),
+            Value::ByteString(b) => {
+                // The base64 alphabet needs no escaping.
+                out.push(b'"');
+                out.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(b)
+                        .as_bytes(),
+                );
+                out.push(b'"');
+            }
+            Value::Array { values, .. } => {
+                out.push(b'[');
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.encode_json(out, times)?;
+                }
+                out.push(b']');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string, escaped.
+fn push_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(&mut *out, s)
+}
+
+/// A name from a fixed table (type and status names): identifiers, which
+/// need no escaping; anything else is escaped to stay valid JSON.
+fn push_name(out: &mut Vec<u8>, name: &str) {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        out.extend_from_slice(name.as_bytes());
+    } else {
+        for c in name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        {
+            out.push(c as u8);
+        }
+    }
+}
+
+/// An integer.
+fn push_display(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Non-finite floats have no JSON number; they are written as the strings
+/// `"NaN"`, `"Infinity"` and `"-Infinity"`.
+fn push_non_finite(out: &mut Vec<u8>, v: f64) {
+    out.extend_from_slice(if v.is_nan() {
+        b"\"NaN\"".as_slice()
+    } else if v > 0.0 {
+        b"\"Infinity\"".as_slice()
+    } else {
+        b"\"-Infinity\"".as_slice()
+    });
+}
+
+/// Timestamps as quoted RFC 3339 strings, remembering the last one: the
+/// samples of one read usually share their source and server timestamps,
+/// so most are copied rather than formatted again.
+#[derive(Default)]
+struct TimeCache {
+    last: Option<DateTime<Utc>>,
+    buf: [u8; 30],
+    len: usize,
+}
+
+impl TimeCache {
+    fn push(&mut self, out: &mut Vec<u8>, t: &DateTime<Utc>) {
+        if self.last != Some(*t) {
+            self.len = format_rfc3339(t, &mut self.buf);
+            self.last = Some(*t);
+        }
+        out.push(b'"');
+        out.extend_from_slice(&self.buf[..self.len]);
+        out.push(b'"');
     }
 }
 
 /// RFC 3339 in UTC with the fraction in 0, 3, 6 or 9 digits (as chrono's
 /// `SecondsFormat::AutoSi`), written into a stack buffer: timestamps are
 /// three per sample, so the encoder must not allocate for them.
-struct Rfc3339<'a>(&'a DateTime<Utc>);
-
-impl Serialize for Rfc3339<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 30];
-        let n = format_rfc3339(self.0, &mut buf);
-        // Only ASCII digits and separators were written.
-        s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
-    }
-}
-
 fn format_rfc3339(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> usize {
     use chrono::{Datelike, Timelike};
     fn put(buf: &mut [u8], at: usize, v: u32, width: usize) {
@@ -244,6 +400,7 @@ fn format_rfc3339(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> usize {
             v /= 10;
         }
     }
+    let t = t.naive_utc();
     let year = t.year().clamp(0, 9999) as u32;
     put(buf, 0, year, 4);
     buf[4] = b'-';
@@ -274,124 +431,6 @@ fn format_rfc3339(t: &DateTime<Utc>, buf: &mut [u8; 30]) -> usize {
     }
     buf[n] = b'Z';
     n + 1
-}
-
-/// The JSON envelope: a record plus the collector that produced it.
-struct Envelope<'a> {
-    record: &'a Record,
-    collector_id: &'a str,
-}
-
-impl Serialize for Envelope<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.record;
-        let mut m = s.serialize_map(Some(6))?;
-        m.serialize_entry("schema", &SCHEMA_VERSION)?;
-        m.serialize_entry("device_id", &*r.device_id)?;
-        m.serialize_entry("seq", &r.seq)?;
-        m.serialize_entry("collector_id", self.collector_id)?;
-        m.serialize_entry("read_time", &Rfc3339(&r.read_time))?;
-        m.serialize_entry("samples", &Samples(&r.samples))?;
-        m.end()
-    }
-}
-
-struct Samples<'a>(&'a [Sample]);
-
-impl Serialize for Samples<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for sample in self.0 {
-            seq.serialize_element(sample)?;
-        }
-        seq.end()
-    }
-}
-
-impl Serialize for Sample {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("node_id", &*self.node_id)?;
-        m.serialize_entry("type", &TypeName(&self.value))?;
-        m.serialize_entry("value", &self.value)?;
-        m.serialize_entry("status", &StatusJson(&self.status))?;
-        if let Some(t) = &self.source_timestamp {
-            m.serialize_entry("source_timestamp", &Rfc3339(t))?;
-        }
-        if let Some(t) = &self.server_timestamp {
-            m.serialize_entry("server_timestamp", &Rfc3339(t))?;
-        }
-        m.end()
-    }
-}
-
-/// The `type` field, written without allocating (also for `Type[]`).
-struct TypeName<'a>(&'a Value);
-
-impl Serialize for TypeName<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Array { element_type, .. } => s.collect_str(&format_args!("{element_type}[]")),
-            other => s.serialize_str(&other.type_name()),
-        }
-    }
-}
-
-struct StatusJson<'a>(&'a Status);
-
-impl Serialize for StatusJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("code", &self.0.code)?;
-        m.serialize_entry("name", self.0.name)?;
-        m.end()
-    }
-}
-
-/// Non-finite floats have no JSON number; they are written as the strings
-/// `"NaN"`, `"Infinity"` and `"-Infinity"`.
-fn serialize_float<S: Serializer>(v: f64, s: S) -> Result<S::Ok, S::Error> {
-    if v.is_nan() {
-        s.serialize_str("NaN")
-    } else if v.is_infinite() {
-        s.serialize_str(if v > 0.0 { "Infinity" } else { "-Infinity" })
-    } else {
-        s.serialize_f64(v)
-    }
-}
-
-impl Serialize for Value {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Value::Null => s.serialize_unit(),
-            Value::Boolean(v) => s.serialize_bool(*v),
-            Value::SByte(v) => s.serialize_i8(*v),
-            Value::Byte(v) => s.serialize_u8(*v),
-            Value::Int16(v) => s.serialize_i16(*v),
-            Value::UInt16(v) => s.serialize_u16(*v),
-            Value::Int32(v) => s.serialize_i32(*v),
-            Value::UInt32(v) => s.serialize_u32(*v),
-            Value::Int64(v) => s.serialize_i64(*v),
-            Value::UInt64(v) => s.serialize_u64(*v),
-            Value::Float(v) if v.is_finite() => s.serialize_f32(*v),
-            Value::Float(v) => serialize_float(f64::from(*v), s),
-            Value::Double(v) => serialize_float(*v, s),
-            Value::String(v) | Value::Guid(v) => s.serialize_str(v),
-            Value::Other { text, .. } => s.serialize_str(text),
-            Value::DateTime(t) => Rfc3339(t).serialize(s),
-            Value::ByteString(b) => {
-                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
-            }
-            Value::StatusCode(c) => s.serialize_u32(*c),
-            Value::Array { values, .. } => {
-                let mut seq = s.serialize_seq(Some(values.len()))?;
-                for v in values {
-                    seq.serialize_element(v)?;
-                }
-                seq.end()
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -454,6 +493,30 @@ mod tests {
     }
 
     #[test]
+    fn escapes_what_comes_from_outside() {
+        let record = Record {
+            device_id: Arc::from("dev \"1\"\n"),
+            seq: 1,
+            read_time: DateTime::from_timestamp_millis(0).unwrap(),
+            samples: vec![Sample {
+                node_id: Arc::from("ns=2;s=A\\B"),
+                value: Value::String("line\u{1}\"q\"".into()),
+                status: Status::GOOD,
+                source_timestamp: None,
+                server_timestamp: None,
+            }],
+        };
+        let mut out = Vec::new();
+        record.encode_json("c\"x", &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["device_id"], "dev \"1\"\n");
+        assert_eq!(v["collector_id"], "c\"x");
+        assert_eq!(v["samples"][0]["node_id"], "ns=2;s=A\\B");
+        assert_eq!(v["samples"][0]["value"], "line\u{1}\"q\"");
+        assert_eq!(v["read_time"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
     fn quality_from_severity_bits() {
         assert_eq!(Status::GOOD.quality(), Quality::Good);
         let bad = Status {
@@ -487,8 +550,9 @@ mod tests {
     #[test]
     fn float_roundtrips_exactly() {
         let v = Value::Float(0.1f32);
-        let text = serde_json::to_string(&v).unwrap();
-        let back: f32 = serde_json::from_str(&text).unwrap();
+        let mut out = Vec::new();
+        v.encode_json(&mut out, &mut TimeCache::default()).unwrap();
+        let back: f32 = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, 0.1f32);
     }
 }
