@@ -61,6 +61,8 @@ pub mod names {
     pub const KAFKA_IN_FLIGHT: &str = "collector_kafka_in_flight_records";
     /// Gauge: 1 when the Kafka cluster answered the last metadata probe.
     pub const KAFKA_UP: &str = "collector_kafka_up";
+    /// Counter: producers replaced after the broker fenced them.
+    pub const KAFKA_PRODUCER_RENEWED: &str = "collector_kafka_producer_renewed_total";
     /// Counter: times the producer queue was full (backpressure).
     pub const KAFKA_QUEUE_FULL: &str = "collector_kafka_queue_full_total";
     /// Counter: records written to the spill, label `reason`

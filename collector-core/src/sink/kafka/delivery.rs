@@ -2,7 +2,7 @@
 //! through librdkafka's delivery callback, which settles it in its batch's
 //! [`BatchAck`]; the batch's `deliver()` wakes when the last one settles.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -76,6 +76,24 @@ pub(crate) struct Pending {
 pub(crate) struct Context {
     /// Reachability, see `sink::UNKNOWN`/`UP`/`DOWN`.
     pub(crate) up: Arc<AtomicU8>,
+    /// Set when the broker rejects the producer's identity or epoch: the
+    /// sink then replaces the producer (and reports Kafka down meanwhile,
+    /// so new batches go to the spill instead of failing one by one).
+    pub(crate) fenced: Arc<AtomicBool>,
+}
+
+/// Errors after which this producer will never deliver again.
+fn is_fencing(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::Fatal
+        )
+    )
 }
 
 impl ClientContext for Context {
@@ -107,6 +125,10 @@ impl ProducerContext for Context {
                 p.ack.settle_ok();
             }
             Err((e, _)) => {
+                if is_fencing(e.rdkafka_error_code()) && !self.fenced.swap(true, Ordering::AcqRel) {
+                    self.up.store(super::sink::DOWN, Ordering::Relaxed);
+                    metrics::gauge!(names::KAFKA_UP).set(0.0);
+                }
                 let reason = match e.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::MessageTimedOut) => "timeout",
                     Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",

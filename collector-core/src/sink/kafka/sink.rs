@@ -1,9 +1,11 @@
 //! [`KafkaSink`]: builds the producer from [`KafkaConfig`], encodes and
 //! enqueues records with backpressure on a full queue, awaits their
-//! acknowledgements, and probes the cluster for readiness.
+//! acknowledgements, probes the cluster for readiness, and replaces the
+//! producer when the broker fences it (a producer whose idempotence state
+//! the broker no longer accepts would otherwise fail every send forever).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,9 +33,70 @@ pub(crate) const DOWN: u8 = 2;
 /// Wait before retrying a send that found the producer queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
+/// The producer in use, and what is needed to make a new one.
+struct ProducerSlot {
+    current: RwLock<Arc<ThreadedProducer<Context>>>,
+    config: ClientConfig,
+    up: Arc<AtomicU8>,
+    /// Set by the delivery callback when the broker fenced the producer.
+    fenced: Arc<AtomicBool>,
+}
+
+impl ProducerSlot {
+    fn create(
+        config: &ClientConfig,
+        up: &Arc<AtomicU8>,
+        fenced: &Arc<AtomicBool>,
+    ) -> Result<ThreadedProducer<Context>, SinkError> {
+        config
+            .create_with_context(Context {
+                up: up.clone(),
+                fenced: fenced.clone(),
+            })
+            .map_err(|e| SinkError::Config(redact(&e.to_string())))
+    }
+
+    fn get(&self) -> Arc<ThreadedProducer<Context>> {
+        match self.current.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces a fenced producer (new producer id and epoch). What the old
+    /// one still holds is purged: those deliveries fail and are spilled.
+    fn renew_if_fenced(&self) {
+        let fatal = self.get().client().fatal_error();
+        if !self.fenced.swap(false, Ordering::AcqRel) && fatal.is_none() {
+            return;
+        }
+        match Self::create(&self.config, &self.up, &self.fenced) {
+            Ok(fresh) => {
+                let old = match self.current.write() {
+                    Ok(mut cur) => std::mem::replace(&mut *cur, Arc::new(fresh)),
+                    Err(poisoned) => {
+                        std::mem::replace(&mut *poisoned.into_inner(), Arc::new(fresh))
+                    }
+                };
+                metrics::counter!(names::KAFKA_PRODUCER_RENEWED).increment(1);
+                tracing::warn!(fatal = ?fatal.map(|f| f.1), "kafka producer fenced or failed; replaced it with a new one");
+                // Dropping a producer blocks until its queue is empty.
+                tokio::task::spawn_blocking(move || {
+                    old.purge(PurgeConfig::default().queue().inflight());
+                    drop(old);
+                });
+            }
+            Err(e) => {
+                self.fenced.store(true, Ordering::Release);
+                tracing::error!(error = %e, "cannot recreate the kafka producer");
+            }
+        }
+    }
+}
+
 /// Delivers records to one Kafka topic.
 pub struct KafkaSink {
-    producer: Arc<ThreadedProducer<Context>>,
+    slot: Arc<ProducerSlot>,
     topic: String,
     collector_id: String,
     /// [`UNKNOWN`], [`UP`] or [`DOWN`].
@@ -67,11 +130,15 @@ impl KafkaSink {
             cc.set(k, v);
         }
         let up = Arc::new(AtomicU8::new(UNKNOWN));
-        let producer: ThreadedProducer<Context> = cc
-            .create_with_context(Context { up: up.clone() })
-            .map_err(|e| SinkError::Config(redact(&e.to_string())))?;
+        let fenced = Arc::new(AtomicBool::new(false));
+        let producer = ProducerSlot::create(&cc, &up, &fenced)?;
         Ok(KafkaSink {
-            producer: Arc::new(producer),
+            slot: Arc::new(ProducerSlot {
+                current: RwLock::new(Arc::new(producer)),
+                config: cc,
+                up: up.clone(),
+                fenced,
+            }),
             topic: cfg.topic.clone(),
             collector_id: collector_id.to_string(),
             up,
@@ -81,12 +148,12 @@ impl KafkaSink {
     /// Probes the cluster every few seconds (metadata request) until
     /// `stop`, keeping [`Sink::is_healthy`] current.
     pub fn spawn_probe(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let producer = self.producer.clone();
+        let slot = self.slot.clone();
         let topic = self.topic.clone();
         let up = self.up.clone();
         tokio::spawn(async move {
             loop {
-                let p = producer.clone();
+                let p = slot.get();
                 let t = topic.clone();
                 let ok = tokio::task::spawn_blocking(move || {
                     p.client().fetch_metadata(Some(&t), PROBE_TIMEOUT).is_ok()
@@ -135,6 +202,8 @@ impl Sink for KafkaSink {
     }
 
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
+        self.slot.renew_if_fenced();
+        let producer = self.slot.get();
         let ack = BatchAck::new(messages.len());
         for (index, m) in messages.iter().enumerate() {
             let mut opaque = Box::new(Pending {
@@ -148,7 +217,7 @@ impl Sink for KafkaSink {
                     .key(m.key.as_str())
                     .payload(&m.payload)
                     .timestamp(m.read_time_us / 1000);
-                match self.producer.send(msg) {
+                match producer.send(msg) {
                     Ok(()) => {
                         metrics::gauge!(names::KAFKA_IN_FLIGHT).increment(1.0);
                         break;
@@ -183,7 +252,8 @@ impl Sink for KafkaSink {
     fn abort_pending(&self) {
         // Delivery callbacks fire with "purged" errors for everything queued
         // or in flight, so those records are spilled rather than lost.
-        self.producer
+        self.slot
+            .get()
             .purge(PurgeConfig::default().queue().inflight());
     }
 
@@ -192,7 +262,7 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        let p = self.producer.clone();
+        let p = self.slot.get();
         tokio::task::spawn_blocking(move || p.flush(timeout))
             .await
             .map_err(|e| SinkError::Delivery(format!("flush task: {e}")))?
