@@ -1,5 +1,7 @@
 //! `opc-loadgen` command line: serves a fleet of simulated OPC UA devices until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM (`serve`), or benchmarks the collector against them (`bench`).
+
+mod bench;
 
 use std::{io::Write, net::SocketAddr, path::PathBuf};
 
@@ -20,6 +22,9 @@ struct Cli {
 enum Command {
     /// Start the simulated devices and serve them until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Benchmark the `opc-collector` binary: simulator, Kafka (mock or real)
+    /// and the collector as a child process; prints a table and writes JSON.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -152,5 +157,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

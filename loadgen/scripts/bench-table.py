@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Markdown table of the opc-loadgen bench JSON reports in a folder."""
+import json, pathlib, statistics, sys
+
+out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
+cols = [
+    ("devices", "{:.0f}"), ("tags", "{:.0f}"), ("batch_interval_s", "{}"),
+    ("points_per_s", "{:.0f}"), ("samples_read_per_s", "{:.0f}"), ("reads_per_s", "{:.1f}"),
+    ("collector_cpu_percent_of_one_core", "{:.1f}"),
+    ("collector_cpu_s_per_million_points", "{:.2f}"),
+    ("collector_peak_rss_mib", "{:.0f}"), ("collector_rss_per_session_kib", "{:.0f}"),
+    ("lateness_p50_ms", "{}"), ("lateness_p99_ms", "{}"), ("read_p99_ms", "{}"),
+    ("sample_to_ack_p99_ms", "{}"), ("records_lost", "{}"),
+    ("simulator_cpu_percent", "{:.0f}"), ("connect_s", "{:.0f}"),
+]
+print("| run | " + " | ".join(c for c, _ in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+def fix(r):
+    # CPU per point over the points read in the window (steady; deliveries
+    # come in batch-interval steps), as opc-loadgen bench reports it now.
+    pts = r.get("samples_read_per_s", 0) * r.get("window_s", 0)
+    if pts:
+        r["collector_cpu_s_per_million_points"] = r["collector_cpu_s"] * 1e6 / pts
+
+
+for f in sorted(out.glob("*.json")):
+    r = json.loads(f.read_text())
+    fix(r)
+    cells = []
+    for c, fmt in cols:
+        v = r.get(c)
+        cells.append("-" if v is None else fmt.format(v))
+    print(f"| {f.stem} | " + " | ".join(cells) + " |")
+for prefix in ("ref-", "ref1s-"):
+    runs = [json.loads(f.read_text()) for f in sorted(out.glob(prefix + "*.json"))]
+    for r in runs:
+        fix(r)
+    if len(runs) < 2:
+        continue
+    print(f"\nmedian of {len(runs)} {prefix.rstrip('-')} runs:")
+    for c, fmt in cols:
+        vals = [r[c] for r in runs if r.get(c) is not None]
+        if vals and all(isinstance(v, (int, float)) for v in vals):
+            print(f"  {c}: {fmt.format(statistics.median(vals))}  (runs: {', '.join(fmt.format(v) for v in vals)})")

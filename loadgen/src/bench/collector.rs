@@ -1,0 +1,347 @@
+//! The `opc-collector` child process: find the binary, write its
+//! configuration, start it, scrape its HTTP endpoints, stop it with SIGTERM
+//! and read its final `collector stopped` log line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+const BIN: &str = "opc-collector";
+
+/// Finds `opc-collector`: the given path, else next to the current
+/// executable (the same cargo target folder), else on `PATH`.
+pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--collector-bin {}: no such file", p.display());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            // Next to us, or one level up (we may be a test binary in deps/).
+            for d in [Some(dir), dir.parent()].into_iter().flatten() {
+                let c = d.join(BIN);
+                if c.is_file() {
+                    return Ok(c);
+                }
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join(BIN);
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+    }
+    bail!(
+        "cannot find the `{BIN}` binary: pass --collector-bin PATH, or build it next to \
+         opc-loadgen (`cargo build --release -p collector-daemon`), or put it on PATH"
+    )
+}
+
+/// What goes into the collector's configuration.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// Read interval.
+    pub interval: Duration,
+    /// `batch.interval`; `None` = the collector's default.
+    pub batch_interval: Option<Duration>,
+    /// `session.max_connects_per_second`.
+    pub connect_rate: u32,
+    /// `workers.permits`; `None` = the collector's default.
+    pub permits: Option<u32>,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Kafka topic.
+    pub topic: String,
+    /// Device files (absolute paths).
+    pub device_files: Vec<PathBuf>,
+}
+
+/// Writes `collector.yaml` into `dir` (state_dir `dir/state`) and returns its path.
+pub fn write_config(dir: &Path, c: &CollectorConfig, http: SocketAddr) -> anyhow::Result<PathBuf> {
+    let mut y = String::from("# written by opc-loadgen bench\n");
+    y += &format!(
+        "collector:\n  id: opc-bench\n  state_dir: \"{}\"\n",
+        dir.join("state").display()
+    );
+    y += &format!("schedule:\n  interval: {}ms\n", c.interval.as_millis());
+    if let Some(p) = c.permits {
+        y += &format!("workers:\n  permits: {p}\n");
+    }
+    y += &format!("session:\n  max_connects_per_second: {}\n", c.connect_rate);
+    if let Some(b) = c.batch_interval {
+        y += &format!("batch:\n  interval: {}ms\n", b.as_millis());
+    }
+    y += &format!(
+        "kafka:\n  brokers: \"{}\"\n  topic: \"{}\"\n",
+        c.brokers, c.topic
+    );
+    y += &format!("http:\n  addr: \"{http}\"\n");
+    y += "device_files:\n";
+    for f in &c.device_files {
+        y += &format!("  - \"{}\"\n", f.display());
+    }
+    let path = dir.join("collector.yaml");
+    std::fs::write(&path, y).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    l.local_addr().context("finding a free port")
+}
+
+/// The running collector; killed (SIGKILL) if dropped while running.
+pub struct Collector {
+    child: Child,
+    /// Its `/metrics` and health address.
+    pub http: SocketAddr,
+    /// Its stderr (JSON log lines).
+    pub log: PathBuf,
+}
+
+impl Collector {
+    /// Starts `bin --log-format json run --config CONFIG --http-addr HTTP`.
+    pub fn spawn(bin: &Path, config: &Path, http: SocketAddr, dir: &Path) -> anyhow::Result<Self> {
+        let log = dir.join("collector.log");
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Collector { child, http, log })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` once it exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        self.child.try_wait().context("checking on the collector")
+    }
+
+    /// Fails with the log's tail if the collector is no longer running.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.exited()? {
+            bail!(
+                "opc-collector exited ({s}); last log lines:\n{}",
+                log_tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `path` answers 200.
+    pub fn wait_http_ok(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            self.ensure_running()?;
+            if let Ok((200, _)) = http_get(self.http, path) {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "opc-collector: {path} not 200 after {limit:?}; last log lines:\n{}",
+                    log_tail(&self.log, 15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match http_get(self.http, "/metrics")? {
+            (200, body) => Ok(body),
+            (code, _) => bail!("/metrics answered {code}"),
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("collector pid")?;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.exited()? {
+                return Ok(s);
+            }
+            if start.elapsed() > limit {
+                bail!("opc-collector did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Totals from the collector's final `collector stopped` log line.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoppedLine {
+    /// Successful reads (one record each).
+    pub reads_ok: u64,
+    /// Failed reads.
+    pub reads_failed: u64,
+    /// Records acknowledged by Kafka.
+    pub delivered: u64,
+    /// Records whose delivery failed.
+    pub failed: u64,
+    /// Records spilled to disk.
+    pub spilled: u64,
+    /// Records replayed from the spill.
+    pub replayed: u64,
+    /// Records with nowhere to go.
+    pub undelivered: u64,
+}
+
+/// Finds the last `collector stopped` line in the JSON log.
+pub fn stopped_line(log: &Path) -> anyhow::Result<StoppedLine> {
+    let f = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
+    let mut found = None;
+    for line in BufReader::new(f).lines() {
+        let line = line.with_context(|| format!("reading {}", log.display()))?;
+        if !line.contains("collector stopped") {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "collector stopped" || v["fields"]["message"] == "collector stopped"
+            {
+                found = Some(v);
+            }
+        }
+    }
+    let v = found.ok_or_else(|| {
+        anyhow!(
+            "no `collector stopped` line in {}; last lines:\n{}",
+            log.display(),
+            log_tail(log, 15)
+        )
+    })?;
+    let n = |k: &str| {
+        v[k].as_u64()
+            .or_else(|| v["fields"][k].as_u64())
+            .unwrap_or(0)
+    };
+    Ok(StoppedLine {
+        reads_ok: n("reads_ok"),
+        reads_failed: n("reads_failed"),
+        delivered: n("delivered"),
+        failed: n("failed"),
+        spilled: n("spilled"),
+        replayed: n("replayed"),
+        undelivered: n("undelivered"),
+    })
+}
+
+/// The last `n` lines of a file (for error messages).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .context("reading the HTTP response")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response from {addr}{path}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status code from {addr}{path}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+
+    #[test]
+    fn finds_the_stopped_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        std::fs::write(
+            &log,
+            "{\"level\":\"INFO\",\"message\":\"started\"}\n\
+             {\"level\":\"INFO\",\"reads_ok\":10,\"reads_failed\":1,\"delivered\":10,\"failed\":0,\
+             \"spilled\":0,\"replayed\":0,\"undelivered\":0,\"message\":\"collector stopped\"}\n",
+        )
+        .unwrap();
+        let s = stopped_line(&log).unwrap();
+        assert_eq!((s.reads_ok, s.reads_failed, s.delivered), (10, 1, 10));
+    }
+}

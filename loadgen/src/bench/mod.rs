@@ -1,0 +1,375 @@
+//! `opc-loadgen bench`: the simulator (in process), a Kafka endpoint (the
+//! librdkafka mock cluster in process, or `--brokers`) and the real
+//! `opc-collector` binary as a child process; runs a workload, measures the
+//! collector over a window after warm-up, checks every record on the topic,
+//! and prints a table plus a JSON report.
+
+mod collector;
+mod fleet;
+mod procfs;
+mod prom;
+mod report;
+mod verify;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use collector_core::testing::EmbeddedKafka;
+
+use collector::{Collector, CollectorConfig};
+use fleet::{Fleet, FleetSpec};
+use procfs::Pid;
+use prom::Scrape;
+use report::Report;
+
+/// `opc-loadgen bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Simulated devices (one OPC UA server, and one collector session, each).
+    #[arg(long, default_value_t = 100)]
+    pub devices: u32,
+    /// Tags per device.
+    #[arg(long, default_value_t = 50)]
+    pub tags: u32,
+    /// Read interval.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Measurement window (after the fleet connected and the warm-up).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Warm-up after every session connected, before the window.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The opc-collector binary (default: next to this executable, else PATH).
+    #[arg(long)]
+    pub collector_bin: Option<PathBuf>,
+    /// Real Kafka bootstrap servers instead of the in-process mock cluster
+    /// (the topic must exist or be auto-created).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic (default: a fresh `opc-bench-<pid>-<time>`).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Partitions of the mock cluster's topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// The collector's `batch.interval` (default: the collector's default).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub batch_interval: Option<Duration>,
+    /// The collector's `session.max_connects_per_second`.
+    #[arg(long, default_value_t = 500)]
+    pub connect_rate: u32,
+    /// The collector's `workers.permits` (default: the collector's default).
+    #[arg(long)]
+    pub permits: Option<u32>,
+    /// Simulator processes: 0 = in this process; default: in process while
+    /// the open-files limit allows (5 fds per device), else split.
+    #[arg(long)]
+    pub sim_processes: Option<u32>,
+    /// First public port of the devices (device i on port-base + i);
+    /// 0 = OS-chosen (default up to 5,000 devices, else 10000 to keep the
+    /// ephemeral range free).
+    #[arg(long)]
+    pub port_base: Option<u16>,
+    /// Keep the work directory (configuration, device files, collector log).
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+fn note(msg: impl std::fmt::Display) {
+    eprintln!("[bench] {msg}");
+}
+
+/// Runs the bench and writes the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.devices == 0 || args.tags == 0 {
+        bail!("--devices and --tags must be at least 1");
+    }
+    if args.interval.is_zero() || args.duration.is_zero() {
+        bail!("--interval and --duration must be positive");
+    }
+    let bin = collector::locate(args.collector_bin.as_deref())?;
+    procfs::raise_open_files_limit();
+    let dir = tempfile::Builder::new()
+        .prefix("opc-bench-")
+        .tempdir()
+        .context("creating the work directory")?;
+    note(format_args!("work directory {}", dir.path().display()));
+
+    // --- Kafka -------------------------------------------------------------------
+    let topic = args.topic.clone().unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("opc-bench-{}-{t}", std::process::id())
+    });
+    let (kafka, bootstrap) = match &args.brokers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let k = EmbeddedKafka::start(1, &topic, args.partitions)
+                .map_err(|e| anyhow::anyhow!("starting the mock Kafka cluster: {e}"))?;
+            let b = k.bootstrap_servers().to_string();
+            (Some(k), b)
+        }
+    };
+    note(format_args!("kafka {bootstrap}, topic {topic}"));
+
+    // --- devices -----------------------------------------------------------------
+    let spec = FleetSpec {
+        devices: args.devices,
+        tags: args.tags,
+        processes: args
+            .sim_processes
+            .unwrap_or_else(|| fleet::processes_needed(args.devices)),
+        port_base: args
+            .port_base
+            .unwrap_or(if args.devices > 5000 { 10000 } else { 0 }),
+    };
+    let t = Instant::now();
+    let (fleet, device_files) = Fleet::start(&spec, dir.path()).await?;
+    note(format_args!(
+        "{} devices x {} tags listening in {:.1?} ({} simulator process(es))",
+        args.devices,
+        args.tags,
+        t.elapsed(),
+        fleet.process_count()
+    ));
+
+    // --- collector ---------------------------------------------------------------
+    let http = collector::free_local_addr()?;
+    let config = collector::write_config(
+        dir.path(),
+        &CollectorConfig {
+            interval: args.interval,
+            batch_interval: args.batch_interval,
+            connect_rate: args.connect_rate,
+            permits: args.permits,
+            brokers: bootstrap.clone(),
+            topic: topic.clone(),
+            device_files,
+        },
+        http,
+    )?;
+    let started = Instant::now();
+    let mut col = Collector::spawn(&bin, &config, http, dir.path())?;
+    let result = measure(&args, &mut col, &fleet, started, (&bootstrap, &topic)).await;
+    let outcome = match result {
+        Ok(m) => finish(col, m).await,
+        Err(e) => Err(e.context(format!(
+            "collector log: {}",
+            collector::log_tail(&col.log, 10)
+        ))),
+    };
+    fleet.shutdown().await;
+    drop(kafka);
+    if args.keep_dir {
+        let kept = dir.keep();
+        note(format_args!("kept {}", kept.display()));
+    }
+    let mut report = outcome?;
+    report.topic = topic;
+    report.kafka = if args.brokers.is_some() {
+        bootstrap
+    } else {
+        "mock (librdkafka mock cluster in the bench process)".to_string()
+    };
+    report.simulator_processes = spec_processes(&spec);
+    report.print()?;
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        note(format_args!("report written to {}", path.display()));
+    }
+    if report.records_lost > 0 || report.seq_gaps > 0 {
+        bail!(
+            "{} record(s) lost, {} seq gap(s)",
+            report.records_lost,
+            report.seq_gaps
+        );
+    }
+    Ok(())
+}
+
+fn spec_processes(spec: &FleetSpec) -> usize {
+    usize::try_from(spec.processes.max(1)).unwrap_or(1)
+}
+
+/// What the window measured.
+struct Window {
+    report: Report,
+    reader: verify::Reader,
+}
+
+fn scrape(col: &Collector) -> anyhow::Result<Scrape> {
+    Ok(Scrape::parse(&col.metrics()?))
+}
+
+fn quantile_ms(end: &Scrape, start: &Scrape, name: &str, q: f64) -> Option<f64> {
+    let h = end.histogram(name).since(&start.histogram(name));
+    h.quantile_upper_bound(q)
+        .filter(|v| v.is_finite())
+        .map(|s| (s * 1e6).round() / 1e3)
+}
+
+async fn measure(
+    args: &BenchArgs,
+    col: &mut Collector,
+    fleet: &Fleet,
+    started: Instant,
+    (bootstrap, topic): (&str, &str),
+) -> anyhow::Result<Window> {
+    let pid = Pid::Other(col.pid());
+    col.wait_http_ok("/startupz", Duration::from_secs(120))?;
+    // Wait for every session (at the configured connect rate, plus slack).
+    let limit = Duration::from_secs(60)
+        + Duration::from_secs_f64(
+            3.0 * f64::from(args.devices) / f64::from(args.connect_rate.max(1)),
+        )
+        + args.interval * 2;
+    let mut last_note = Instant::now();
+    loop {
+        col.ensure_running()?;
+        let s = scrape(col)?;
+        let connected = s.sum("collector_sessions", &[("state", "connected")]);
+        if connected >= f64::from(args.devices) {
+            break;
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "only {connected} of {} sessions connected after {limit:?}",
+                args.devices
+            );
+        }
+        if last_note.elapsed() > Duration::from_secs(5) {
+            note(format_args!(
+                "{connected} of {} sessions connected",
+                args.devices
+            ));
+            last_note = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    note(format_args!(
+        "all {} sessions connected after {connect_s:.1} s; warm-up {:?}",
+        args.devices, args.warmup
+    ));
+    // Read the topic from now on (from its beginning): a broker that trims
+    // old segments (the mock cluster does) must not drop records unread.
+    let reader = verify::Reader::start(bootstrap, topic)?;
+    tokio::time::sleep(args.warmup).await;
+    col.ensure_running()?;
+
+    // --- the window ----------------------------------------------------------
+    note(format_args!("measuring for {:?}", args.duration));
+    let s0 = scrape(col)?;
+    let c0 = procfs::cpu_seconds(pid)?;
+    let f0 = fleet.cpu_seconds()?;
+    let t0 = Instant::now();
+    let mut peak_rss = procfs::rss_kib(pid)?;
+    while t0.elapsed() < args.duration {
+        let left = args.duration.saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+        col.ensure_running()?;
+        peak_rss = peak_rss.max(procfs::rss_kib(pid)?);
+    }
+    let s1 = scrape(col)?;
+    let c1 = procfs::cpu_seconds(pid)?;
+    let f1 = fleet.cpu_seconds()?;
+    let window = t0.elapsed().as_secs_f64();
+    let hwm = std::fs::read_to_string(format!("/proc/{}/status", col.pid()))
+        .ok()
+        .and_then(|s| procfs::parse_status_kib(&s, "VmHWM:"))
+        .unwrap_or(0);
+
+    let d = |name: &str, m: &[(&str, &str)]| s1.sum(name, m) - s0.sum(name, m);
+    let reads = d("collector_reads_total", &[("result", "ok")]);
+    let reads_all = d("collector_reads_total", &[]);
+    let samples = d("collector_samples_total", &[]);
+    let delivered = d("collector_kafka_delivered_total", &[]);
+    let points = delivered * f64::from(args.tags);
+    let cpu = c1 - c0;
+    let (cpus, model) = report::machine();
+    let report = Report {
+        devices: args.devices,
+        tags: args.tags,
+        interval_s: args.interval.as_secs_f64(),
+        duration_s: args.duration.as_secs_f64(),
+        warmup_s: args.warmup.as_secs_f64(),
+        window_s: window,
+        batch_interval_s: args.batch_interval.map(|b| b.as_secs_f64()),
+        connect_rate: args.connect_rate,
+        machine_cpus: cpus,
+        machine_cpu_model: model,
+        connect_s,
+        sessions_connected: s1.sum("collector_sessions", &[("state", "connected")]),
+        points_per_s: points / window,
+        samples_read_per_s: samples / window,
+        reads_per_s: reads / window,
+        records_delivered_per_s: delivered / window,
+        expected_reads_per_s: f64::from(args.devices) / args.interval.as_secs_f64(),
+        reads_failed: reads_all - reads,
+        ticks_skipped: d("collector_schedule_ticks_skipped_total", &[]),
+        collector_cpu_s: cpu,
+        collector_cpu_percent_of_one_core: 100.0 * cpu / window,
+        // Over the points read (steady): deliveries come in batch-interval steps.
+        collector_cpu_s_per_million_points: if samples > 0.0 {
+            cpu * 1e6 / samples
+        } else {
+            0.0
+        },
+        collector_peak_rss_mib: peak_rss as f64 / 1024.0,
+        collector_rss_per_session_kib: peak_rss as f64 / f64::from(args.devices),
+        collector_vmhwm_mib: hwm as f64 / 1024.0,
+        lateness_p50_ms: quantile_ms(&s1, &s0, "collector_schedule_lateness_seconds", 0.5),
+        lateness_p99_ms: quantile_ms(&s1, &s0, "collector_schedule_lateness_seconds", 0.99),
+        read_p99_ms: quantile_ms(&s1, &s0, "collector_read_duration_seconds", 0.99),
+        sample_to_ack_p99_ms: quantile_ms(&s1, &s0, "collector_sample_to_ack_seconds", 0.99),
+        percentile_method: report::PERCENTILE_METHOD.to_string(),
+        simulator_cpu_percent: 100.0 * (f1 - f0) / window,
+        simulator_cpu_s: f1 - f0,
+        simulator_cpu_covers: "the bench process (in-process simulator and mock Kafka share it, \
+                               plus the topic reader thread, which reads and parses every \
+                               record as it is delivered) and any simulator child processes"
+            .to_string(),
+        ..Report::default()
+    };
+    Ok(Window { report, reader })
+}
+
+async fn finish(mut col: Collector, w: Window) -> anyhow::Result<Report> {
+    let mut report = w.report;
+    note("stopping the collector (SIGTERM)");
+    let status = col.terminate(Duration::from_secs(120))?;
+    report.collector_exit_code = status.code().unwrap_or(-1);
+    let stopped = collector::stopped_line(&col.log)?;
+    if !status.success() {
+        bail!(
+            "opc-collector exited with {status} after SIGTERM; last log lines:\n{}",
+            collector::log_tail(&col.log, 15)
+        );
+    }
+    note(format_args!(
+        "collector stopped: {} reads ok, {} delivered; reading the topic back",
+        stopped.reads_ok, stopped.delivered
+    ));
+    let (reader, expected) = (w.reader, stopped.reads_ok);
+    let check = tokio::task::spawn_blocking(move || reader.finish(expected))
+        .await
+        .context("topic reader")??;
+    report.records_read = stopped.reads_ok;
+    report.records_delivered = stopped.delivered;
+    report.records_spilled = stopped.spilled;
+    report.records_undelivered = stopped.undelivered;
+    report.records_consumed = check.consumed;
+    report.records_unique = check.unique;
+    report.records_duplicated = check.duplicates;
+    report.seq_gaps = check.seq_gaps;
+    report.devices_seen = check.devices_seen;
+    report.records_lost = stopped.reads_ok.saturating_sub(check.unique);
+    Ok(report)
+}

@@ -1,0 +1,263 @@
+//! The bench result: JSON (stable field names) and a human table.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// How the percentiles are read off the collector's histograms.
+pub const PERCENTILE_METHOD: &str =
+    "upper bound of the Prometheus histogram bucket that holds the \
+     quantile (buckets 1, 2.5, 5, 10, 25, 50, 100, 250, 500 ms, 1, 2.5, 5, 10, 30, 60 s); \
+     null = no observations or above 60 s";
+
+/// Everything a bench run measured. Rates and CPU are over the measurement
+/// window (after connect and warm-up); records are over the whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    // --- workload
+    /// Simulated devices (= collector sessions).
+    pub devices: u32,
+    /// Tags per device.
+    pub tags: u32,
+    /// Read interval, seconds.
+    pub interval_s: f64,
+    /// Requested measurement window, seconds.
+    pub duration_s: f64,
+    /// Warm-up after the fleet connected, seconds.
+    pub warmup_s: f64,
+    /// Measured window length, seconds.
+    pub window_s: f64,
+    /// `batch.interval` given to the collector, seconds (null = its default).
+    pub batch_interval_s: Option<f64>,
+    /// `session.max_connects_per_second`.
+    pub connect_rate: u32,
+    /// "mock" (librdkafka mock cluster in the bench process) or the brokers.
+    pub kafka: String,
+    /// Topic written.
+    pub topic: String,
+    /// Simulator processes (1 = in the bench process).
+    pub simulator_processes: usize,
+    /// Logical CPUs of the machine.
+    pub machine_cpus: usize,
+    /// CPU model of the machine.
+    pub machine_cpu_model: String,
+    // --- start-up
+    /// Collector start to every session connected, seconds.
+    pub connect_s: f64,
+    /// Sessions connected at the end of the window.
+    pub sessions_connected: f64,
+    // --- throughput (window)
+    /// Points (samples) delivered to Kafka per second: records acknowledged x
+    /// tags. Deliveries come in batch-interval steps, so over a window of a
+    /// few batch intervals this moves by up to one batch; samples_read_per_s
+    /// is the steady figure.
+    pub points_per_s: f64,
+    /// Points read per second (`collector_samples_total`, all qualities).
+    pub samples_read_per_s: f64,
+    /// Successful device reads per second.
+    pub reads_per_s: f64,
+    /// Records acknowledged by Kafka per second.
+    pub records_delivered_per_s: f64,
+    /// Expected reads per second (devices / interval).
+    pub expected_reads_per_s: f64,
+    /// Failed reads in the window.
+    pub reads_failed: f64,
+    /// Ticks skipped in the window (device still busy).
+    pub ticks_skipped: f64,
+    // --- collector cost (window)
+    /// Collector user+sys CPU seconds in the window.
+    pub collector_cpu_s: f64,
+    /// Collector CPU as a percentage of one core.
+    pub collector_cpu_percent_of_one_core: f64,
+    /// Collector CPU seconds per million points read (= microseconds per
+    /// point; every point read is delivered when records_lost is 0).
+    pub collector_cpu_s_per_million_points: f64,
+    /// Peak VmRSS sampled every 500 ms in the window, MiB.
+    pub collector_peak_rss_mib: f64,
+    /// Peak VmRSS / sessions, KiB.
+    pub collector_rss_per_session_kib: f64,
+    /// VmHWM at the end of the window (includes start-up), MiB.
+    pub collector_vmhwm_mib: f64,
+    // --- latency (window)
+    /// Schedule lateness p50, ms.
+    pub lateness_p50_ms: Option<f64>,
+    /// Schedule lateness p99, ms.
+    pub lateness_p99_ms: Option<f64>,
+    /// Device read duration p99, ms.
+    pub read_p99_ms: Option<f64>,
+    /// Read time to Kafka acknowledgement p99, ms.
+    pub sample_to_ack_p99_ms: Option<f64>,
+    /// How the percentiles are computed.
+    pub percentile_method: String,
+    // --- completeness (whole run)
+    /// Successful reads (records made), from the collector's final log line.
+    pub records_read: u64,
+    /// Records acknowledged, from the final log line.
+    pub records_delivered: u64,
+    /// Records spilled to disk, from the final log line.
+    pub records_spilled: u64,
+    /// Records with nowhere to go, from the final log line.
+    pub records_undelivered: u64,
+    /// Messages read back from the topic.
+    pub records_consumed: u64,
+    /// Distinct (device, seq) on the topic.
+    pub records_unique: u64,
+    /// Repeated (device, seq) on the topic.
+    pub records_duplicated: u64,
+    /// Seqs missing between a device's first and last record.
+    pub seq_gaps: u64,
+    /// Devices with at least one record on the topic.
+    pub devices_seen: u64,
+    /// records_read - records_unique (must be 0).
+    pub records_lost: u64,
+    /// Collector exit code after SIGTERM (0 = clean drain).
+    pub collector_exit_code: i32,
+    // --- the other side
+    /// CPU of the simulator side (the bench process: simulator and mock
+    /// Kafka share it, plus any simulator child processes), % of one core.
+    pub simulator_cpu_percent: f64,
+    /// The same, CPU seconds in the window.
+    pub simulator_cpu_s: f64,
+    /// What simulator_cpu_* covers.
+    pub simulator_cpu_covers: String,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("<= {v} ms"))
+}
+
+impl Report {
+    /// Writes the JSON file.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self).context("encoding the report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The human table (metric, value, target at the reference workload).
+    pub fn table(&self) -> String {
+        let rows: Vec<(&str, String, &str)> = vec![
+            (
+                "workload",
+                format!(
+                    "{} devices x {} tags every {} s, window {:.1} s after {} s warm-up",
+                    self.devices, self.tags, self.interval_s, self.window_s, self.warmup_s
+                ),
+                "",
+            ),
+            ("kafka", self.kafka.clone(), ""),
+            (
+                "fleet connected after",
+                format!("{:.1} s", self.connect_s),
+                "",
+            ),
+            (
+                "points/s delivered",
+                format!("{:.0}", self.points_per_s),
+                "",
+            ),
+            (
+                "reads/s",
+                format!(
+                    "{:.1} (expected {:.1})",
+                    self.reads_per_s, self.expected_reads_per_s
+                ),
+                "",
+            ),
+            (
+                "collector CPU",
+                format!(
+                    "{:.2} % of one core",
+                    self.collector_cpu_percent_of_one_core
+                ),
+                "<= 3 %",
+            ),
+            (
+                "collector CPU per point",
+                format!(
+                    "{:.3} s per million points (us/point)",
+                    self.collector_cpu_s_per_million_points
+                ),
+                "<= 1 us",
+            ),
+            (
+                "collector peak RSS",
+                format!("{:.1} MiB", self.collector_peak_rss_mib),
+                "<= 128 MiB",
+            ),
+            (
+                "collector RSS per session",
+                format!("{:.1} KiB", self.collector_rss_per_session_kib),
+                "",
+            ),
+            ("schedule lateness p50", ms(self.lateness_p50_ms), ""),
+            (
+                "schedule lateness p99",
+                ms(self.lateness_p99_ms),
+                "<= 10 ms",
+            ),
+            ("read latency p99", ms(self.read_p99_ms), ""),
+            (
+                "sample-to-ack p99",
+                ms(self.sample_to_ack_p99_ms),
+                "<= 1500 ms",
+            ),
+            (
+                "records read / consumed",
+                format!("{} / {}", self.records_read, self.records_consumed),
+                "",
+            ),
+            (
+                "records lost",
+                format!(
+                    "{} (seq gaps {}, duplicates {})",
+                    self.records_lost, self.seq_gaps, self.records_duplicated
+                ),
+                "0",
+            ),
+            (
+                "simulator + mock Kafka CPU",
+                format!("{:.1} % of one core", self.simulator_cpu_percent),
+                "",
+            ),
+        ];
+        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v, t) in rows {
+            let target = if t.is_empty() {
+                String::new()
+            } else {
+                format!("  (target {t})")
+            };
+            out += format!("{k:<w0$}  {v:<w1$}{target}").trim_end();
+            out.push('\n');
+        }
+        out += "percentiles: upper bound of the histogram bucket holding the quantile\n";
+        out
+    }
+
+    /// Prints the table to stdout.
+    pub fn print(&self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(self.table().as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing to stdout")
+    }
+}
+
+/// Logical CPUs and CPU model name from /proc/cpuinfo.
+pub fn machine() -> (usize, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    (cpus, model)
+}

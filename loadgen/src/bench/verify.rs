@@ -1,0 +1,156 @@
+//! Reads the topic back while the bench runs (so a broker that trims old
+//! segments, like librdkafka's mock cluster, loses nothing before it is
+//! read) and, once the collector stopped, checks every device's records:
+//! sequence numbers unique and gap-free from the first to the last one seen.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// What the topic held.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicCheck {
+    /// Messages read.
+    pub consumed: u64,
+    /// Distinct (device, seq) records.
+    pub unique: u64,
+    /// Messages that repeated a (device, seq).
+    pub duplicates: u64,
+    /// Sequence numbers missing between a device's first and last record.
+    pub seq_gaps: u64,
+    /// Devices with at least one record.
+    pub devices_seen: u64,
+    /// Messages that were not a record (no device_id/seq).
+    pub malformed: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    device_id: String,
+    seq: u64,
+}
+
+/// A topic reader on its own thread.
+pub struct Reader {
+    expected: Arc<AtomicU64>,
+    thread: JoinHandle<anyhow::Result<TopicCheck>>,
+}
+
+impl Reader {
+    /// Starts reading `topic` from the beginning.
+    pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<Reader> {
+        let expected = Arc::new(AtomicU64::new(u64::MAX));
+        let (b, t, e) = (bootstrap.to_string(), topic.to_string(), expected.clone());
+        let thread = std::thread::Builder::new()
+            .name("topic-reader".into())
+            .spawn(move || check_topic(&b, &t, &e, Duration::from_secs(10)))
+            .context("starting the topic reader")?;
+        Ok(Reader { expected, thread })
+    }
+
+    /// Tells the reader how many messages to expect; it stops when it has
+    /// them, or nothing arrived for 10 s. Blocking.
+    pub fn finish(self, expected: u64) -> anyhow::Result<TopicCheck> {
+        self.expected.store(expected, Ordering::SeqCst);
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the topic reader panicked"))?
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` (once known) messages
+/// were read, or nothing arrived for `idle` after it became known.
+fn check_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: &AtomicU64,
+    idle: Duration,
+) -> anyhow::Result<TopicCheck> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "opc-loadgen-bench-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.max.bytes", "104857600")
+        .set("log_level", "3")
+        .create()
+        .context("creating the Kafka consumer")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("fetching topic metadata")?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .context("assigning partitions")?;
+        }
+    }
+    consumer.assign(&tpl).context("assigning partitions")?;
+    let mut last = Instant::now();
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut check = TopicCheck::default();
+    loop {
+        let want = expected.load(Ordering::SeqCst);
+        if want != u64::MAX && (check.consumed >= want || last.elapsed() > idle) {
+            break;
+        }
+        if want == u64::MAX {
+            last = Instant::now();
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                check.consumed += 1;
+                last = Instant::now();
+                match m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
+                {
+                    Some(e) => seqs.entry(e.device_id).or_default().push(e.seq),
+                    None => check.malformed += 1,
+                }
+            }
+            Some(Err(e)) => return Err(anyhow!("consuming {topic}: {e}")),
+            None => {}
+        }
+    }
+    for v in seqs.values_mut() {
+        tally(v, &mut check);
+    }
+    check.devices_seen = seqs.len() as u64;
+    Ok(check)
+}
+
+/// Adds one device's sequence numbers to the totals.
+fn tally(v: &mut Vec<u64>, check: &mut TopicCheck) {
+    v.sort_unstable();
+    let n = v.len() as u64;
+    v.dedup();
+    let unique = v.len() as u64;
+    check.unique += unique;
+    check.duplicates += n - unique;
+    if let (Some(first), Some(last)) = (v.first(), v.last()) {
+        check.seq_gaps += (last - first + 1) - unique;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_duplicates_and_gaps() {
+        let mut c = TopicCheck::default();
+        tally(&mut vec![5, 3, 4, 4, 8], &mut c);
+        assert_eq!((c.unique, c.duplicates, c.seq_gaps), (4, 1, 2));
+        tally(&mut vec![], &mut c);
+        assert_eq!((c.unique, c.duplicates, c.seq_gaps), (4, 1, 2));
+    }
+}
