@@ -8,9 +8,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Latency buckets (seconds): 1 ms to 60 s.
+/// Latency buckets (seconds): 100 us to 60 s, fine enough around the
+/// targets that matter (10 ms schedule lateness, 1.5 s sample-to-ack, the
+/// default 10 s batch interval) to tell whether they are met.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1,
+    0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 11.0, 12.5, 15.0, 20.0, 30.0, 60.0,
 ];
 /// Batch size buckets (records).
 const RECORD_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0];
