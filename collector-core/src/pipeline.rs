@@ -80,14 +80,6 @@ impl CollectorBuilder {
                         cfg.dir.display()
                     ))
                 })?;
-                let st = store.stats();
-                tracing::info!(
-                    dir = %cfg.dir.display(),
-                    backend = store.backend().label(),
-                    batches = st.batches,
-                    records = st.records,
-                    "spill open"
-                );
                 Some(Arc::from(store))
             }
             None => {
