@@ -98,12 +98,19 @@ fn is_fencing(code: Option<RDKafkaErrorCode>) -> bool {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.up.store(super::sink::DOWN, Ordering::Relaxed);
+        let code = error.rdkafka_error_code();
+        if is_fencing(code) {
+            self.fenced.store(true, Ordering::Release);
+        }
+        if is_fencing(code) || matches!(code, Some(RDKafkaErrorCode::AllBrokersDown)) {
+            let was = self.up.swap(super::sink::DOWN, Ordering::Relaxed);
             metrics::gauge!(names::KAFKA_UP).set(0.0);
+            // librdkafka repeats these on every reconnect attempt during an
+            // outage: warn once per transition, not per attempt.
+            if was == super::sink::DOWN {
+                tracing::debug!(error = %error, reason, "kafka client error");
+                return;
+            }
         }
         tracing::warn!(error = %error, reason, "kafka client error");
     }
