@@ -36,14 +36,25 @@ struct Outcome {
 }
 
 async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outcome {
-    let sim = Simulator::start(SimConfig {
+    // The devices get their own runtime (threads), as they would be other
+    // machines in a plant: the test measures the collector's scheduling,
+    // not its tasks queued behind the simulator's on shared executor threads.
+    let devices_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = SimConfig {
         devices: DEVICES,
         tags: 20,
         faults,
         ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    let sim = devices_rt
+        .spawn(Simulator::start(cfg))
+        .await
+        .unwrap()
+        .unwrap();
     let healthy_ids: HashSet<String> = sim
         .devices()
         .iter()
@@ -76,7 +87,8 @@ async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outc
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = sim.stats();
     let open_after: u64 = sim.device_stats().iter().map(|d| d.current_sessions).sum();
-    sim.shutdown().await;
+    devices_rt.spawn(sim.shutdown()).await.unwrap();
+    devices_rt.shutdown_background();
 
     let (_, all) = board.page(|_| true, 0, usize::MAX);
     let mut lateness = LatencyHistogram::default();

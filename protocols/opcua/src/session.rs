@@ -134,7 +134,7 @@ impl Endpoint {
 
 /// Shared by all endpoints: the client, limits and counters.
 pub(crate) struct Pool {
-    client: StdMutex<Client>,
+    client: Arc<StdMutex<Client>>,
     cfg: SessionConfig,
     limiter: DefaultDirectRateLimiter,
     endpoints: StdMutex<HashMap<String, Arc<Endpoint>>>,
@@ -146,7 +146,7 @@ impl Pool {
     pub(crate) fn new(client: Client, cfg: SessionConfig) -> Self {
         let per_sec = NonZeroU32::new(cfg.max_connects_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
-            client: StdMutex::new(client),
+            client: Arc::new(StdMutex::new(client)),
             limiter: RateLimiter::direct(Quota::per_second(per_sec)),
             cfg,
             endpoints: StdMutex::new(HashMap::new()),
@@ -338,20 +338,29 @@ impl Pool {
             endpoint: url.to_string(),
             reason,
         };
-        let endpoint = (
-            url,
-            opcua::types::constants::SECURITY_POLICY_NONE_URI,
-            MessageSecurityMode::None,
-            UserTokenPolicy::anonymous(),
-        );
-        let (session, event_loop) = {
-            let mut client = self
-                .client
+        // Building a session reads the certificate store from disk: keep
+        // that blocking I/O off the executor threads the schedules run on.
+        let client = self.client.clone();
+        let endpoint_url = url.to_string();
+        let built = tokio::task::spawn_blocking(move || {
+            let endpoint = (
+                endpoint_url.as_str(),
+                opcua::types::constants::SECURITY_POLICY_NONE_URI,
+                MessageSecurityMode::None,
+                UserTokenPolicy::anonymous(),
+            );
+            let mut client = client
                 .lock()
-                .map_err(|_| connect_err("client lock poisoned".into()))?;
+                .map_err(|_| "client lock poisoned".to_string())?;
             client
                 .connect_to_endpoint_directly(endpoint, IdentityToken::Anonymous)
-                .map_err(|e| connect_err(e.to_string()))?
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let (session, event_loop) = match built {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(connect_err(e)),
+            Err(e) => return Err(connect_err(format!("session build task: {e}"))),
         };
         // We own reconnects: when this session's transport ends, its loop ends.
         session.disable_reconnects();
