@@ -84,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?);
     }
 
-    let protocol = Arc::new(OpcUaProtocol::new(&config.session)?);
+    let protocol = Arc::new(OpcUaProtocol::new(&config)?);
     let collector = Collector::builder(config)
         .protocol(protocol)
         .sink(Arc::new(PrintSink))

@@ -98,7 +98,7 @@ impl std::error::Error for ConfigErrors {}
 
 /// Why a device read failed. The variants are the classes the scheduler
 /// (and, later, the circuit breaker) treats differently.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     /// No session could be established (refused, unreachable, handshake).
     #[error("connect to {endpoint} failed: {reason}")]
@@ -106,6 +106,16 @@ pub enum ReadError {
         /// The endpoint URL.
         endpoint: String,
         /// What the transport or server said.
+        reason: String,
+    },
+    /// The session could not be secured: untrusted or unpinned server
+    /// certificate, rejected user, no endpoint matching the security
+    /// settings. The reason says what to do.
+    #[error("security check for {endpoint} failed: {reason}")]
+    Security {
+        /// The endpoint URL.
+        endpoint: String,
+        /// What failed, and the fix.
         reason: String,
     },
     /// The connect or read did not finish within its timeout.
@@ -132,6 +142,7 @@ impl ReadError {
     pub fn label(&self) -> &'static str {
         match self {
             ReadError::Connect { .. } => "connect_error",
+            ReadError::Security { .. } => "security_error",
             ReadError::Timeout { .. } => "timeout",
             ReadError::Service(_) => "read_error",
             ReadError::Config(_) => "config_error",

@@ -61,7 +61,7 @@ async fn a_full_server_is_not_stormed() {
     let interval = Duration::from_secs(1);
     let run_for = Duration::from_secs(20);
     let cfg = support::config(kafka.bootstrap_servers(), vec![device(d, interval)]);
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).unwrap());
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
     let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
     let board = collector.devices();
     let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();
@@ -119,7 +119,7 @@ async fn a_restart_that_renumbers_namespaces_is_read_correctly() {
     // Configured with numeric namespace indexes (ns=2), the fragile kind.
     let devices = sim.devices().iter().map(|d| device(d, interval)).collect();
     let cfg = support::config(kafka.bootstrap_servers(), devices);
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).unwrap());
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
     let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(collector.run(async {

@@ -76,7 +76,7 @@ async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outc
     cfg.session.max_connects_per_second = 50;
     let cap = f64::from(cfg.session.max_connects_per_second);
 
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).unwrap());
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
     let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
     let board = collector.devices();
     let run = tokio::spawn(collector.run(tokio::time::sleep(RUN_FOR)));

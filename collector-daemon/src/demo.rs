@@ -61,7 +61,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
         .map_err(|e| anyhow!("simulated device {}: {e}", d.id))?;
         cfg.devices.push(device);
     }
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).context("OPC UA client")?);
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
     let collector = Collector::builder(cfg)
         .protocol(protocol.clone())
         .build()

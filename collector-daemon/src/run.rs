@@ -40,7 +40,7 @@ pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<()
     let cfg = load(path)?;
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).context("OPC UA client")?);
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
     let collector = Collector::builder(cfg)
         .protocol(protocol)
         .build()

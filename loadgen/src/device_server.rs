@@ -1,5 +1,6 @@
 //! Builds and runs the async-opcua server of one simulated device: one TCP port, one
-//! endpoint (security None, anonymous), one [`DeviceNodeManager`] and nothing else.
+//! endpoint (security None and anonymous, or the fleet's [`SecureServing`] with its
+//! users), one [`DeviceNodeManager`] and nothing else.
 
 use std::{
     net::SocketAddr,
@@ -8,7 +9,9 @@ use std::{
 };
 
 use opcua::types::VariableId;
-use opcua_server::{ServerBuilder, ServerEndpoint, ServerHandle, ANONYMOUS_USER_TOKEN_ID};
+use opcua_server::{
+    ServerBuilder, ServerEndpoint, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +37,24 @@ pub struct ServerLimits {
     pub max_chunk_count: usize,
 }
 
+/// A secure endpoint served by every device of a fleet, with one shared
+/// server certificate (see [`crate::SimSecurity`]).
+#[derive(Debug, Clone)]
+pub struct SecureServing {
+    /// The endpoint (policy and mode), built for a path and user token ids.
+    pub endpoint: fn(&str, &[String]) -> ServerEndpoint,
+    /// Accepted users (name, password); none: anonymous.
+    pub users: Vec<(String, String)>,
+    /// Server certificate (DER), shared by the fleet.
+    pub certificate: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub private_key: std::path::PathBuf,
+}
+
+/// The application URI of every secure device: the one in the shared
+/// certificate.
+pub const SECURE_APPLICATION_URI: &str = "urn:opc-loadgen";
+
 /// Per-device inputs.
 pub struct DeviceSpec<'a> {
     /// Device index.
@@ -54,8 +75,10 @@ pub struct DeviceSpec<'a> {
     pub read_faults: ReadFaults,
     /// Counters of this device.
     pub counters: Arc<DeviceCounters>,
-    /// Directory for the (empty) PKI store the server insists on.
+    /// Directory for the PKI store (trusted/rejected client certificates).
     pub pki_dir: &'a Path,
+    /// Serve this secure endpoint instead of security None.
+    pub security: Option<&'a SecureServing>,
 }
 
 /// A started device server.
@@ -125,7 +148,10 @@ pub fn spawn_device(
         context: format!("local address of {id}"),
         source,
     })?;
-    let application_uri = format!("urn:opc-loadgen:{id}");
+    let application_uri = match spec.security {
+        Some(_) => SECURE_APPLICATION_URI.to_string(),
+        None => format!("urn:opc-loadgen:{id}"),
+    };
     let space = DeviceSpace {
         device: spec.index,
         tags: spec.tags,
@@ -142,10 +168,6 @@ pub fn spawn_device(
         .product_uri("urn:opc-loadgen")
         .host(spec.host)
         .port(spec.public_port)
-        .add_endpoint(
-            "none",
-            ServerEndpoint::new_none("/", &[ANONYMOUS_USER_TOKEN_ID.to_string()]),
-        )
         .discovery_urls(vec!["/".to_owned()])
         .create_sample_keypair(false)
         .pki_dir(spec.pki_dir)
@@ -165,6 +187,32 @@ pub fn spawn_device(
             spec.counters,
             spec.read_faults,
         ));
+    builder = match spec.security {
+        None => builder.add_endpoint(
+            "none",
+            ServerEndpoint::new_none("/", &[ANONYMOUS_USER_TOKEN_ID.to_string()]),
+        ),
+        Some(sec) => {
+            let mut ids = Vec::new();
+            for (i, (user, pass)) in sec.users.iter().enumerate() {
+                let token_id = format!("user-{i}");
+                builder = builder.add_user_token(
+                    token_id.clone(),
+                    ServerUserToken::user_pass(user.as_str(), pass.as_str()),
+                );
+                ids.push(token_id);
+            }
+            if ids.is_empty() {
+                ids.push(ANONYMOUS_USER_TOKEN_ID.to_string());
+            }
+            builder
+                .add_endpoint("secure", (sec.endpoint)("/", &ids))
+                .certificate_path(sec.certificate.clone())
+                .private_key_path(sec.private_key.clone())
+                // A test peer: any client certificate is accepted.
+                .trust_client_certs(true)
+        }
+    };
     builder.limits_mut().operational.max_nodes_per_read = limits.max_nodes_per_read;
     let (server, handle) = builder.build().map_err(|message| SimError::Build {
         device: id.clone(),

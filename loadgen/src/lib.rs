@@ -21,5 +21,5 @@ mod stats;
 
 pub use error::SimError;
 pub use fault::{Fault, FaultParseError, FaultSpec, Selection};
-pub use sim::{SimConfig, SimDevice, SimStats, Simulator};
+pub use sim::{SimConfig, SimDevice, SimSecurity, SimStats, Simulator};
 pub use stats::DeviceStats;

@@ -60,6 +60,49 @@ struct ServeArgs {
     /// Serve per-device counters as JSON at GET /stats on this address (e.g. 127.0.0.1:9100).
     #[arg(long, value_name = "IP:PORT")]
     stats_addr: Option<SocketAddr>,
+    /// Serve a secure endpoint instead of security None, POLICY/MODE: e.g.
+    /// basic256sha256/sign_and_encrypt, aes256_sha256_rsapss/sign.
+    #[arg(long, value_name = "POLICY/MODE")]
+    security: Option<String>,
+    /// Accept this user (repeatable), NAME:PASSWORD_FILE (the password is read
+    /// from the file); without any, sessions are anonymous.
+    #[arg(long = "user", value_name = "NAME:PASSWORD_FILE")]
+    users: Vec<String>,
+    /// PKI directory of the secure endpoint (server certificate in own/cert.der,
+    /// generated once and shared by all devices).
+    #[arg(long, default_value = "opc-loadgen-pki")]
+    pki_dir: PathBuf,
+}
+
+/// The secure endpoint settings from `--security`/`--user`/`--pki-dir`.
+fn sim_security(args: &ServeArgs) -> anyhow::Result<Option<opc_loadgen::SimSecurity>> {
+    let Some(spec) = &args.security else {
+        if !args.users.is_empty() {
+            anyhow::bail!("--user needs --security POLICY/MODE");
+        }
+        return Ok(None);
+    };
+    let (policy, mode) = spec.split_once('/').with_context(|| {
+        format!("--security {spec:?}: write POLICY/MODE, e.g. basic256sha256/sign_and_encrypt")
+    })?;
+    let mut users = Vec::new();
+    for u in &args.users {
+        let (name, file) = u
+            .split_once(':')
+            .with_context(|| format!("--user {u:?}: write NAME:PASSWORD_FILE"))?;
+        let pw = std::fs::read_to_string(file)
+            .with_context(|| format!("--user {name}: reading the password file {file}"))?;
+        users.push((
+            name.to_string(),
+            pw.trim_end_matches(['\r', '\n']).to_string(),
+        ));
+    }
+    Ok(Some(opc_loadgen::SimSecurity {
+        policy: policy.to_string(),
+        mode: mode.to_string(),
+        users,
+        pki_dir: args.pki_dir.clone(),
+    }))
 }
 
 fn init_tracing() {
@@ -106,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         first_device: args.first_device,
         max_sessions: args.max_sessions,
         faults: args.faults.clone(),
+        security: sim_security(&args)?,
     };
     let sim = Simulator::start(cfg)
         .await

@@ -13,13 +13,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opcua::crypto::{CertificateStore, X509Data};
+use opcua_server::ServerEndpoint;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
     device_file,
-    device_server::{spawn_device, DeviceSpec, RunningServer, ServerLimits},
+    device_server::{
+        spawn_device, DeviceSpec, RunningServer, SecureServing, ServerLimits,
+        SECURE_APPLICATION_URI,
+    },
     fault::{self, Fault, FaultSpec},
     front::{Front, FrontMode},
     model,
@@ -56,6 +61,93 @@ pub struct SimConfig {
     pub max_sessions: u32,
     /// Injected faults (default none); see [`Fault`] and [`crate::Selection`].
     pub faults: Vec<FaultSpec>,
+    /// Serve a secure endpoint (with users) instead of security None.
+    pub security: Option<SimSecurity>,
+}
+
+/// A secure endpoint for every device of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSecurity {
+    /// `basic256sha256`, `aes128_sha256_rsaoaep` or `aes256_sha256_rsapss`.
+    pub policy: String,
+    /// `sign` or `sign_and_encrypt`.
+    pub mode: String,
+    /// Accepted users (name, password); empty: anonymous only.
+    pub users: Vec<(String, String)>,
+    /// PKI directory: the fleet's server certificate (`own/cert.der`,
+    /// generated once if absent, shared by every device) and the client
+    /// certificates seen (`trusted/`: every client is accepted).
+    pub pki_dir: PathBuf,
+}
+
+impl SimSecurity {
+    fn endpoint(&self) -> Result<fn(&str, &[String]) -> ServerEndpoint, SimError> {
+        type Make = fn(&str, &[String]) -> ServerEndpoint;
+        let f: Make = match (self.policy.as_str(), self.mode.as_str()) {
+            // Deprecated by async-opcua, still run in plants: serve it when asked.
+            #[allow(deprecated)]
+            ("basic256sha256", "sign") => |p, ids| ServerEndpoint::new_basic256sha256_sign(p, ids),
+            ("basic256sha256", "sign_and_encrypt") => {
+                |p, ids| ServerEndpoint::new_basic256sha256_sign_encrypt(p, ids)
+            }
+            ("aes128_sha256_rsaoaep", "sign") => {
+                |p, ids| ServerEndpoint::new_aes128_sha256_rsaoaep_sign(p, ids)
+            }
+            ("aes128_sha256_rsaoaep", "sign_and_encrypt") => {
+                |p, ids| ServerEndpoint::new_aes128_sha256_rsaoaep_sign_encrypt(p, ids)
+            }
+            ("aes256_sha256_rsapss", "sign") => {
+                |p, ids| ServerEndpoint::new_aes256_sha256_rsapss_sign(p, ids)
+            }
+            ("aes256_sha256_rsapss", "sign_and_encrypt") => {
+                |p, ids| ServerEndpoint::new_aes256_sha256_rsapss_sign_encrypt(p, ids)
+            }
+            (p, m) => {
+                return Err(SimError::Config(format!(
+                    "unsupported security {p}/{m}: policy basic256sha256, aes128_sha256_rsaoaep or aes256_sha256_rsapss; mode sign or sign_and_encrypt"
+                )))
+            }
+        };
+        Ok(f)
+    }
+
+    /// The fleet's server certificate (DER).
+    pub fn certificate_path(&self) -> PathBuf {
+        self.pki_dir.join("own").join("cert.der")
+    }
+
+    fn private_key_path(&self) -> PathBuf {
+        self.pki_dir.join("private").join("private.pem")
+    }
+
+    /// Generates the shared server certificate unless it exists.
+    fn serving(&self, host: &str) -> Result<SecureServing, SimError> {
+        let endpoint = self.endpoint()?;
+        let (cert, key) = (self.certificate_path(), self.private_key_path());
+        if !(cert.is_file() && key.is_file()) {
+            for d in [cert.parent(), key.parent()].into_iter().flatten() {
+                std::fs::create_dir_all(d).map_err(|source| SimError::Io {
+                    context: format!("creating {}", d.display()),
+                    source,
+                })?;
+            }
+            let description = opcua::types::ApplicationDescription {
+                application_uri: SECURE_APPLICATION_URI.into(),
+                application_name: opcua::types::LocalizedText::new("", "opc-loadgen"),
+                ..Default::default()
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let data = X509Data::from((description, Some(vec![host.to_string()])));
+            CertificateStore::create_certificate_and_key(&data, true, &cert, &key)
+                .map_err(SimError::Config)?;
+        }
+        Ok(SecureServing {
+            endpoint,
+            users: self.users.clone(),
+            certificate: cert,
+            private_key: key,
+        })
+    }
 }
 
 impl Default for SimConfig {
@@ -69,6 +161,7 @@ impl Default for SimConfig {
             first_device: 0,
             max_sessions: 100,
             faults: Vec::new(),
+            security: None,
         }
     }
 }
@@ -138,6 +231,7 @@ impl DeviceSlot {
 struct Fleet {
     host: String,
     pki: PathBuf,
+    secure: Option<SecureServing>,
     limits: ServerLimits,
     counters: Arc<Counters>,
     token: CancellationToken,
@@ -232,6 +326,7 @@ async fn start_server(
             read_faults: read_faults(faults),
             counters: counters.clone(),
             pki_dir: &fleet.pki,
+            security: fleet.secure.as_ref(),
         },
         fleet.limits,
         fleet.counters.clone(),
@@ -315,9 +410,15 @@ impl Simulator {
             context: format!("creating {}", pki.display()),
             source,
         })?;
+        let host = endpoint_host(ip);
+        let (pki, secure) = match &cfg.security {
+            None => (pki, None),
+            Some(sec) => (sec.pki_dir.clone(), Some(sec.serving(&host)?)),
+        };
         let fleet = Fleet {
-            host: endpoint_host(ip),
+            host,
             pki,
+            secure,
             limits: server_limits(&cfg),
             counters: Arc::new(Counters::default()),
             token: CancellationToken::new(),
@@ -443,6 +544,13 @@ impl Simulator {
     /// The simulated devices, in index order.
     pub fn devices(&self) -> &[SimDevice] {
         &self.inner.devices
+    }
+
+    /// The fleet's secure endpoint settings, if it serves one (its
+    /// [`SimSecurity::certificate_path`] is the server certificate a
+    /// client must trust or pin).
+    pub fn security(&self) -> Option<&SimSecurity> {
+        self.inner.cfg.security.as_ref()
     }
 
     /// The device file (YAML) describing all devices; see [`Simulator::write_device_file`].

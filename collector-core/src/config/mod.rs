@@ -7,6 +7,7 @@
 
 mod model;
 mod node_id;
+mod security;
 mod yaml;
 
 use std::collections::HashMap;
@@ -19,6 +20,11 @@ pub use model::{
     SessionConfig, SpillSection, WorkerConfig,
 };
 pub use node_id::{Identifier, Namespace, NodeAddress};
+pub use security::{
+    kafka_security_properties, DeviceSecurity, Fingerprint, Identity, KafkaSasl, KafkaTls, Secret,
+    SecretSource, SecurityMode, SecurityPolicy, SecuritySection, TrustMode, UserCertificate,
+    UserPassword, SASL_MECHANISMS,
+};
 
 use crate::error::{ConfigError, ConfigErrors};
 use model::RawDevice;
@@ -48,6 +54,8 @@ pub struct CollectorConfig {
     pub spill: SpillSection,
     /// The daemon's HTTP server.
     pub http: HttpConfig,
+    /// OPC UA security defaults and the client certificate.
+    pub security: SecuritySection,
     /// The devices to read, validated.
     pub devices: Vec<Device>,
 }
@@ -63,6 +71,8 @@ pub struct Device {
     pub nodes: Vec<NodeAddress>,
     /// Read interval.
     pub interval: Duration,
+    /// Security policy, mode, trust and identity.
+    pub security: DeviceSecurity,
 }
 
 impl Device {
@@ -78,9 +88,11 @@ impl Device {
             endpoint: Some(endpoint.into()),
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             interval: Some(interval),
+            security: None,
         };
         let mut errors = ConfigErrors::default();
-        let device = validate_device(raw, interval, None, &|_| None, &mut errors);
+        let fleet = SecuritySection::default();
+        let device = validate_device(raw, interval, &fleet, None, &|_| None, &mut errors);
         match device {
             Some(d) if errors.is_empty() => Ok(d),
             _ => Err(errors),
@@ -143,6 +155,7 @@ impl CollectorConfig {
                 "kafka" => section!(cfg.kafka),
                 "spill" => section!(cfg.spill),
                 "http" => section!(cfg.http),
+                "security" => section!(cfg.security),
                 "devices" => collect_devices(node, path, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
                     Ok(files) => {
@@ -159,7 +172,7 @@ impl CollectorConfig {
                 other => errors.push(
                     ConfigError::new(format!("unknown section `{other}`"))
                         .at(path, Some(*line))
-                        .hint("sections are collector, schedule, workers, session, breaker, batch, kafka, spill, http, devices, device_files"),
+                        .hint("sections are collector, schedule, workers, session, security, breaker, batch, kafka, spill, http, devices, device_files"),
                 ),
             }
         }
@@ -175,8 +188,14 @@ impl CollectorConfig {
                 _ => None,
             };
             let before = errors.0.len();
-            let device =
-                validate_device(raw, default_interval, Some(line), &node_line, &mut errors);
+            let device = validate_device(
+                raw,
+                default_interval,
+                &cfg.security,
+                Some(line),
+                &node_line,
+                &mut errors,
+            );
             for e in &mut errors.0[before..] {
                 if e.file.is_none() {
                     e.file = file.clone();
@@ -337,6 +356,7 @@ fn load_device_file(
 fn validate_device(
     raw: RawDevice,
     default_interval: Duration,
+    fleet: &SecuritySection,
     line: Option<usize>,
     node_line: &dyn Fn(usize) -> Option<usize>,
     errors: &mut ConfigErrors,
@@ -408,11 +428,26 @@ fn validate_device(
         );
         ok = false;
     }
+    let security = match fleet.resolve(raw.security.as_ref()) {
+        Ok(s) => s,
+        Err(msgs) => {
+            for m in msgs {
+                errors.push(
+                    ConfigError::new(format!("device `{id}`: {m}"))
+                        .at(None, line)
+                        .hint("see docs/security.md"),
+                );
+            }
+            ok = false;
+            DeviceSecurity::default()
+        }
+    };
     ok.then(|| Device {
         id: Arc::from(id),
         endpoint,
         nodes,
         interval,
+        security,
     })
 }
 
@@ -536,6 +571,24 @@ fn check_sections(
             "collector",
             "id",
             "must not be empty",
+        );
+    }
+    for msg in cfg.security.check() {
+        let field = msg
+            .strip_prefix("security.")
+            .and_then(|m| m.split([':', '.']).next())
+            .unwrap_or("");
+        errors.push(
+            ConfigError::new(msg.clone())
+                .at(path, line_of("security", field))
+                .hint("see docs/security.md"),
+        );
+    }
+    for (field, msg) in security::check_kafka(&cfg.kafka) {
+        errors.push(
+            ConfigError::new(msg)
+                .at(path, line_of("kafka", field))
+                .hint("see docs/security.md"),
         );
     }
 }

@@ -242,8 +242,13 @@ pub struct KafkaConfig {
     pub queue_max_messages: u32,
     /// `queue.buffering.max.kbytes`. Default 262144 (256 MiB).
     pub queue_max_kbytes: u32,
+    /// TLS to the brokers. Default: none (plaintext).
+    pub tls: Option<super::security::KafkaTls>,
+    /// SASL authentication. Default: none.
+    pub sasl: Option<super::security::KafkaSasl>,
     /// Any other librdkafka property, passed through verbatim; these win
-    /// over the settings above.
+    /// over the settings above (but may not repeat what `tls`/`sasl` set).
+    /// Values are never logged.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -257,6 +262,8 @@ impl Default for KafkaConfig {
             message_timeout: Duration::from_secs(30),
             queue_max_messages: 200_000,
             queue_max_kbytes: 262_144,
+            tls: None,
+            sasl: None,
             properties: BTreeMap::new(),
         }
     }
@@ -290,11 +297,14 @@ pub(crate) struct RawDevice {
     pub nodes: Vec<String>,
     #[serde(default, with = "opt_duration")]
     pub interval: Option<Duration>,
+    #[serde(default)]
+    pub security: Option<super::security::RawDeviceSecurity>,
 }
 
 impl RawDevice {
     /// The keys a device entry may have.
-    pub(crate) const FIELDS: &'static [&'static str] = &["id", "endpoint", "nodes", "interval"];
+    pub(crate) const FIELDS: &'static [&'static str] =
+        &["id", "endpoint", "nodes", "interval", "security"];
 }
 
 /// Durations as human-readable strings: `500ms`, `10s`, `1m30s`.

@@ -38,7 +38,7 @@ pub fn config(bootstrap: &str, devices: Vec<Device>) -> CollectorConfig {
 
 /// Runs the real OPC UA pipeline for `run_for`, then drains; returns totals.
 pub async fn run_collector(cfg: CollectorConfig, run_for: Duration) -> StatsSnapshot {
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg.session).unwrap());
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
     let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
     collector.run(tokio::time::sleep(run_for)).await.unwrap()
 }

@@ -6,12 +6,15 @@
 //!   fleet-wide connect rate limit; the library's own retry loop is off.
 //! - `reader`: per-device reads, chunked to the server's MaxNodesPerRead,
 //!   with `nsu=` node ids re-resolved whenever the session is new.
+//! - `security`: endpoint choice (policy, mode, identity), server trust
+//!   (trust list, pinned fingerprint, opt-in auto-accept) and the client's
+//!   application certificate.
 //! - `convert`: OPC UA values to the collector's record types.
 //!
 //! ```no_run
 //! # async fn demo(cfg: collector_core::CollectorConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! let protocol = Arc::new(collector_opcua::OpcUaProtocol::new(&cfg.session)?);
+//! let protocol = Arc::new(collector_opcua::OpcUaProtocol::new(&cfg)?);
 //! let collector = collector_core::Collector::builder(cfg).protocol(protocol).build()?;
 //! collector.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
@@ -19,24 +22,24 @@
 
 mod convert;
 mod reader;
+mod security;
 mod session;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use collector_core::config::{Device, SessionConfig};
+use collector_core::config::{Device, TrustMode};
 use collector_core::protocol::{DeviceReader, Protocol};
-use collector_core::ReadError;
-use opcua::client::ClientBuilder;
+use collector_core::{CollectorConfig, ReadError};
 
 use reader::OpcUaReader;
 use session::Pool;
 
 /// Largest array (and so Read request/response) the client will decode.
 /// The library default (1000) fails a Read of more than 1000 nodes.
-const MAX_ARRAY_LENGTH: usize = 1_000_000;
+pub(crate) const MAX_ARRAY_LENGTH: usize = 1_000_000;
 /// Largest message the client will accept (bytes).
-const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// Why the adapter could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -52,28 +55,36 @@ pub struct OpcUaProtocol {
 }
 
 impl OpcUaProtocol {
-    /// Creates the adapter; no session opens until a device is read.
-    pub fn new(cfg: &SessionConfig) -> Result<Self, OpcUaError> {
-        let pki_dir = std::env::temp_dir().join("opc-collector-pki");
-        let client = ClientBuilder::new()
-            .application_name(cfg.application_name.clone())
-            .application_uri("urn:opc-collector")
-            .product_uri("urn:opc-collector")
-            .create_sample_keypair(false)
-            .trust_server_certs(false)
-            .pki_dir(pki_dir)
-            // We own reconnects (see `session`): the library tries once.
-            .session_retry_limit(0)
-            .keep_alive_interval(cfg.keep_alive_interval)
-            .max_failed_keep_alive_count(u64::from(cfg.max_failed_keep_alives))
-            .request_timeout(cfg.read_timeout)
-            .max_array_length(MAX_ARRAY_LENGTH)
-            .max_message_size(MAX_MESSAGE_SIZE)
-            .max_chunk_count(0)
-            .client()
-            .map_err(|errs| OpcUaError::Client(errs.join("; ")))?;
+    /// Creates the adapter from the `session:` and `security:` sections;
+    /// no session opens until a device is read, and the client certificate
+    /// is generated (or loaded) at the first secure connect.
+    pub fn new(cfg: &CollectorConfig) -> Result<Self, OpcUaError> {
+        let pki_dir = cfg
+            .security
+            .pki_dir
+            .clone()
+            .or_else(|| cfg.collector.state_dir.as_ref().map(|d| d.join("pki")))
+            .unwrap_or_else(|| std::path::PathBuf::from("pki"));
+        let auto_accept: Vec<&str> = cfg
+            .devices
+            .iter()
+            .filter(|d| {
+                d.security.trust == TrustMode::AutoAccept && d.security.server_fingerprint.is_none()
+            })
+            .map(|d| d.id.as_ref())
+            .collect();
+        if !auto_accept.is_empty() {
+            tracing::warn!(
+                devices = auto_accept.len(),
+                first = auto_accept[0],
+                "security.trust: auto_accept: these devices accept any server certificate, so a man-in-the-middle goes unnoticed; trust or pin the servers' certificates instead"
+            );
+        }
+        let clients =
+            security::Clients::new(&cfg.session, &cfg.security, pki_dir, &cfg.collector_id())
+                .map_err(OpcUaError::Client)?;
         Ok(Self {
-            pool: Arc::new(Pool::new(client, cfg.clone())),
+            pool: Arc::new(Pool::new(clients, cfg.session.clone())),
         })
     }
 }

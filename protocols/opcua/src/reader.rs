@@ -36,7 +36,7 @@ pub(crate) struct OpcUaReader {
 
 impl OpcUaReader {
     pub(crate) fn new(pool: Arc<Pool>, device: &Device) -> Result<Self, ReadError> {
-        let endpoint = pool.endpoint(&device.endpoint);
+        let endpoint = pool.endpoint(&device.endpoint, &device.security);
         Ok(Self {
             pool,
             endpoint,

@@ -14,16 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use collector_core::config::SessionConfig;
+use collector_core::config::{DeviceSecurity, Identity, SecurityPolicy, SessionConfig};
 use collector_core::metrics::names;
 use collector_core::ReadError;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use opcua::client::{Client, IdentityToken, Session, SessionPollResult};
+use opcua::client::{Session, SessionPollResult};
 use opcua::types::{
-    MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, VariableId,
-    Variant,
+    EndpointDescription, MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn,
+    UserTokenPolicy, VariableId, Variant,
 };
+
+use crate::security::{identity_token, Clients, SecurityError};
 use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -78,13 +80,21 @@ impl Live {
 #[derive(Default)]
 struct SlotState {
     live: Option<Arc<Live>>,
+    /// The server's endpoints from its last GetEndpoints: discovery runs
+    /// once, and again only after a connect failed on security grounds
+    /// (e.g. a new server certificate).
+    offered: Option<Vec<EndpointDescription>>,
     consecutive_failures: u32,
     next_attempt: Option<Instant>,
+    /// Why the last connect failed: reads refused during the backoff say it.
+    last_failure: Option<ReadError>,
 }
 
-/// One endpoint's session slot.
+/// One endpoint's session slot (per URL and security settings: devices
+/// that share both share the session).
 pub(crate) struct Endpoint {
     pub(crate) url: String,
+    security: DeviceSecurity,
     state: Mutex<SlotState>,
     generation: AtomicU64,
     /// Devices attached to this endpoint; the session closes when it drops to 0.
@@ -134,19 +144,19 @@ impl Endpoint {
 
 /// Shared by all endpoints: the client, limits and counters.
 pub(crate) struct Pool {
-    client: Arc<StdMutex<Client>>,
+    clients: Arc<Clients>,
     cfg: SessionConfig,
     limiter: DefaultDirectRateLimiter,
-    endpoints: StdMutex<HashMap<String, Arc<Endpoint>>>,
+    endpoints: StdMutex<HashMap<(String, DeviceSecurity), Arc<Endpoint>>>,
     connected: AtomicI64,
     connecting: AtomicI64,
 }
 
 impl Pool {
-    pub(crate) fn new(client: Client, cfg: SessionConfig) -> Self {
+    pub(crate) fn new(clients: Clients, cfg: SessionConfig) -> Self {
         let per_sec = NonZeroU32::new(cfg.max_connects_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
-            client: Arc::new(StdMutex::new(client)),
+            clients: Arc::new(clients),
             limiter: RateLimiter::direct(Quota::per_second(per_sec)),
             cfg,
             endpoints: StdMutex::new(HashMap::new()),
@@ -163,17 +173,19 @@ impl Pool {
         self.connected.load(Ordering::Relaxed).max(0) as usize
     }
 
-    /// The slot for `url`, created on first use; counts one more user.
-    pub(crate) fn endpoint(&self, url: &str) -> Arc<Endpoint> {
+    /// The slot for `url` with `security`, created on first use; counts
+    /// one more user.
+    pub(crate) fn endpoint(&self, url: &str, security: &DeviceSecurity) -> Arc<Endpoint> {
         let mut map = match self.endpoints.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
         let ep = map
-            .entry(url.to_string())
+            .entry((url.to_string(), security.clone()))
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     url: url.to_string(),
+                    security: security.clone(),
                     state: Mutex::new(SlotState::default()),
                     generation: AtomicU64::new(0),
                     users: AtomicI64::new(0),
@@ -232,9 +244,23 @@ impl Pool {
             let now = Instant::now();
             if now < at {
                 metrics::counter!(names::SESSION_BACKOFF_SKIPS).increment(1);
-                return Err(ReadError::Connect {
-                    endpoint: ep.url.clone(),
-                    reason: format!("in reconnect backoff for another {:?}", at - now),
+                let wait = at - now;
+                // Keep the cause (and its kind) visible while waiting.
+                return Err(match &st.last_failure {
+                    Some(ReadError::Security { endpoint, reason }) => ReadError::Security {
+                        endpoint: endpoint.clone(),
+                        reason: format!("{reason} (next attempt in {wait:.1?})"),
+                    },
+                    Some(last) => ReadError::Connect {
+                        endpoint: ep.url.clone(),
+                        reason: format!(
+                            "in reconnect backoff for another {wait:.1?} after: {last}"
+                        ),
+                    },
+                    None => ReadError::Connect {
+                        endpoint: ep.url.clone(),
+                        reason: format!("in reconnect backoff for another {wait:.1?}"),
+                    },
                 });
             }
         }
@@ -244,8 +270,11 @@ impl Pool {
         self.connecting.fetch_add(1, Ordering::Relaxed);
         self.publish_gauges();
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let result =
-            tokio::time::timeout(self.cfg.connect_timeout, self.connect(ep, generation)).await;
+        let result = tokio::time::timeout(
+            self.cfg.connect_timeout,
+            self.connect(ep, generation, &mut st.offered),
+        )
+        .await;
         self.connecting.fetch_sub(1, Ordering::Relaxed);
         let result = match result {
             Ok(r) => r,
@@ -263,12 +292,16 @@ impl Pool {
                 }
                 st.consecutive_failures = 0;
                 st.next_attempt = None;
+                st.last_failure = None;
                 let live = Arc::new(live);
                 st.live = Some(live.clone());
                 self.publish_gauges();
                 Ok(live)
             }
             Err(e) => {
+                if matches!(e, ReadError::Security { .. }) {
+                    st.offered = None;
+                }
                 let label = if matches!(e, ReadError::Timeout { .. }) {
                     "timeout"
                 } else {
@@ -278,7 +311,13 @@ impl Pool {
                 st.consecutive_failures = st.consecutive_failures.saturating_add(1);
                 let delay = backoff(&self.cfg, st.consecutive_failures);
                 st.next_attempt = Some(Instant::now() + delay);
-                tracing::debug!(endpoint = %ep.url, error = %e, retry_in = ?delay, "connect failed");
+                if matches!(e, ReadError::Security { .. }) {
+                    // Actionable, and bounded by the backoff: say it loudly.
+                    tracing::warn!(endpoint = %ep.url, error = %e, retry_in = ?delay, "cannot open a secure session");
+                } else {
+                    tracing::debug!(endpoint = %ep.url, error = %e, retry_in = ?delay, "connect failed");
+                }
+                st.last_failure = Some(e.clone());
                 self.publish_gauges();
                 Err(e)
             }
@@ -332,34 +371,85 @@ impl Pool {
         self.publish_gauges();
     }
 
-    async fn connect(&self, ep: &Endpoint, generation: u64) -> Result<Live, ReadError> {
+    async fn connect(
+        &self,
+        ep: &Endpoint,
+        generation: u64,
+        offered_cache: &mut Option<Vec<EndpointDescription>>,
+    ) -> Result<Live, ReadError> {
         let url = ep.url.as_str();
         let connect_err = |reason: String| ReadError::Connect {
             endpoint: url.to_string(),
             reason,
         };
-        // Building a session reads the certificate store from disk: keep
-        // that blocking I/O off the executor threads the schedules run on.
-        let client = self.client.clone();
+        let security_err = |reason: String| ReadError::Security {
+            endpoint: url.to_string(),
+            reason,
+        };
+        let sec = ep.security.clone();
+        // Without security and user there is nothing to choose: skip
+        // discovery. Otherwise ask the server what it offers (GetEndpoints
+        // on an unsecured channel, as every OPC UA client does).
+        let offered: Option<Vec<EndpointDescription>> =
+            if sec.policy == SecurityPolicy::None && sec.identity == Identity::Anonymous {
+                None
+            } else if let Some(cached) = offered_cache {
+                Some(cached.clone())
+            } else {
+                let eps = self
+                    .clients
+                    .plain()
+                    .get_server_endpoints_from_url(url)
+                    .await
+                    .map_err(|e| connect_err(format!("GetEndpoints: {e}")))?;
+                *offered_cache = Some(eps.clone());
+                Some(eps)
+            };
+        // Building a session reads the certificate store from disk (and the
+        // first secure one may generate the client certificate): keep that
+        // blocking work off the executor threads the schedules run on.
+        let clients = self.clients.clone();
         let endpoint_url = url.to_string();
+        let build_sec = sec.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let endpoint = (
-                endpoint_url.as_str(),
-                opcua::types::constants::SECURITY_POLICY_NONE_URI,
-                MessageSecurityMode::None,
-                UserTokenPolicy::anonymous(),
+            let (client, endpoint) = match offered {
+                None => (
+                    clients.plain(),
+                    EndpointDescription::from((
+                        endpoint_url.as_str(),
+                        opcua::types::constants::SECURITY_POLICY_NONE_URI,
+                        MessageSecurityMode::None,
+                        UserTokenPolicy::anonymous(),
+                    )),
+                ),
+                Some(eps) => {
+                    let p = clients
+                        .prepare(&endpoint_url, &build_sec, &eps)
+                        .map_err(BuildError::Security)?;
+                    (p.client, p.endpoint)
+                }
+            };
+            let chosen = format!(
+                "{}/{:?}",
+                opcua::crypto::SecurityPolicy::from_uri(endpoint.security_policy_uri.as_ref()),
+                endpoint.security_mode
             );
-            let mut client = client
-                .lock()
-                .map_err(|_| "client lock poisoned".to_string())?;
+            let token = identity_token(&build_sec.identity).map_err(BuildError::Security)?;
             client
-                .connect_to_endpoint_directly(endpoint, IdentityToken::Anonymous)
-                .map_err(|e| e.to_string())
+                .session_builder()
+                .connect_to_endpoint_directly(endpoint)
+                .and_then(|b| {
+                    b.user_identity_token(token)
+                        .build(client.certificate_store().clone())
+                })
+                .map(|(session, event_loop)| (session, event_loop, chosen))
+                .map_err(|e| BuildError::Other(e.to_string()))
         })
         .await;
-        let (session, event_loop) = match built {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(connect_err(e)),
+        let (session, event_loop, chosen) = match built {
+            Ok(Ok(v)) => v,
+            Ok(Err(BuildError::Security(e))) => return Err(security_err(e.to_string())),
+            Ok(Err(BuildError::Other(e))) => return Err(connect_err(e)),
             Err(e) => return Err(connect_err(format!("session build task: {e}"))),
         };
         // We own reconnects: when this session's transport ends, its loop ends.
@@ -399,7 +489,13 @@ impl Pool {
         };
         match ready_rx.await {
             Ok(Ok(())) => {}
-            Ok(Err(code)) => return Err(abort_on_err(connect_err(code.to_string()))),
+            Ok(Err(code)) => {
+                let e = match rejection_hint(code, &sec, &chosen) {
+                    Some(reason) => security_err(reason),
+                    None => connect_err(code.to_string()),
+                };
+                return Err(abort_on_err(e));
+            }
             Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
         }
         let (namespace_array, server_max) = match discover(&session).await {
@@ -416,7 +512,7 @@ impl Pool {
             (s, 0) => s,
             (s, c) => s.min(c),
         };
-        tracing::debug!(endpoint = %url, max_nodes_per_read, "session connected");
+        tracing::debug!(endpoint = %url, security = %chosen, identity = %sec.identity.describe(), max_nodes_per_read, "session connected");
         let remap = ep.remap(&namespace_array);
         let namespaces = namespace_array
             .into_iter()
@@ -433,6 +529,37 @@ impl Pool {
             generation,
         })
     }
+}
+
+/// Why a session could not be built.
+enum BuildError {
+    Security(SecurityError),
+    Other(String),
+}
+
+/// An actionable reason for a session the server refused on security
+/// grounds, or None for other failures.
+fn rejection_hint(code: StatusCode, sec: &DeviceSecurity, chosen: &str) -> Option<String> {
+    let name = format!("{code}");
+    if code == StatusCode::BadUserAccessDenied
+        || code == StatusCode::BadIdentityTokenInvalid
+        || code == StatusCode::BadIdentityTokenRejected
+    {
+        return Some(format!(
+            "authentication failed for {} ({name}): check the user name and password (or user certificate)",
+            sec.identity.describe()
+        ));
+    }
+    if name.starts_with("BadCertificate")
+        || code == StatusCode::BadSecurityChecksFailed
+        || code == StatusCode::BadSecurityPolicyRejected
+        || code == StatusCode::BadSecurityModeRejected
+    {
+        return Some(format!(
+            "the server refused the {chosen} channel ({name}): it may not trust the collector's client certificate yet (add it to the server's trust list), or the certificate checks failed (validity, hostname, application URI)"
+        ));
+    }
+    None
 }
 
 /// Reads the namespace array and MaxNodesPerRead in one request.

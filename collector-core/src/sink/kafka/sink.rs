@@ -126,6 +126,15 @@ impl KafkaSink {
                 "queue.buffering.max.kbytes",
                 cfg.queue_max_kbytes.to_string(),
             );
+        // TLS/SASL (secrets read now, never logged), then the pass-through
+        // properties, which win.
+        let security = crate::config::kafka_security_properties(cfg).map_err(SinkError::Config)?;
+        for (k, v) in &security {
+            cc.set(*k, v);
+        }
+        if cfg.sasl.is_some() && cfg.tls.is_none() {
+            tracing::warn!("kafka.sasl without kafka.tls: credentials and records cross the network unencrypted");
+        }
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }

@@ -1,0 +1,269 @@
+//! OPC UA security against real secure sessions (the simulator serving
+//! Basic256Sha256 SignAndEncrypt with a user): strict trust rejects an
+//! unknown server certificate with an actionable error and accepts it once
+//! it is moved into the trust list; a pinned fingerprint is accepted without
+//! the trust list, a wrong one refused; the client certificate survives a
+//! restart; a wrong password fails that device alone, under the breaker and
+//! the backoff.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use collector_core::config::{
+    DeviceSecurity, Fingerprint, Identity, SecretSource, SecurityMode, SecurityPolicy,
+};
+use collector_core::{Collector, Device};
+use collector_opcua::OpcUaProtocol;
+use opc_loadgen::{SimConfig, SimDevice, SimSecurity, Simulator};
+use sha2::{Digest, Sha256};
+
+const USER: &str = "operator";
+const PASSWORD: &str = "correct-horse-battery";
+
+async fn secure_sim(devices: u32, pki: &Path) -> Simulator {
+    Simulator::start(SimConfig {
+        devices,
+        tags: 10,
+        security: Some(SimSecurity {
+            policy: "basic256sha256".into(),
+            mode: "sign_and_encrypt".into(),
+            users: vec![(USER.into(), PASSWORD.into())],
+            pki_dir: pki.to_path_buf(),
+        }),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn fingerprint_of(der_file: &Path) -> Fingerprint {
+    Fingerprint(Sha256::digest(std::fs::read(der_file).unwrap()).into())
+}
+
+fn secure_device(
+    d: &SimDevice,
+    interval: Duration,
+    password_file: &Path,
+    pin: Option<Fingerprint>,
+) -> Device {
+    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
+    let mut device = Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval).unwrap();
+    device.security = DeviceSecurity {
+        policy: SecurityPolicy::Basic256Sha256,
+        mode: SecurityMode::SignAndEncrypt,
+        server_fingerprint: pin,
+        identity: Identity::UserName {
+            username: USER.into(),
+            password: SecretSource::File(password_file.to_path_buf()),
+        },
+        ..DeviceSecurity::default()
+    };
+    device
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_trust_pinning_and_a_stable_client_certificate() {
+    let kafka = support::kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let server_pki = tmp.path().join("server-pki");
+    let sim = secure_sim(3, &server_pki).await;
+    let server_cert = sim.security().unwrap().certificate_path();
+    let server_fp = fingerprint_of(&server_cert);
+    let password_file = tmp.path().join("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let state = tmp.path().join("state");
+    let pki = state.join("pki");
+    let interval = Duration::from_millis(500);
+    let wrong_pin: Fingerprint = "00".repeat(32).parse().unwrap();
+    let devices = |sim: &Simulator| -> Vec<Device> {
+        let d = sim.devices();
+        vec![
+            // Strict trust, nothing trusted yet.
+            secure_device(&d[0], interval, &password_file, None),
+            // Pinned to the server's certificate.
+            secure_device(&d[1], interval, &password_file, Some(server_fp)),
+            // Pinned to some other certificate.
+            secure_device(&d[2], interval, &password_file, Some(wrong_pin)),
+        ]
+    };
+    let config = |devices: Vec<Device>| {
+        let mut cfg = support::config(kafka.bootstrap_servers(), devices);
+        cfg.collector.state_dir = Some(state.clone());
+        cfg
+    };
+
+    // Run 1: strict trust rejects, the pin accepts, the wrong pin refuses.
+    let cfg = config(devices(&sim));
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
+    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let board = collector.devices();
+    let run1 = collector
+        .run(tokio::time::sleep(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    let (_, status) = board.page(|_| true, 0, 10);
+    let by_id = |id: &str| status.iter().find(|s| s.id.as_ref() == id).unwrap().clone();
+    let d = sim.devices();
+    let strict = by_id(&d[0].id);
+    let pinned = by_id(&d[1].id);
+    let wrong = by_id(&d[2].id);
+    println!(
+        "strict: {:?}\nwrong pin: {:?}",
+        strict.last_error, wrong.last_error
+    );
+    assert_eq!(strict.reads_ok, 0, "{strict:?}");
+    let err = strict.last_error.clone().unwrap_or_default();
+    let rejected = files_in(&pki.join("rejected"));
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the server certificate is saved once: {rejected:?}"
+    );
+    assert!(
+        err.contains("not trusted")
+            && err.contains(&server_fp.to_string())
+            && err.contains(&rejected[0].display().to_string())
+            && err.contains(&pki.join("trusted").display().to_string())
+            && err.contains("server_fingerprint"),
+        "the error says which file to move where, or what to pin: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&rejected[0]).unwrap(),
+        std::fs::read(&server_cert).unwrap()
+    );
+    assert!(pinned.reads_ok >= 4, "{pinned:?}");
+    assert_eq!(pinned.reads_failed, 0, "{pinned:?}");
+    assert_eq!(wrong.reads_ok, 0, "{wrong:?}");
+    let werr = wrong.last_error.clone().unwrap_or_default();
+    assert!(
+        werr.contains("not the pinned") && werr.contains(&server_fp.to_string()),
+        "{werr}"
+    );
+    let own_cert = pki.join("own").join("cert.der");
+    let client_fp = fingerprint_of(&own_cert);
+    let server_trusted = files_in(&server_pki.join("trusted"));
+    assert_eq!(server_trusted.len(), 1, "{server_trusted:?}");
+
+    // The operator trusts the server: moves the rejected file as told.
+    std::fs::create_dir_all(pki.join("trusted")).unwrap();
+    let name = rejected[0].file_name().unwrap();
+    std::fs::rename(&rejected[0], pki.join("trusted").join(name)).unwrap();
+
+    // Run 2 (a restart): both good devices read; same client certificate.
+    let cfg = config(devices(&sim)[..2].to_vec());
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
+    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let board = collector.devices();
+    let run2 = collector
+        .run(tokio::time::sleep(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    let (_, status) = board.page(|_| true, 0, 10);
+    for s in &status {
+        assert!(s.reads_ok >= 4, "{s:?}");
+        assert_eq!(s.reads_failed, 0, "{s:?}");
+    }
+    assert_eq!(
+        fingerprint_of(&own_cert),
+        client_fp,
+        "client certificate changed on restart"
+    );
+    assert_eq!(
+        files_in(&server_pki.join("trusted")).len(),
+        1,
+        "the server saw one client certificate across both runs"
+    );
+
+    // Every secure read reached Kafka, gap-free, with the model's values.
+    let delivered = run1.records_delivered + run2.records_delivered;
+    assert_eq!(delivered, run1.reads_ok + run2.reads_ok);
+    let consumed = support::consume(kafka.bootstrap_servers(), delivered as usize).await;
+    assert_eq!(consumed.messages as u64, delivered);
+    for records in consumed.by_device.values() {
+        for r in records {
+            support::assert_model_values(r);
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_that_device_alone_under_backoff() {
+    let kafka = support::kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let server_pki = tmp.path().join("server-pki");
+    let sim = secure_sim(3, &server_pki).await;
+    let server_fp = fingerprint_of(&sim.security().unwrap().certificate_path());
+    let good = tmp.path().join("good");
+    let bad = tmp.path().join("bad");
+    std::fs::write(&good, PASSWORD).unwrap();
+    std::fs::write(&bad, "not-the-password").unwrap();
+    let interval = Duration::from_secs(1);
+    let run_for = Duration::from_secs(15);
+    let d = sim.devices();
+    let devices = vec![
+        secure_device(&d[0], interval, &good, Some(server_fp)),
+        secure_device(&d[1], interval, &good, Some(server_fp)),
+        secure_device(&d[2], interval, &bad, Some(server_fp)),
+    ];
+    let mut cfg = support::config(kafka.bootstrap_servers(), devices);
+    cfg.collector.state_dir = Some(tmp.path().join("state"));
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
+    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let board = collector.devices();
+    let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();
+    let (_, status) = board.page(|_| true, 0, 10);
+    let stats = sim.device_stats();
+    let by_id = |id: &str| status.iter().find(|s| s.id.as_ref() == id).unwrap().clone();
+    let wrong = by_id(&d[2].id);
+    println!(
+        "wrong password: {:?}; ticks skipped by its breaker {}; connection attempts {} in {run_for:?}",
+        wrong.last_error, wrong.ticks_skipped_open, stats[2].connection_attempts
+    );
+    let err = wrong.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("authentication failed")
+            && err.contains(USER)
+            && (err.contains("BadUserAccessDenied") || err.contains("BadIdentityTokenRejected")),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"));
+    assert_eq!(wrong.reads_ok, 0);
+    assert!(
+        wrong.ticks_skipped_open >= 5,
+        "the breaker opens: {wrong:?}"
+    );
+    // 15 ticks at 1 s. One discovery connection, then the endpoint backoff
+    // (1 s doubling) and the breaker (open after 3 failures, 10 s cool-down)
+    // allow about four session attempts: never one per tick.
+    assert!(
+        (2..=7).contains(&stats[2].connection_attempts),
+        "connection attempts: {}",
+        stats[2].connection_attempts
+    );
+    assert!(stats[2].sessions_created <= 5, "{:?}", stats[2]);
+    // The others are unaffected: every tick read, nothing failed.
+    for i in 0..2 {
+        let s = by_id(&d[i].id);
+        assert!(s.reads_ok >= 14, "{s:?}");
+        assert_eq!(s.reads_failed, 0, "{s:?}");
+        assert_eq!(stats[i].connection_attempts, 2, "discovery + one session");
+    }
+    let consumed =
+        support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
+    assert_eq!(consumed.messages as u64, totals.reads_ok);
+    for (device, records) in &consumed.by_device {
+        support::assert_gap_free(device, records);
+    }
+    sim.shutdown().await;
+}

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Independent OPC UA peer for the collector's interop test.
+
+The collector's other tests talk to servers built with the same Rust OPC UA
+stack it uses as a client, so a shared misreading of the spec would go
+unnoticed.  This script runs a server from a different implementation, the
+Python `asyncua` package (pip install asyncua), for a Rust integration test
+that launches it as a child process.
+
+    python3 asyncua_server.py --port PORT --pki DIR --user NAME --password-file FILE
+
+What it serves:
+  * endpoint opc.tcp://127.0.0.1:PORT/, Basic256Sha256 + SignAndEncrypt only
+    (discovery, i.e. GetEndpoints, still works over an unsecured channel);
+  * username/password sessions only: exactly NAME and the password in FILE;
+    any client application certificate is accepted;
+  * a self-signed server certificate, generated once into DIR (server_key.pem,
+    server_cert.der; the test pins the SHA-256 of server_cert.der);
+  * namespace urn:asyncua-interop:plant with typed variables under Objects.
+
+Once listening it prints one JSON line on stdout (endpoint, namespace index,
+certificate path, node ids), then runs until SIGTERM/SIGINT.
+"""
+
+import argparse
+import asyncio
+import datetime
+import hmac
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+APP_URI = "urn:asyncua-interop:server"
+NAMESPACE_URI = "urn:asyncua-interop:plant"
+# name -> (initial value, OPC UA type)
+VARIABLES = {
+    "Temperature": (21.5, ua.VariantType.Double),
+    "Count": (42, ua.VariantType.Int32),
+    "Running": (True, ua.VariantType.Boolean),
+    "Name": ("line-1", ua.VariantType.String),
+    "Level": (3.25, ua.VariantType.Float),
+    "Status": (7, ua.VariantType.UInt16),
+}
+
+
+def ensure_certificate(pki: Path) -> tuple[Path, Path]:
+    """Create a self-signed RSA 2048 application certificate unless one exists."""
+    key_path, cert_path = pki / "server_key.pem", pki / "server_cert.der"
+    if key_path.is_file() and cert_path.is_file():
+        return key_path, cert_path
+    pki.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asyncua interop server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        # OPC UA (Part 6, 6.2.2) wants the application URI as the first SAN
+        # entry; async-opcua checks exactly that one against applicationUri.
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(APP_URI),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return key_path, cert_path
+
+
+class OneUser:
+    """Accepts exactly one username/password, and only on a secured channel.
+
+    asyncua falls back to a None channel for any client that asks for one
+    (that is how GetEndpoints works) and would then also let that client
+    create and activate a session, with the password in clear.  `certificate`
+    is the channel's peer (client) certificate, empty (b"") on an unsecured
+    channel, so requiring it confines sessions to the Basic256Sha256 endpoint.
+    """
+
+    def __init__(self, user: str, password: str):
+        self.user, self.password = user, password
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if not certificate or username is None or password is None:
+            return None  # -> BadUserAccessDenied
+        ok = hmac.compare_digest(username.encode(), self.user.encode())
+        ok &= hmac.compare_digest(password.encode(), self.password.encode())
+        return User(role=UserRole.User) if ok else None
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pki", type=Path, required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password-file", type=Path, required=True)
+    args = parser.parse_args()
+    password = args.password_file.read_text().rstrip("\r\n")
+    key_path, cert_path = ensure_certificate(args.pki.absolute())
+
+    endpoint = f"opc.tcp://127.0.0.1:{args.port}/"
+    server = Server(user_manager=OneUser(args.user, password))
+    await server.init()
+    server.set_endpoint(endpoint)
+    server.set_server_name("asyncua interop server")
+    await server.set_application_uri(APP_URI)
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous, no X509 user
+    await server.load_certificate(str(cert_path))
+    await server.load_private_key(str(key_path))
+    # No certificate validator is set: asyncua then accepts any client certificate.
+
+    idx = await server.register_namespace(NAMESPACE_URI)
+    nodes = {}
+    for name, (value, vtype) in VARIABLES.items():
+        node_id = ua.NodeId(name, idx)  # string identifier in the plant namespace
+        await server.nodes.objects.add_variable(node_id, ua.QualifiedName(name, idx), value, varianttype=vtype)
+        nodes[name] = node_id.to_string()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with server:  # start() binds the port; stop() on exit
+        ready = {
+            "endpoint": endpoint,
+            "namespace_uri": NAMESPACE_URI,
+            "namespace_index": idx,
+            "cert_der": str(cert_path),
+            "nodes": nodes,
+        }
+        print(json.dumps(ready), flush=True)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Loading the certificate warns that the machine's hostname is not in its
+    # DNS names; clients reach us as 127.0.0.1/localhost, which it does contain.
+    logging.getLogger("asyncua.crypto.uacrypto").setLevel(logging.ERROR)
+    asyncio.run(main())
