@@ -37,12 +37,15 @@ pub struct ServerLimits {
     pub max_chunk_count: usize,
 }
 
+/// Builds a server endpoint (policy and mode) for a path and user token ids.
+pub type MakeEndpoint = fn(&str, &[String]) -> ServerEndpoint;
+
 /// A secure endpoint served by every device of a fleet, with one shared
 /// server certificate (see [`crate::SimSecurity`]).
 #[derive(Debug, Clone)]
 pub struct SecureServing {
     /// The endpoint (policy and mode), built for a path and user token ids.
-    pub endpoint: fn(&str, &[String]) -> ServerEndpoint,
+    pub endpoint: MakeEndpoint,
     /// Accepted users (name, password); none: anonymous.
     pub users: Vec<(String, String)>,
     /// Server certificate (DER), shared by the fleet.

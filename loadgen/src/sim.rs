@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::{
     device_file,
     device_server::{
-        spawn_device, DeviceSpec, RunningServer, SecureServing, ServerLimits,
+        spawn_device, DeviceSpec, MakeEndpoint, RunningServer, SecureServing, ServerLimits,
         SECURE_APPLICATION_URI,
     },
     fault::{self, Fault, FaultSpec},
@@ -81,9 +81,8 @@ pub struct SimSecurity {
 }
 
 impl SimSecurity {
-    fn endpoint(&self) -> Result<fn(&str, &[String]) -> ServerEndpoint, SimError> {
-        type Make = fn(&str, &[String]) -> ServerEndpoint;
-        let f: Make = match (self.policy.as_str(), self.mode.as_str()) {
+    fn endpoint(&self) -> Result<MakeEndpoint, SimError> {
+        let f: MakeEndpoint = match (self.policy.as_str(), self.mode.as_str()) {
             // Deprecated by async-opcua, still run in plants: serve it when asked.
             #[allow(deprecated)]
             ("basic256sha256", "sign") => |p, ids| ServerEndpoint::new_basic256sha256_sign(p, ids),

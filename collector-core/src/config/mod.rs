@@ -611,6 +611,61 @@ mod tests {
     }
 
     #[test]
+    fn device_security_overrides_the_fleet_defaults() {
+        std::env::set_var("OPC_COLLECTOR_TEST_PW", "pw");
+        let text = "\
+security:
+  policy: basic256sha256
+  user: { username: fleet, password_env: OPC_COLLECTOR_TEST_PW }
+devices:
+  - id: a
+    endpoint: opc.tcp://h:4840
+    nodes: [\"ns=2;s=T\"]
+  - id: b
+    endpoint: opc.tcp://h:4841
+    nodes: [\"ns=2;s=T\"]
+    security:
+      mode: sign
+      server_fingerprint: \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"
+      user_certificate: { cert: Cargo.toml, key: Cargo.toml }
+  - id: c
+    endpoint: opc.tcp://h:4842
+    nodes: [\"ns=2;s=T\"]
+    security:
+      server_fingerprint: nope
+      policy: none
+      mode: sign_and_encrypt
+";
+        let errs = CollectorConfig::from_yaml(text, Some(Path::new("s.yaml"))).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .all(|m| m.starts_with("s.yaml:15:") && m.contains("device `c`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("server_fingerprint")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("policy None cannot sign")),
+            "{msgs:?}"
+        );
+
+        let ok = text.split("  - id: c").next().unwrap();
+        let cfg = CollectorConfig::from_yaml(ok, None).unwrap();
+        let (a, b) = (&cfg.devices[0].security, &cfg.devices[1].security);
+        assert_eq!(a.policy, SecurityPolicy::Basic256Sha256);
+        assert_eq!(a.mode, SecurityMode::Auto);
+        assert!(matches!(&a.identity, Identity::UserName { username, .. } if username == "fleet"));
+        assert_eq!(b.policy, SecurityPolicy::Basic256Sha256);
+        assert_eq!(b.mode, SecurityMode::Sign);
+        assert!(matches!(b.identity, Identity::Certificate { .. }));
+        assert_eq!(b.server_fingerprint.unwrap().0[1], 0x11);
+    }
+
+    #[test]
     fn reports_every_problem_with_lines() {
         let text = "\
 kafka:
