@@ -13,7 +13,7 @@
 //! by a device with strict trust.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use collector_core::config::{
     DeviceSecurity, Fingerprint, Identity, SecurityMode, SecurityPolicy, SecuritySection,
@@ -50,7 +50,9 @@ pub(crate) struct Clients {
     settings: SecuritySection,
     pki_dir: PathBuf,
     default_application_uri: String,
-    secure: OnceLock<Result<Arc<SecureClients>, String>>,
+    /// Created on the first secure connect; a failure is retried at the
+    /// next one (e.g. once the PKI directory is writable).
+    secure: Mutex<Option<Arc<SecureClients>>>,
 }
 
 struct SecureClients {
@@ -59,10 +61,30 @@ struct SecureClients {
     auto_accept: Client,
 }
 
-/// The client for a chosen endpoint, and what to log about the choice.
-pub(crate) struct Prepared<'a> {
-    pub(crate) client: &'a Client,
+/// The client for a chosen endpoint.
+pub(crate) struct Prepared {
+    secure: Option<(Arc<SecureClients>, Trust)>,
     pub(crate) endpoint: EndpointDescription,
+}
+
+/// Which trust store a secure session uses.
+#[derive(Clone, Copy)]
+enum Trust {
+    Strict,
+    Pinned,
+    AutoAccept,
+}
+
+impl Prepared {
+    /// The client to build the session with (`plain` for security None).
+    pub(crate) fn client<'a>(&'a self, plain: &'a Client) -> &'a Client {
+        match &self.secure {
+            None => plain,
+            Some((c, Trust::Strict)) => &c.strict,
+            Some((c, Trust::Pinned)) => &c.pinned,
+            Some((c, Trust::AutoAccept)) => &c.auto_accept,
+        }
+    }
 }
 
 /// Options every client shares: limits, timeouts, our own reconnects.
@@ -105,7 +127,7 @@ impl Clients {
             settings: settings.clone(),
             pki_dir,
             default_application_uri: format!("urn:opc-collector:{collector_id}"),
-            secure: OnceLock::new(),
+            secure: Mutex::new(None),
         })
     }
 
@@ -116,12 +138,17 @@ impl Clients {
 
     /// The secure clients, creating the application certificate on first
     /// use (blocking: call from the blocking pool).
-    fn secure(&self) -> Result<&SecureClients, SecurityError> {
-        self.secure
-            .get_or_init(|| self.create_secure().map(Arc::new))
-            .as_ref()
-            .map(|c| c.as_ref())
-            .map_err(|e| SecurityError::Setup(e.clone()))
+    fn secure(&self) -> Result<Arc<SecureClients>, SecurityError> {
+        let mut slot = self
+            .secure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let created = Arc::new(self.create_secure().map_err(SecurityError::Setup)?);
+        *slot = Some(created.clone());
+        Ok(created)
     }
 
     fn own_paths(&self) -> (PathBuf, PathBuf, bool) {
@@ -192,6 +219,7 @@ impl Clients {
         })?;
         let fingerprint = fingerprint(&cert.as_byte_string().value.unwrap_or_default());
         if existing.is_none() {
+            restrict_permissions(&key_path);
             tracing::info!(certificate = %cert_path.display(), %application_uri, %fingerprint, "generated the client application certificate; servers must trust it (it is reused from now on)");
         } else {
             tracing::info!(certificate = %cert_path.display(), %application_uri, %fingerprint, "client application certificate");
@@ -207,19 +235,19 @@ impl Clients {
 
     /// Picks the endpoint and the client (by trust) for a device; blocking
     /// (certificate files).
-    pub(crate) fn prepare<'a>(
-        &'a self,
+    pub(crate) fn prepare(
+        &self,
         url: &str,
         sec: &DeviceSecurity,
         offered: &[EndpointDescription],
-    ) -> Result<Prepared<'a>, SecurityError> {
+    ) -> Result<Prepared, SecurityError> {
         let mut endpoint = select_endpoint(url, sec, offered)?;
         // Connect to the address we were given, not the one the server
         // advertises (NAT, relays, containers).
         endpoint.endpoint_url = url.into();
         if endpoint.security_mode == MessageSecurityMode::None {
             return Ok(Prepared {
-                client: &self.plain,
+                secure: None,
                 endpoint,
             });
         }
@@ -239,7 +267,7 @@ impl Clients {
         })?;
         let fp = fingerprint(&der);
         let file_name = CertificateStore::cert_file_name(&cert);
-        let client = if let Some(pin) = &sec.server_fingerprint {
+        let trust = if let Some(pin) = &sec.server_fingerprint {
             if *pin != fp {
                 return Err(SecurityError::Trust(format!(
                     "server certificate of {url} has SHA-256 fingerprint {fp}, not the pinned {pin}: refusing to connect"
@@ -247,14 +275,29 @@ impl Clients {
             }
             let dir = self.pki_dir.join("pinned").join("trusted");
             write_if_absent(&dir, &file_name, &der).map_err(SecurityError::Setup)?;
-            &clients.pinned
+            Trust::Pinned
         } else {
             match sec.trust {
-                TrustMode::AutoAccept => &clients.auto_accept,
+                TrustMode::AutoAccept => Trust::AutoAccept,
                 TrustMode::Strict => {
                     let trusted = self.pki_dir.join("trusted");
-                    if !trusted.join(&file_name).is_file() {
-                        let rejected = self.pki_dir.join("rejected");
+                    let rejected = self.pki_dir.join("rejected");
+                    if !trusted.join(&file_name).is_file()
+                        && find_same_certificate(&trusted, &der).is_some()
+                    {
+                        // Trusted under another file name: give the store
+                        // the name it looks for.
+                        write_if_absent(&trusted, &file_name, &der)
+                            .map_err(SecurityError::Setup)?;
+                    }
+                    if trusted.join(&file_name).is_file() {
+                        // Copied rather than moved: the store would check
+                        // `rejected/` first and refuse it.
+                        let stale = rejected.join(&file_name);
+                        if stale.is_file() {
+                            let _ = std::fs::remove_file(&stale);
+                        }
+                    } else {
                         write_if_absent(&rejected, &file_name, &der)
                             .map_err(SecurityError::Setup)?;
                         return Err(SecurityError::Trust(format!(
@@ -263,11 +306,14 @@ impl Clients {
                             trusted.display()
                         )));
                     }
-                    &clients.strict
+                    Trust::Strict
                 }
             }
         };
-        Ok(Prepared { client, endpoint })
+        Ok(Prepared {
+            secure: Some((clients, trust)),
+            endpoint,
+        })
     }
 }
 
@@ -335,6 +381,10 @@ pub(crate) fn select_endpoint(
 ) -> Result<EndpointDescription, SecurityError> {
     let wanted_token = token_type(&sec.identity);
     let wanted_policy = ua_policy(sec.policy);
+    // A password or a pin is only meaningful on a secure channel: then
+    // `auto` never falls back to None (naming `policy: none` still can).
+    let secure_only = wanted_policy.is_none()
+        && (sec.identity != Identity::Anonymous || sec.server_fingerprint.is_some());
     let policy_rank = |p: UaPolicy| {
         AUTO_POLICIES
             .iter()
@@ -347,7 +397,10 @@ pub(crate) fn select_endpoint(
             let policy = UaPolicy::from_uri(e.security_policy_uri.as_ref());
             let allowed = match wanted_policy {
                 Some(w) => policy == w,
-                None => policy_rank(policy).is_some(),
+                None => {
+                    policy_rank(policy).is_some()
+                        && !(secure_only && e.security_mode == MessageSecurityMode::None)
+                }
             };
             let mode_ok = match sec.mode {
                 SecurityMode::Auto => matches!(
@@ -428,6 +481,18 @@ fn application_uri_of(cert: &X509) -> Option<String> {
         })
 }
 
+/// A file in `dir` holding this certificate (DER, or PEM of it), whatever
+/// its name.
+fn find_same_certificate(dir: &Path, der: &[u8]) -> Option<PathBuf> {
+    let want = fingerprint(der);
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let path = e.path();
+        let cert = CertificateStore::read_cert(&path).ok()?;
+        let bytes = cert.as_byte_string().value?;
+        (fingerprint(&bytes) == want).then_some(path)
+    })
+}
+
 fn write_if_absent(dir: &Path, name: &str, der: &[u8]) -> Result<(), String> {
     let path = dir.join(name);
     if path.is_file() {
@@ -436,6 +501,18 @@ fn write_if_absent(dir: &Path, name: &str, der: &[u8]) -> Result<(), String> {
     std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(&path, der))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Owner-only access to a generated private key (the library writes it
+/// with the process umask).
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(key = %path.display(), error = %e, "cannot restrict the private key to its owner");
+        }
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -543,6 +620,14 @@ mod tests {
         };
         let e = select_endpoint("opc.tcp://h:1", &sec, &offered).unwrap();
         assert_eq!(e.security_mode, M::Sign);
+        // A password never goes over a None channel chosen by `auto`.
+        let plain_only = [ep(UaPolicy::None, M::None, &[UserTokenType::UserName])];
+        assert!(select_endpoint("opc.tcp://h:1", &sec, &plain_only).is_err());
+        let explicit = DeviceSecurity {
+            policy: SecurityPolicy::None,
+            ..sec.clone()
+        };
+        assert!(select_endpoint("opc.tcp://h:1", &explicit, &plain_only).is_ok());
         let sec = DeviceSecurity {
             mode: SecurityMode::SignAndEncrypt,
             ..sec

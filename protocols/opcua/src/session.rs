@@ -412,7 +412,15 @@ impl Pool {
         let endpoint_url = url.to_string();
         let build_sec = sec.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let (client, endpoint) = match offered {
+            let prepared = match offered {
+                None => None,
+                Some(eps) => Some(
+                    clients
+                        .prepare(&endpoint_url, &build_sec, &eps)
+                        .map_err(BuildError::Security)?,
+                ),
+            };
+            let (client, endpoint) = match &prepared {
                 None => (
                     clients.plain(),
                     EndpointDescription::from((
@@ -422,12 +430,7 @@ impl Pool {
                         UserTokenPolicy::anonymous(),
                     )),
                 ),
-                Some(eps) => {
-                    let p = clients
-                        .prepare(&endpoint_url, &build_sec, &eps)
-                        .map_err(BuildError::Security)?;
-                    (p.client, p.endpoint)
-                }
+                Some(p) => (p.client(clients.plain()), p.endpoint.clone()),
             };
             let chosen = format!(
                 "{}/{:?}",
@@ -551,12 +554,13 @@ fn rejection_hint(code: StatusCode, sec: &DeviceSecurity, chosen: &str) -> Optio
         ));
     }
     if name.starts_with("BadCertificate")
+        || code == StatusCode::BadNoValidCertificates
         || code == StatusCode::BadSecurityChecksFailed
         || code == StatusCode::BadSecurityPolicyRejected
         || code == StatusCode::BadSecurityModeRejected
     {
         return Some(format!(
-            "the server refused the {chosen} channel ({name}): it may not trust the collector's client certificate yet (add it to the server's trust list), or the certificate checks failed (validity, hostname, application URI)"
+            "the {chosen} channel failed its certificate checks ({name}): the server may not trust the collector's client certificate yet (add it to the server's trust list), the server's certificate may have changed, or a check failed (validity dates, hostname, application URI)"
         ));
     }
     None
