@@ -13,6 +13,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: with thousands of sessions each
+/// allocating and freeing per read on two runtime threads, glibc's arenas
+/// fragment; see BENCHMARKS.md for the figures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cli::{Cli, Command};
 
 /// How a command failed, which decides the exit code.
@@ -30,6 +36,14 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // async-opcua 0.19 looks up OPCUA_TRACE_LOCKS with getenv on every lock
+    // it takes (it caches only a "true"), ~2 % of the daemon's instructions
+    // at the reference workload. Set, the lookups stop; the lock traces it
+    // enables are `trace`-level events, filtered out unless asked for.
+    // Done before any thread exists.
+    if std::env::var_os("OPCUA_TRACE_LOCKS").is_none() {
+        std::env::set_var("OPCUA_TRACE_LOCKS", "1");
+    }
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format, &cli.log_level);
     let outcome = match cli.command {

@@ -17,9 +17,10 @@ use opcua::types::{ByteString, Guid, NodeId, ReadValueId, StatusCode, Timestamps
 use crate::convert;
 use crate::session::{Endpoint, Live, Pool};
 
-/// A node ready to read, or the reason it cannot be.
+/// A node ready to read (its ReadValueId is next in `to_read`), or the
+/// reason it cannot be.
 enum Resolved {
-    Read(ReadValueId),
+    Read,
     Unavailable(StatusCode),
 }
 
@@ -27,8 +28,10 @@ pub(crate) struct OpcUaReader {
     pool: Arc<Pool>,
     endpoint: Arc<Endpoint>,
     nodes: Vec<NodeAddress>,
-    /// Resolution for session generation `.0`.
+    /// Resolution for session generation `.0`, and the nodes to request
+    /// (the resolved ones, in order), built once per session.
     resolved: Option<(u64, Vec<Resolved>)>,
+    to_read: Vec<ReadValueId>,
     released: bool,
     /// A connect token was taken in `prepare` for the next read.
     admitted: bool,
@@ -42,34 +45,44 @@ impl OpcUaReader {
             endpoint,
             nodes: device.nodes.clone(),
             resolved: None,
+            to_read: Vec::new(),
             released: false,
             admitted: false,
         })
     }
 
-    fn resolve(&mut self, live: &Live) -> &[Resolved] {
+    /// Resolves the node ids for `live` unless already done for it.
+    fn resolve(&mut self, live: &Live) {
         let fresh = !matches!(&self.resolved, Some((g, _)) if *g == live.generation);
         if fresh {
-            let list = self.nodes.iter().map(|n| resolve_one(n, live)).collect();
+            let mut to_read = Vec::with_capacity(self.nodes.len());
+            let list: Vec<Resolved> = self
+                .nodes
+                .iter()
+                .map(|n| match resolve_one(n, live) {
+                    Ok(id) => {
+                        to_read.push(id);
+                        Resolved::Read
+                    }
+                    Err(code) => Resolved::Unavailable(code),
+                })
+                .collect();
+            self.to_read = to_read;
             self.resolved = Some((live.generation, list));
-        }
-        match &self.resolved {
-            Some((_, list)) => list,
-            None => &[],
         }
     }
 }
 
-fn resolve_one(n: &NodeAddress, live: &Live) -> Resolved {
+fn resolve_one(n: &NodeAddress, live: &Live) -> Result<ReadValueId, StatusCode> {
     let ns = match &n.namespace {
         Namespace::Index(i) => match live.remap.get(i) {
             None => *i,
             Some(Some(moved)) => *moved,
-            Some(None) => return Resolved::Unavailable(StatusCode::BadNodeIdUnknown),
+            Some(None) => return Err(StatusCode::BadNodeIdUnknown),
         },
         Namespace::Uri(uri) => match live.namespaces.get(uri) {
             Some(i) => *i,
-            None => return Resolved::Unavailable(StatusCode::BadNodeIdUnknown),
+            None => return Err(StatusCode::BadNodeIdUnknown),
         },
     };
     let id = match &n.identifier {
@@ -77,14 +90,14 @@ fn resolve_one(n: &NodeAddress, live: &Live) -> Resolved {
         Identifier::String(s) => NodeId::new(ns, s.as_str()),
         Identifier::Guid(g) => match g.parse::<Guid>() {
             Ok(g) => NodeId::new(ns, g),
-            Err(_) => return Resolved::Unavailable(StatusCode::BadNodeIdInvalid),
+            Err(_) => return Err(StatusCode::BadNodeIdInvalid),
         },
         Identifier::Opaque(b) => match ByteString::from_base64(b) {
             Some(b) => NodeId::new(ns, b),
-            None => return Resolved::Unavailable(StatusCode::BadNodeIdInvalid),
+            None => return Err(StatusCode::BadNodeIdInvalid),
         },
     };
-    Resolved::Read(ReadValueId::from(id))
+    Ok(ReadValueId::from(id))
 }
 
 #[async_trait]
@@ -100,16 +113,9 @@ impl DeviceReader for OpcUaReader {
         let admitted = std::mem::take(&mut self.admitted);
         let live = self.pool.session(&self.endpoint, admitted).await?;
         let read_timeout = self.pool.config().read_timeout;
-        let resolved = self.resolve(&live);
-        let to_read: Vec<ReadValueId> = resolved
-            .iter()
-            .filter_map(|r| match r {
-                Resolved::Read(id) => Some(id.clone()),
-                Resolved::Unavailable(_) => None,
-            })
-            .collect();
-        let mut values = Vec::with_capacity(to_read.len());
-        for chunk in to_read.chunks(live.max_nodes_per_read.max(1)) {
+        self.resolve(&live);
+        let mut values = Vec::with_capacity(self.to_read.len());
+        for chunk in self.to_read.chunks(live.max_nodes_per_read.max(1)) {
             metrics::counter!(names::READ_REQUESTS).increment(1);
             let result = tokio::time::timeout(
                 read_timeout,
@@ -144,7 +150,7 @@ impl DeviceReader for OpcUaReader {
         };
         for (node, r) in self.nodes.iter().zip(resolved) {
             match r {
-                Resolved::Read(_) => match values.next() {
+                Resolved::Read => match values.next() {
                     Some(dv) => samples.push(convert::sample(&node.text, dv)),
                     None => return Err(ReadError::Service("fewer results than nodes".into())),
                 },

@@ -24,7 +24,7 @@ use opcua::crypto::{CertificateStore, SecurityPolicy as UaPolicy, X509};
 use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenType};
 use sha2::{Digest, Sha256};
 
-use crate::{MAX_ARRAY_LENGTH, MAX_MESSAGE_SIZE};
+use crate::{MAX_ARRAY_LENGTH, MAX_MESSAGE_SIZE, SEND_CHUNK_SIZE};
 
 /// Why a secure session could not be prepared. `Trust` and `Auth` are
 /// operator-actionable and logged at warn with the fix.
@@ -100,6 +100,7 @@ fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> ClientBuilde
         .max_array_length(MAX_ARRAY_LENGTH)
         .max_message_size(MAX_MESSAGE_SIZE)
         .max_chunk_count(0)
+        .max_chunk_size(SEND_CHUNK_SIZE)
         .channel_lifetime(u32::try_from(settings.channel_lifetime.as_millis()).unwrap_or(u32::MAX))
 }
 
