@@ -73,6 +73,62 @@ pub struct DeliveryReport {
     pub error: Option<SinkError>,
 }
 
+/// A batch encoded by its sink, so that encoding (milliseconds for a large
+/// batch) can run apart from delivery, off the executor threads.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The messages to deliver.
+    pub messages: Vec<Message>,
+    /// For each message, the index of its record in the batch.
+    index: Vec<usize>,
+    /// Records that could not be encoded.
+    failed: Vec<usize>,
+    /// The first encoding error.
+    error: Option<SinkError>,
+}
+
+impl Encoded {
+    /// Encodes every record of `batch` with `sink`.
+    pub fn new<S: Sink + ?Sized>(sink: &S, batch: &Batch) -> Encoded {
+        let mut encoded = Encoded {
+            messages: Vec::with_capacity(batch.records.len()),
+            index: Vec::with_capacity(batch.records.len()),
+            failed: Vec::new(),
+            error: None,
+        };
+        for (i, r) in batch.records.iter().enumerate() {
+            match sink.encode(r) {
+                Ok(m) => {
+                    encoded.messages.push(m);
+                    encoded.index.push(i);
+                }
+                Err(e) => {
+                    encoded.failed.push(i);
+                    encoded.error.get_or_insert(e);
+                }
+            }
+        }
+        encoded
+    }
+
+    /// The batch's report from the delivery report of its messages:
+    /// failed indexes refer to the batch's records.
+    pub fn settle(self, report: DeliveryReport) -> DeliveryReport {
+        let mut failed = self.failed;
+        failed.extend(
+            report
+                .failed
+                .iter()
+                .filter_map(|&j| self.index.get(j).copied()),
+        );
+        failed.sort_unstable();
+        DeliveryReport {
+            failed,
+            error: self.error.or(report.error),
+        }
+    }
+}
+
 /// A destination for records.
 ///
 /// A sink works on encoded [`Message`]s so that what it could not deliver
@@ -90,29 +146,9 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch of records (encode, then deliver); failed indexes
     /// refer to `batch.records`.
     async fn deliver(&self, batch: &Batch) -> DeliveryReport {
-        let mut messages = Vec::with_capacity(batch.records.len());
-        let mut index = Vec::with_capacity(batch.records.len());
-        let mut failed = Vec::new();
-        let mut error = None;
-        for (i, r) in batch.records.iter().enumerate() {
-            match self.encode(r) {
-                Ok(m) => {
-                    messages.push(m);
-                    index.push(i);
-                }
-                Err(e) => {
-                    failed.push(i);
-                    error.get_or_insert(e);
-                }
-            }
-        }
-        let report = self.deliver_messages(&messages).await;
-        failed.extend(report.failed.iter().filter_map(|&j| index.get(j).copied()));
-        failed.sort_unstable();
-        DeliveryReport {
-            failed,
-            error: error.or(report.error),
-        }
+        let encoded = Encoded::new(self, batch);
+        let report = self.deliver_messages(&encoded.messages).await;
+        encoded.settle(report)
     }
 
     /// Whether the destination is reachable now (drives `/readyz`).
