@@ -251,12 +251,20 @@ impl Pool {
                         endpoint: endpoint.clone(),
                         reason: format!("{reason} (next attempt in {wait:.1?})"),
                     },
-                    Some(last) => ReadError::Connect {
-                        endpoint: ep.url.clone(),
-                        reason: format!(
-                            "in reconnect backoff for another {wait:.1?} after: {last}"
-                        ),
-                    },
+                    Some(last) => {
+                        // The last failure without its own "connect to <url>
+                        // failed" prefix: this error carries the endpoint.
+                        let cause = match last {
+                            ReadError::Connect { reason, .. } => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        ReadError::Connect {
+                            endpoint: ep.url.clone(),
+                            reason: format!(
+                                "in reconnect backoff for another {wait:.1?} after: {cause}"
+                            ),
+                        }
+                    }
                     None => ReadError::Connect {
                         endpoint: ep.url.clone(),
                         reason: format!("in reconnect backoff for another {wait:.1?}"),
