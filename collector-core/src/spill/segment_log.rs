@@ -554,11 +554,16 @@ fn recover(dir: &Path) -> Result<Inner, SpillError> {
             changed = true;
         }
     }
+    // Orphan ack files (a crash between a segment's two removals). A
+    // drained segment removed just above took its ack file with it.
     for id in acks {
         if !inner.segments.contains_key(&id) {
             let path = dir.join(segment::ack_name(id));
-            std::fs::remove_file(&path).map_err(|e| SpillError::io(&path, e))?;
-            changed = true;
+            match std::fs::remove_file(&path) {
+                Ok(()) => changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpillError::io(&path, e)),
+            }
         }
     }
     let active_ok = inner

@@ -202,3 +202,34 @@ fn append_many_shares_one_commit_and_keeps_order() {
         assert_eq!(got[19].payload, ps[19]);
     }
 }
+
+/// A drained active segment too small to be rolled keeps its ack file;
+/// recovery removes the segment with its acks and must not then fail on
+/// the ack file it already removed (seen once in the torture test).
+#[test]
+fn segment_log_reopens_after_a_small_active_segment_was_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), SpillBackend::SegmentLog);
+    let first = {
+        let s = open(&c).unwrap();
+        let id = s.append(b"tiny", 1).unwrap();
+        s.delete(&[id]).unwrap();
+        s.flush().unwrap();
+        let acks = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("ack".as_ref()))
+            .count();
+        assert_eq!(acks, 1, "the small active segment keeps its acks");
+        id
+    };
+    let s = open(&c).unwrap();
+    assert_eq!(s.stats().batches, 0);
+    assert!(s.oldest(10).unwrap().is_empty());
+    assert!(s.append(b"next", 1).unwrap() > first);
+    drop(s);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".ack")), "{names:?}");
+}
