@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{BatchAck, Context, Pending};
+use super::producer::PolledProducer;
 use crate::config::KafkaConfig;
 use crate::error::SinkError;
 use crate::metrics::names;
@@ -35,7 +36,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 /// The producer in use, and what is needed to make a new one.
 struct ProducerSlot {
-    current: RwLock<Arc<ThreadedProducer<Context>>>,
+    current: RwLock<Arc<PolledProducer>>,
     config: ClientConfig,
     up: Arc<AtomicU8>,
     /// Set by the delivery callback when the broker fenced the producer.
@@ -47,16 +48,18 @@ impl ProducerSlot {
         config: &ClientConfig,
         up: &Arc<AtomicU8>,
         fenced: &Arc<AtomicBool>,
-    ) -> Result<ThreadedProducer<Context>, SinkError> {
-        config
-            .create_with_context(Context {
+    ) -> Result<PolledProducer, SinkError> {
+        PolledProducer::create(
+            config,
+            Context {
                 up: up.clone(),
                 fenced: fenced.clone(),
-            })
-            .map_err(|e| SinkError::Config(redact(&e.to_string())))
+            },
+        )
+        .map_err(|e| SinkError::Config(redact(&e)))
     }
 
-    fn get(&self) -> Arc<ThreadedProducer<Context>> {
+    fn get(&self) -> Arc<PolledProducer> {
         match self.current.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -80,7 +83,8 @@ impl ProducerSlot {
                 };
                 metrics::counter!(names::KAFKA_PRODUCER_RENEWED).increment(1);
                 tracing::warn!(fatal = ?fatal.map(|f| f.1), "kafka producer fenced or failed; replaced it with a new one");
-                // Dropping a producer blocks until its queue is empty.
+                // Purging takes librdkafka's locks: off the executor. The
+                // old producer's poll thread serves the purged reports.
                 tokio::task::spawn_blocking(move || {
                     old.purge(PurgeConfig::default().queue().inflight());
                     drop(old);
