@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::commit::GroupCommit;
 use super::frame;
@@ -86,13 +86,37 @@ pub struct SledStore {
     commit: GroupCommit,
 }
 
+/// How long an open waits for a lock that a store of this process just
+/// closed: sled 0.34 does not join its flusher thread on drop, and that
+/// thread holds the directory's lock until it exits (spacejam/sled#1234).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn open_db(cfg: &SpillConfig) -> Result<sled::Db, SpillError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(&cfg.dir)
+            .cache_capacity(64 << 20)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports the failed try-lock as an `Other` I/O error with
+            // the OS error in its message.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(SpillError::Locked(cfg.dir.clone()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (and recovers) the sled database in `cfg.dir`.
     pub fn open(cfg: &SpillConfig) -> Result<Self, SpillError> {
-        let db = sled::Config::new()
-            .path(&cfg.dir)
-            .cache_capacity(64 << 20)
-            .open()?;
+        let db = open_db(cfg)?;
         let mut st = State {
             next_id: 1,
             ..State::default()
