@@ -223,6 +223,11 @@ async fn measure(
     (bootstrap, topic): (&str, &str),
 ) -> anyhow::Result<Window> {
     let pid = Pid::Other(col.pid());
+    // Read the topic from the start (from its beginning): a broker that
+    // trims old segments (the mock cluster does) must not drop records
+    // unread. Started after the fleet connected, the reader missed the
+    // first ~10 % of a 19,000-device run's records, trimmed by then.
+    let reader = verify::Reader::start(bootstrap, topic)?;
     col.wait_http_ok("/startupz", Duration::from_secs(120))?;
     // Wait for every session (at the configured connect rate, plus slack).
     let limit = Duration::from_secs(60)
@@ -258,9 +263,6 @@ async fn measure(
         "all {} sessions connected after {connect_s:.1} s; warm-up {:?}",
         args.devices, args.warmup
     ));
-    // Read the topic from now on (from its beginning): a broker that trims
-    // old segments (the mock cluster does) must not drop records unread.
-    let reader = verify::Reader::start(bootstrap, topic)?;
     tokio::time::sleep(args.warmup).await;
     col.ensure_running()?;
 

@@ -83,15 +83,23 @@ fn check_topic(
         .set("log_level", "3")
         .create()
         .context("creating the Kafka consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .context("fetching topic metadata")?;
+    // A topic that a real broker auto-creates appears with the collector's
+    // first records: wait for its partitions (until told what to expect).
     let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .context("assigning partitions")?;
+    loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .context("fetching topic metadata")?;
+        for t in md.topics().iter().filter(|t| t.error().is_none()) {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .context("assigning partitions")?;
+            }
         }
+        if tpl.count() > 0 || expected.load(Ordering::SeqCst) != u64::MAX {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     consumer.assign(&tpl).context("assigning partitions")?;
     let mut last = Instant::now();
