@@ -254,6 +254,10 @@ impl Collector {
         if let Err(e) = self.sink.flush(left.min(Duration::from_secs(5))).await {
             tracing::warn!(error = %e, "sink flush at shutdown");
         }
+        let sink = self.sink.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || sink.close()).await {
+            tracing::warn!(error = %e, "sink close task");
+        }
         if let Some(store) = self.spill.clone() {
             match tokio::task::spawn_blocking(move || store.flush()).await {
                 Ok(Ok(())) => {}

@@ -35,14 +35,16 @@ struct Outcome {
     open_after: u64,
 }
 
-/// Nice 10 for the calling thread (Linux priorities are per thread).
+/// Nice 10 for the calling thread (Linux priorities are per thread). Best
+/// effort: a test already running at a lower priority keeps it (raising it
+/// back would need privileges).
 fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on the calling thread, no pointers involved.
-    let rc = unsafe {
+    unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10)
-    };
-    assert_eq!(rc, 0, "setpriority: {}", std::io::Error::last_os_error());
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
 }
 
 async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outcome {

@@ -169,4 +169,10 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Waits (at most `timeout`) for anything still buffered in the sink.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError>;
+
+    /// Stops what the sink runs in the background (threads, connections)
+    /// after the pipeline's last flush, so that it ends before the process
+    /// does. Blocking: the pipeline calls it on the blocking pool. The
+    /// default does nothing.
+    fn close(&self) {}
 }

@@ -87,8 +87,10 @@ pub struct SledStore {
 }
 
 /// How long an open waits for a lock that a store of this process just
-/// closed: sled 0.34 does not join its flusher thread on drop, and that
-/// thread holds the directory's lock until it exits (spacejam/sled#1234).
+/// closed: sled 0.34 releases the directory's lock when the last holder of
+/// its lock file drops it, which can be a background job or an
+/// epoch-deferred drop finishing after the handle is gone
+/// (spacejam/sled#1234, #1289).
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn open_db(cfg: &SpillConfig) -> Result<sled::Db, SpillError> {
@@ -102,7 +104,10 @@ fn open_db(cfg: &SpillConfig) -> Result<sled::Db, SpillError> {
             Ok(db) => return Ok(db),
             // sled reports the failed try-lock as an `Other` I/O error with
             // the OS error in its message.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock") =>
+            {
                 if Instant::now() >= deadline {
                     return Err(SpillError::Locked(cfg.dir.clone()));
                 }

@@ -87,9 +87,15 @@ fn check_topic(
     // first records: wait for its partitions (until told what to expect).
     let mut tpl = TopicPartitionList::new();
     loop {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .context("fetching topic metadata")?;
+        let md = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(md) => md,
+            // A broker still starting: try again until told what to expect.
+            Err(_) if expected.load(Ordering::SeqCst) == u64::MAX => {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            Err(e) => return Err(e).context("fetching topic metadata"),
+        };
         for t in md.topics().iter().filter(|t| t.error().is_none()) {
             for p in t.partitions() {
                 tpl.add_partition_offset(topic, p.id(), Offset::Beginning)

@@ -4,15 +4,16 @@
 //! It replaces rdkafka's `ThreadedProducer`, whose thread polls with a
 //! 100 ms timeout. rdkafka rounds what is left of a poll's deadline down to
 //! whole milliseconds for librdkafka, so every poll ends in a busy loop of
-//! zero-timeout polls for up to a millisecond: measured at ~0.8 % of a core
-//! on an idle daemon, a tenth of the collector's CPU at the reference
-//! workload. A delivery report wakes a poll whatever its timeout, so a long
-//! one costs no latency; it only bounds how long the thread outlives the
-//! handle, and with it how rarely the spin happens.
+//! zero-timeout polls for up to a millisecond: measured at ~0.7 % of a core
+//! on an idle daemon (BENCHMARKS.md). Reports are served as they arrive
+//! whatever the timeout, so a long one costs no latency; it only sets how
+//! rarely the spin happens and how long [`PolledProducer::close`] waits for
+//! the thread.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -28,6 +29,7 @@ const POLL_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct PolledProducer {
     producer: Arc<BaseProducer<Context>>,
     stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl PolledProducer {
@@ -40,10 +42,10 @@ impl PolledProducer {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (producer.clone(), stop.clone());
-        // Not joined on drop: the thread ends after its current poll (at
-        // most POLL_WAIT) and drops the last reference to the producer,
-        // serving the reports of whatever is still in flight until then.
-        std::thread::Builder::new()
+        // Joined by `close`; not on drop, which must not block for up to
+        // POLL_WAIT: the thread then ends after its current poll and drops
+        // its reference to the producer.
+        let thread = std::thread::Builder::new()
             .name("kafka-poll".to_string())
             .spawn(move || {
                 while !s.load(Ordering::Acquire) {
@@ -51,7 +53,26 @@ impl PolledProducer {
                 }
             })
             .map_err(|e| format!("cannot start the kafka poll thread: {e}"))?;
-        Ok(PolledProducer { producer, stop })
+        Ok(PolledProducer {
+            producer,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the poll thread and waits for it (at most POLL_WAIT). Reports
+    /// after this are served only by `flush`.
+    pub(crate) fn close(&self) {
+        self.stop.store(true, Ordering::Release);
+        let thread = match self.thread.lock() {
+            Ok(mut t) => t.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::warn!("the kafka poll thread panicked");
+            }
+        }
     }
 }
 
@@ -112,8 +133,8 @@ mod tests {
         assert!(failed.is_empty(), "{error:?}");
     }
 
-    /// Each report wakes the poll thread at once: if reports waited for the
-    /// poll's timeout, 30 one-at-a-time sends would take ~15 s.
+    /// Reports are served as they arrive: had the thread waited between
+    /// polls, 30 one-at-a-time sends would take ~15 s.
     #[tokio::test]
     async fn delivery_reports_do_not_wait_for_the_poll_timeout() {
         let kafka = EmbeddedKafka::start(1, "t", 1).unwrap();
@@ -144,5 +165,22 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(weak.strong_count(), 0);
+    }
+
+    /// `close` returns once the thread has ended (within one poll).
+    #[tokio::test]
+    async fn close_joins_the_poll_thread() {
+        let kafka = EmbeddedKafka::start(1, "t", 1).unwrap();
+        let p = producer(&kafka);
+        send_one(&p, 0).await;
+        let start = Instant::now();
+        p.close();
+        assert!(start.elapsed() <= 3 * POLL_WAIT, "{:?}", start.elapsed());
+        assert_eq!(
+            Arc::strong_count(&p.producer),
+            1,
+            "the thread's reference is gone"
+        );
+        p.close(); // idempotent
     }
 }

@@ -274,6 +274,10 @@ impl Sink for KafkaSink {
         self.up.load(Ordering::Relaxed) == UP
     }
 
+    fn close(&self) {
+        self.slot.get().close();
+    }
+
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         let p = self.slot.get();
         tokio::task::spawn_blocking(move || p.flush(timeout))
