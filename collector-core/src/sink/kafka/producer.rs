@@ -25,7 +25,7 @@ use super::delivery::Context;
 const POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// A producer whose delivery reports are served by a background thread
-/// until the handle is dropped.
+/// until [`PolledProducer::close`] or the handle's drop.
 pub(crate) struct PolledProducer {
     producer: Arc<BaseProducer<Context>>,
     stop: Arc<AtomicBool>,
