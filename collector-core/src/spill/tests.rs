@@ -183,8 +183,9 @@ fn second_open_of_a_directory_is_refused() {
     }
 }
 
-/// sled releases its directory lock from a thread that outlives the
-/// handle; a reopen right after a close must wait for it, not fail.
+/// sled can release its directory lock a moment after the handle is
+/// dropped (a background job or deferred drop still holds the lock file);
+/// a reopen right after a close must wait for it, not fail.
 #[test]
 fn reopen_right_after_close() {
     for backend in BACKENDS {
