@@ -65,12 +65,8 @@ async fn flush(
     metrics::counter!(names::BATCHES_FLUSHED, "reason" => reason.label()).increment(1);
     metrics::histogram!(names::BATCH_RECORDS).record(records.len() as f64);
     metrics::histogram!(names::BATCH_BYTES).record(*bytes as f64);
-    let batch = Batch {
-        records,
-        estimated_bytes: std::mem::take(bytes),
-        reason,
-        flushed_at: std::time::Instant::now(),
-    };
+    *bytes = 0;
+    let batch = Batch { records, reason };
     out.send(batch).await.is_ok()
 }
 

@@ -3,7 +3,9 @@
 //! carry no device labels (cardinality); this is where a shard is debugged
 //! device by device.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -47,7 +49,14 @@ pub struct DeviceBoard {
 }
 
 impl DeviceBoard {
+    /// The entry of device `id`: the existing one when the device is
+    /// restarted (its history stays), else a new one.
     pub(crate) fn register(&self, id: Arc<str>, endpoint: &str) -> Arc<Mutex<DeviceStatus>> {
+        let mut all = self.devices.write();
+        if let Some(existing) = all.iter().find(|e| e.lock().id == id) {
+            existing.lock().endpoint = endpoint.to_string();
+            return existing.clone();
+        }
         let entry = Arc::new(Mutex::new(DeviceStatus {
             id,
             endpoint: endpoint.to_string(),
@@ -62,10 +71,13 @@ impl DeviceBoard {
             ticks_skipped_open: 0,
             lateness: LatencyHistogram::default(),
         }));
-        if let Ok(mut all) = self.devices.write() {
-            all.push(entry.clone());
-        }
+        all.push(entry.clone());
         entry
+    }
+
+    /// Forgets a device that was removed from the set.
+    pub(crate) fn remove(&self, id: &str) {
+        self.devices.write().retain(|e| &*e.lock().id != id);
     }
 
     /// A page of devices (in configuration order) matching `filter`,
@@ -76,14 +88,11 @@ impl DeviceBoard {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<DeviceStatus>) {
-        let all = match self.devices.read() {
-            Ok(a) => a,
-            Err(p) => p.into_inner(),
-        };
+        let all = self.devices.read();
         let mut total = 0;
         let mut page = Vec::new();
         for entry in all.iter() {
-            let Ok(s) = entry.lock() else { continue };
+            let s = entry.lock();
             if filter(&s) {
                 if total >= offset && page.len() < limit {
                     page.push(s.clone());

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::error::SinkError;
-use crate::metrics::{names, Stats};
+use crate::internal_events::delivery::{
+    DeliveryFailed, RecordsDelivered, RecordsLost, RecordsSpilled, RecordsUnencodable, SpillReason,
+};
+use crate::metrics::Stats;
 use crate::record::Record;
-use crate::sink::{Batch, DeliveryReport, Encoded, Sink};
+use crate::sink::{Batch, Encoded, Message, Sink};
 use crate::spill::{payload, SpillStore};
 
 /// Where batches go and what happens to failures.
@@ -49,96 +51,247 @@ pub(crate) async fn run_dispatcher(
 
 impl Dispatch {
     async fn handle(&self, batch: Batch) {
-        if self.spill.is_some() && !self.sink.is_accepting() {
-            let refs: Vec<&Record> = batch.records.iter().collect();
-            self.spill_records(&refs, "kafka_down").await;
-            return;
-        }
+        let total = batch.records.len();
         // Encoding a large batch takes milliseconds (2,000 records of 50
         // samples: ~30 ms): on the blocking pool, not on the executor
-        // threads whose delay would show as schedule lateness.
+        // threads whose delay would show as schedule lateness. Each record
+        // is encoded once; what fails delivery is spilled from these bytes.
         let batch = Arc::new(batch);
         let (sink, shared) = (self.sink.clone(), batch.clone());
-        let report = match tokio::task::spawn_blocking(move || Encoded::new(&*sink, &shared)).await
+        let encoded = match tokio::task::spawn_blocking(move || Encoded::new(&*sink, &shared)).await
         {
-            Ok(encoded) => {
-                let report = self.sink.deliver_messages(&encoded.messages).await;
-                encoded.settle(report)
+            Ok(encoded) => encoded,
+            Err(e) => {
+                RecordsUnencodable {
+                    stats: &self.stats,
+                    count: total,
+                }
+                .emit();
+                self.lost(
+                    total,
+                    batch.records.first(),
+                    &format!("encoding task failed: {e}"),
+                );
+                return;
             }
-            Err(e) => DeliveryReport {
-                failed: (0..batch.records.len()).collect(),
-                error: Some(SinkError::Delivery(format!("encoding task failed: {e}"))),
-            },
         };
+        let Encoded {
+            messages,
+            index,
+            failed: unencodable,
+            error: encode_error,
+        } = encoded;
+        if !unencodable.is_empty() {
+            // Never deliverable, so not worth spilling: counted and logged.
+            RecordsUnencodable {
+                stats: &self.stats,
+                count: unencodable.len(),
+            }
+            .emit();
+            let first = unencodable.first().and_then(|&i| batch.records.get(i));
+            let why = encode_error.map(|e| e.to_string()).unwrap_or_default();
+            self.lost(unencodable.len(), first, &why);
+        }
+        if self.spill.is_some() && !self.sink.reachability().accepts() {
+            let first = index.first().and_then(|&i| batch.records.get(i));
+            self.spill_messages(messages, first, SpillReason::SinkDown)
+                .await;
+            return;
+        }
+        let report = self.sink.deliver_messages(&messages).await;
         let failed = report.failed.len();
-        Stats::add(
-            &self.stats.records_delivered,
-            (batch.records.len() - failed) as u64,
-        );
+        RecordsDelivered {
+            stats: &self.stats,
+            count: messages.len() - failed,
+        }
+        .emit();
         if failed == 0 {
             return;
         }
-        Stats::add(&self.stats.records_failed, failed as u64);
-        let records: Vec<&Record> = report
+        DeliveryFailed {
+            stats: &self.stats,
+            count: failed,
+            error: report.error.as_ref().map(|e| e.to_string()),
+            flushed_by: batch.reason.label(),
+        }
+        .emit();
+        let first = report
             .failed
-            .iter()
-            .filter_map(|&i| batch.records.get(i))
-            .collect();
-        tracing::warn!(
-            records = failed,
-            error = report.error.as_ref().map(|e| e.to_string()),
-            "delivery failed; spilling"
-        );
-        self.spill_records(&records, "delivery_failed").await;
+            .first()
+            .and_then(|&j| index.get(j))
+            .and_then(|&i| batch.records.get(i));
+        let mut failed_messages = Vec::with_capacity(failed);
+        let mut wanted = report.failed.iter().peekable();
+        for (j, m) in messages.into_iter().enumerate() {
+            if wanted.peek() == Some(&&j) {
+                wanted.next();
+                failed_messages.push(m);
+            }
+        }
+        self.spill_messages(failed_messages, first, SpillReason::DeliveryFailed)
+            .await;
     }
 
-    /// Writes records to the spill (durably); counts them as undelivered
-    /// if there is no spill or it fails.
-    async fn spill_records(&self, records: &[&Record], reason: &'static str) {
-        if records.is_empty() {
+    /// Writes encoded records to the spill (durably, framed on the blocking
+    /// pool); counts them as undelivered if there is no spill or it fails.
+    /// `first` is the first one's record, for the loss log.
+    async fn spill_messages(
+        &self,
+        messages: Vec<Message>,
+        first: Option<&Record>,
+        reason: SpillReason,
+    ) {
+        let n = messages.len();
+        if n == 0 {
             return;
         }
         let Some(store) = self.spill.clone() else {
-            self.undelivered(records, "no spill configured");
+            self.lost(n, first, "no spill configured");
             return;
         };
-        let mut messages = Vec::with_capacity(records.len());
-        for r in records {
-            match self.sink.encode(r) {
-                Ok(m) => messages.push(m),
-                Err(e) => self.undelivered(&[*r], &e.to_string()),
-            }
-        }
-        let mut buf = Vec::with_capacity(
-            messages
-                .iter()
-                .map(|m| m.payload.len() + m.key.len() + 16)
-                .sum(),
-        );
-        payload::encode(&messages, &mut buf);
-        let n = messages.len();
-        let appended = tokio::task::spawn_blocking(move || store.append(&buf, n as u32)).await;
+        let appended = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(
+                messages
+                    .iter()
+                    .map(|m| m.payload.len() + m.key.len() + 16)
+                    .sum(),
+            );
+            payload::encode(&messages, &mut buf);
+            store.append(&buf, n as u32)
+        })
+        .await;
         match appended {
-            Ok(Ok(id)) => {
-                Stats::add(&self.stats.records_spilled, n as u64);
-                metrics::counter!(names::RECORDS_SPILLED, "reason" => reason).increment(n as u64);
-                tracing::debug!(records = n, spill_id = %id, reason, "records spilled");
+            Ok(Ok(spill_id)) => RecordsSpilled {
+                stats: &self.stats,
+                count: n,
+                reason,
+                spill_id,
             }
-            Ok(Err(e)) => self.undelivered(records, &format!("spill append failed: {e}")),
-            Err(e) => self.undelivered(records, &format!("spill task failed: {e}")),
+            .emit(),
+            Ok(Err(e)) => self.lost(n, first, &format!("spill append failed: {e}")),
+            Err(e) => self.lost(n, first, &format!("spill task failed: {e}")),
         }
     }
 
-    fn undelivered(&self, records: &[&Record], why: &str) {
-        Stats::add(&self.stats.records_undelivered, records.len() as u64);
-        metrics::counter!(names::RECORDS_UNDELIVERED).increment(records.len() as u64);
-        let first = records.first();
-        tracing::error!(
-            records = records.len(),
-            first_device = first.map(|r| &*r.device_id),
-            first_seq = first.map(|r| r.seq),
+    fn lost(&self, count: usize, first: Option<&Record>, why: &str) {
+        RecordsLost {
+            stats: &self.stats,
+            count,
+            first,
             why,
-            "records lost: neither delivered nor spilled"
-        );
+        }
+        .emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::error::SinkError;
+    use crate::sink::{DeliveryReport, FlushReason, Reachability};
+    use crate::spill::SpillConfig;
+
+    /// A sink that counts encodings and fails every delivery, as a broker
+    /// that times out would; optionally reports itself down.
+    struct FailingSink {
+        encodes: AtomicUsize,
+        down: bool,
+    }
+
+    #[async_trait]
+    impl Sink for FailingSink {
+        fn encode(&self, record: &Record) -> Result<Message, SinkError> {
+            self.encodes.fetch_add(1, Ordering::SeqCst);
+            let mut payload = Vec::new();
+            record
+                .encode_json("t", &mut payload)
+                .map_err(|e| SinkError::Delivery(e.to_string()))?;
+            Ok(Message {
+                key: record.device_id.to_string(),
+                payload,
+                read_time_us: 0,
+            })
+        }
+
+        async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
+            DeliveryReport {
+                failed: (0..messages.len()).collect(),
+                error: Some(SinkError::Delivery("Local: Message timed out".into())),
+            }
+        }
+
+        fn reachability(&self) -> Reachability {
+            if self.down {
+                Reachability::Down
+            } else {
+                Reachability::Up
+            }
+        }
+
+        async fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn batch(n: u64) -> Batch {
+        Batch {
+            records: (0..n)
+                .map(|seq| Record {
+                    device_id: Arc::from("dev-1"),
+                    seq,
+                    read_time: chrono::Utc::now(),
+                    samples: Vec::new(),
+                })
+                .collect(),
+            reason: FlushReason::Count,
+        }
+    }
+
+    async fn dispatch_one(
+        down: bool,
+    ) -> (usize, Arc<Stats>, Arc<dyn SpillStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SpillStore> =
+            Arc::from(crate::spill::open(&SpillConfig::new(dir.path())).unwrap());
+        let sink = Arc::new(FailingSink {
+            encodes: AtomicUsize::new(0),
+            down,
+        });
+        let stats = Arc::new(Stats::default());
+        let d = Dispatch {
+            sink: sink.clone(),
+            spill: Some(store.clone()),
+            stats: stats.clone(),
+        };
+        d.handle(batch(5)).await;
+        (sink.encodes.load(Ordering::SeqCst), stats, store, dir)
+    }
+
+    /// A failed delivery spills the bytes of the first encoding: each
+    /// record is encoded once, and every one is in the spill.
+    #[tokio::test]
+    async fn failed_records_are_spilled_without_encoding_them_again() {
+        let (encodes, stats, store, _dir) = dispatch_one(false).await;
+        assert_eq!(encodes, 5, "each record encoded exactly once");
+        let s = stats.snapshot();
+        assert_eq!((s.records_failed, s.records_spilled), (5, 5));
+        assert_eq!(s.records_undelivered, 0);
+        let spilled = store.oldest(10).unwrap();
+        assert_eq!(spilled.iter().map(|b| b.records as u64).sum::<u64>(), 5);
+    }
+
+    /// While the sink is down, batches go straight to the spill, encoded
+    /// once, off the executor.
+    #[tokio::test]
+    async fn batches_for_a_down_sink_are_spilled_encoded_once() {
+        let (encodes, stats, _store, _dir) = dispatch_one(true).await;
+        assert_eq!(encodes, 5);
+        let s = stats.snapshot();
+        assert_eq!((s.records_failed, s.records_spilled), (0, 5));
     }
 }

@@ -8,57 +8,69 @@
 //! reroute a pod that loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::sink::Sink;
+use crate::sink::{Reachability, Sink};
 
-/// A cheap, cloneable view of the collector's health.
-#[derive(Clone)]
+/// A cheap, cloneable view of the collector's health. It exists before the
+/// collector is built ([`CollectorBuilder::health`](crate::CollectorBuilder::health)),
+/// so an HTTP server can answer `/healthz` during a long spill recovery.
+#[derive(Clone, Default)]
 pub struct Health {
-    started: Arc<AtomicBool>,
-    stopping: Arc<AtomicBool>,
-    sink: Arc<dyn Sink>,
-    spill: bool,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    started: AtomicBool,
+    stopping: AtomicBool,
+    /// The sink and whether a spill backs it, once the collector is built.
+    attached: OnceLock<(Arc<dyn Sink>, bool)>,
 }
 
 impl Health {
-    pub(crate) fn new(sink: Arc<dyn Sink>, spill: bool) -> Self {
-        Self {
-            started: Arc::new(AtomicBool::new(false)),
-            stopping: Arc::new(AtomicBool::new(false)),
-            sink,
-            spill,
-        }
+    /// Latches with nothing started and no sink yet (not ready).
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called once by `build`, when the sink and the spill exist.
+    pub(crate) fn attach(&self, sink: Arc<dyn Sink>, spill: bool) {
+        let _ = self.inner.attached.set((sink, spill));
     }
 
     /// Device list loaded and schedules started.
     pub fn is_started(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
+        self.inner.started.load(Ordering::Relaxed)
     }
 
     /// Started, not shutting down, and the sink is reachable or the spill
     /// takes what it cannot.
     pub fn is_ready(&self) -> bool {
         self.is_started()
-            && !self.stopping.load(Ordering::Relaxed)
-            && (self.spill || self.sink.is_healthy())
+            && !self.inner.stopping.load(Ordering::Relaxed)
+            && (self.has_spill() || self.sink_reachability().is_up())
     }
 
     /// Whether a spill is configured.
     pub fn has_spill(&self) -> bool {
-        self.spill
+        self.inner.attached.get().is_some_and(|(_, spill)| *spill)
     }
 
-    /// Whether the sink reports itself healthy (for `/readyz` detail).
-    pub fn sink_healthy(&self) -> bool {
-        self.sink.is_healthy()
+    /// The sink's reachability (for `/readyz` detail); `Unknown` before
+    /// the collector is built.
+    pub fn sink_reachability(&self) -> Reachability {
+        self.inner
+            .attached
+            .get()
+            .map_or(Reachability::Unknown, |(sink, _)| sink.reachability())
     }
 
     pub(crate) fn set_started(&self) {
-        self.started.store(true, Ordering::Relaxed);
+        self.inner.started.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.inner.stopping.store(true, Ordering::Relaxed);
     }
 }

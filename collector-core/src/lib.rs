@@ -50,11 +50,13 @@ pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod sink;
+pub mod source;
 pub mod spill;
-pub mod testing;
 
 pub(crate) mod batcher;
 pub(crate) mod dispatcher;
+pub(crate) mod internal_events;
+pub(crate) mod reconcile;
 pub(crate) mod replay;
 pub(crate) mod scheduler;
 pub(crate) mod seq;

@@ -4,10 +4,11 @@
 //!
 //! Shutdown (SIGTERM) within `collector.shutdown_grace`: stop scheduling;
 //! let in-flight reads finish; flush the batcher; wait for every batch to
-//! be acknowledged or spilled. If 60 % of the grace passes first, pending
-//! Kafka deliveries are aborted so they resolve as failed and are spilled.
-//! Then the replay stops, the producer and the spill are flushed, and
-//! sessions are closed.
+//! be acknowledged or spilled. If [`ABORT_PENDING_AT`] of the grace passes
+//! first, pending deliveries are aborted so they resolve as failed and are
+//! spilled; the drain gives up at [`DRAIN_UNTIL`]. The rest of the grace
+//! stops the replay, flushes the producer and the spill and closes
+//! sessions; nothing waits past the deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,79 +24,142 @@ use crate::device_status::DeviceBoard;
 use crate::dispatcher::{run_dispatcher, Dispatch};
 use crate::error::CollectorError;
 use crate::health::Health;
-use crate::metrics::{names, Stats, StatsSnapshot};
+use crate::metrics::{Stats, StatsSnapshot};
 use crate::protocol::Protocol;
+use crate::reconcile::Reconciler;
 use crate::replay::run_replay;
-use crate::scheduler::{run_device, ScheduleContext};
+use crate::scheduler::ScheduleContext;
 use crate::seq::SeqBase;
+#[cfg(feature = "kafka")]
 use crate::sink::kafka::KafkaSink;
 use crate::sink::Sink;
+use crate::source::{DeviceSource, StaticSource};
 use crate::spill::{self, SpillStore};
 use crate::worker::WorkerPool;
+
+/// Fraction of `collector.shutdown_grace` after which deliveries still
+/// waiting for the sink are aborted, so they fail now and are spilled
+/// while there is time to write them.
+pub const ABORT_PENDING_AT: f64 = 0.6;
+/// Fraction of the grace after which the drain gives up; what is still in
+/// flight then is counted and reported as lost. The rest of the grace is
+/// for stopping the replay, flushing and closing sessions.
+pub const DRAIN_UNTIL: f64 = 0.9;
+/// The longest a flush of the sink at shutdown may take, whatever is left
+/// of the grace.
+const MAX_SINK_FLUSH: Duration = Duration::from_secs(5);
 
 /// Builds a [`Collector`].
 pub struct CollectorBuilder {
     config: CollectorConfig,
     protocol: Option<Arc<dyn Protocol>>,
     sink: Option<Arc<dyn Sink>>,
+    source: Option<Box<dyn DeviceSource>>,
+    health: Health,
+    board: DeviceBoard,
 }
 
 impl CollectorBuilder {
+    /// Where the device set comes from, and how it changes while the
+    /// collector runs; default: the configuration's `devices`, fixed.
+    pub fn source(mut self, source: impl DeviceSource) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
     /// The protocol adapter that reads devices (required).
     pub fn protocol(mut self, protocol: Arc<dyn Protocol>) -> Self {
         self.protocol = Some(protocol);
         self
     }
 
-    /// A custom sink; default: a [`KafkaSink`] built from `config.kafka`.
+    /// A custom sink; default: the Kafka sink built from `config.kafka`
+    /// (cargo feature `kafka`, on by default; without it a sink is required).
     pub fn sink(mut self, sink: Arc<dyn Sink>) -> Self {
         self.sink = Some(sink);
         self
     }
 
+    /// The health latches the collector will drive, available before
+    /// [`build`](Self::build) so that `/healthz` and `/startupz` can be
+    /// served while the spill is recovered (not ready, not started).
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The per-device view the collector will fill (for `/devices`),
+    /// available before [`build`](Self::build) like [`health`](Self::health).
+    pub fn devices(&self) -> DeviceBoard {
+        self.board.clone()
+    }
+
     /// Validates the configuration, creates the sink and opens the spill
-    /// (recovering what a previous run left there). Does not contact
-    /// devices; the Kafka producer connects in the background. Call from
-    /// within a tokio runtime.
-    pub fn build(self) -> Result<Collector, CollectorError> {
+    /// (recovering what a previous run left there: file reads and fsyncs,
+    /// done on the blocking pool). Does not contact devices; the Kafka
+    /// producer connects in the background.
+    pub async fn build(self) -> Result<Collector, CollectorError> {
         self.config.validate()?;
         let protocol = self.protocol.ok_or_else(|| {
             CollectorError::Startup("no protocol adapter given (CollectorBuilder::protocol)".into())
         })?;
         let stop = CancellationToken::new();
+        #[allow(unused_mut)] // only the Kafka sink has a probe
         let mut probe = None;
         let sink: Arc<dyn Sink> = match self.sink {
             Some(s) => s,
+            #[cfg(feature = "kafka")]
             None => {
                 let kafka = KafkaSink::new(&self.config.kafka, &self.config.collector_id())?;
                 probe = Some(kafka.spawn_probe(stop.child_token()));
                 Arc::new(kafka)
             }
-        };
-        let spill: Option<Arc<dyn SpillStore>> = match self.config.spill_config() {
-            Some(cfg) => {
-                let store = spill::open(&cfg).map_err(|e| {
-                    CollectorError::Startup(format!(
-                        "opening the spill in {}: {e}",
-                        cfg.dir.display()
-                    ))
-                })?;
-                Some(Arc::from(store))
-            }
+            #[cfg(not(feature = "kafka"))]
             None => {
-                tracing::warn!("no collector.state_dir or spill.dir: records Kafka cannot take will be lost (counted)");
-                None
+                return Err(CollectorError::Startup(
+                    "no sink given (CollectorBuilder::sink) and collector-core was built without its `kafka` feature".into(),
+                ))
             }
         };
-        let seq = SeqBase::reserve(self.config.collector.state_dir.as_deref())?;
+        // From here on `stop` ends the probe if this function fails.
+        let stop_probe_on_error = stop.clone().drop_guard();
+        let spill_cfg = self.config.spill_config();
+        let state_dir = self.config.collector.state_dir.clone();
+        let (spill, seq) = tokio::task::spawn_blocking(move || {
+            let spill = match spill_cfg {
+                Some(cfg) => {
+                    let store = spill::open(&cfg).map_err(|e| {
+                        CollectorError::Startup(format!(
+                            "opening the spill in {}: {e}",
+                            cfg.dir.display()
+                        ))
+                    })?;
+                    Some(Arc::<dyn SpillStore>::from(store))
+                }
+                None => None,
+            };
+            let seq = SeqBase::reserve(state_dir.as_deref())?;
+            Ok::<_, CollectorError>((spill, seq))
+        })
+        .await
+        .map_err(|e| CollectorError::Startup(format!("opening the state dir: {e}")))??;
+        if spill.is_none() {
+            tracing::warn!("no collector.state_dir or spill.dir: records Kafka cannot take will be lost (counted)");
+        }
+        stop_probe_on_error.disarm();
+        self.health.attach(sink.clone(), spill.is_some());
+        let source = match self.source {
+            Some(s) => s,
+            None => Box::new(StaticSource::new(self.config.devices.clone())),
+        };
         Ok(Collector {
-            health: Health::new(sink.clone(), spill.is_some()),
+            source: Some(source),
+            health: self.health,
             config: self.config,
             protocol,
             sink,
             spill,
             stats: Arc::new(Stats::default()),
-            board: DeviceBoard::default(),
+            board: self.board,
             seq,
             stop,
             _probe: probe,
@@ -108,6 +172,7 @@ pub struct Collector {
     config: CollectorConfig,
     protocol: Arc<dyn Protocol>,
     sink: Arc<dyn Sink>,
+    source: Option<Box<dyn DeviceSource>>,
     spill: Option<Arc<dyn SpillStore>>,
     stats: Arc<Stats>,
     board: DeviceBoard,
@@ -117,6 +182,14 @@ pub struct Collector {
     _probe: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Drop for Collector {
+    /// A collector dropped without running (or after) stops what `build`
+    /// started in the background: the sink's reachability probe.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 impl Collector {
     /// Starts building a collector from a validated configuration.
     pub fn builder(config: CollectorConfig) -> CollectorBuilder {
@@ -124,6 +197,9 @@ impl Collector {
             config,
             protocol: None,
             sink: None,
+            source: None,
+            health: Health::new(),
+            board: DeviceBoard::default(),
         }
     }
 
@@ -155,7 +231,7 @@ impl Collector {
     /// Runs until `shutdown` resolves, then drains within the shutdown
     /// grace (see the module docs). Returns the final counters.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<StatsSnapshot, CollectorError> {
         let cfg = &self.config;
@@ -188,27 +264,32 @@ impl Collector {
             breaker: cfg.breaker.clone(),
             epoch: tokio::time::Instant::now(),
             seq_base: self.seq.0,
-            stop: schedules_stop.clone(),
         });
         let tracker = TaskTracker::new();
-        let mut attached = 0u64;
-        for device in &cfg.devices {
-            match self.protocol.attach(device) {
-                Ok(reader) => {
-                    tracker.spawn(run_device(device.clone(), reader, ctx.clone()));
-                    attached += 1;
-                }
-                Err(e) => {
-                    tracing::error!(device = %device.id, error = %e, "device rejected by the protocol adapter; not scheduled")
-                }
-            }
-        }
-        drop(ctx);
+        let mut reconciler = Reconciler::new(
+            self.protocol.clone(),
+            ctx,
+            tracker.clone(),
+            schedules_stop.clone(),
+        );
+        let mut source = self
+            .source
+            .take()
+            .unwrap_or_else(|| Box::new(StaticSource::default()));
+        let initial = source.initial().await;
+        let applied = reconciler.apply(initial);
+        let attached = reconciler.len();
+        // The reconciler holds the record queue's sender: the batcher ends
+        // once it and every device schedule have stopped.
+        tracker.spawn(reconciler.follow(source));
         tracker.close();
-        Stats::add(&self.stats.devices, attached);
-        metrics::gauge!(names::DEVICES).set(attached as f64);
         self.health.set_started();
-        tracing::info!(devices = attached, collector_id = %cfg.collector_id(), "collector started");
+        tracing::info!(
+            devices = attached,
+            rejected = applied.rejected,
+            collector_id = %cfg.collector_id(),
+            "collector started"
+        );
 
         shutdown.await;
         let grace = cfg.collector.shutdown_grace;
@@ -226,16 +307,23 @@ impl Collector {
             let _ = dispatcher.await;
         };
         tokio::pin!(drain);
-        if tokio::time::timeout(grace.mul_f64(0.6), &mut drain)
+        if tokio::time::timeout(grace.mul_f64(ABORT_PENDING_AT), &mut drain)
             .await
             .is_err()
         {
-            tracing::warn!("deliveries still pending at 60% of the shutdown grace; aborting them so they are spilled");
-            self.sink.abort_pending();
-            if tokio::time::timeout_at(deadline - grace.mul_f64(0.1), &mut drain)
-                .await
-                .is_err()
-            {
+            tracing::warn!(
+                at = ABORT_PENDING_AT,
+                "deliveries still pending late in the shutdown grace; aborting them so they are spilled"
+            );
+            // Purging takes the sink's client locks: off the executor, whose
+            // threads are still finishing reads and spills.
+            let sink = self.sink.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || sink.abort_pending()).await {
+                tracing::error!(error = %e, "aborting pending deliveries");
+            }
+            let give_up =
+                tokio::time::Instant::now().max(deadline - grace.mul_f64(1.0 - DRAIN_UNTIL));
+            if tokio::time::timeout_at(give_up, &mut drain).await.is_err() {
                 let s = self.stats.snapshot();
                 tracing::error!(
                     ?grace,
@@ -251,7 +339,7 @@ impl Collector {
             let _ = tokio::time::timeout_at(deadline, replay).await;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Err(e) = self.sink.flush(left.min(Duration::from_secs(5))).await {
+        if let Err(e) = self.sink.flush(left.min(MAX_SINK_FLUSH)).await {
             tracing::warn!(error = %e, "sink flush at shutdown");
         }
         let sink = self.sink.clone();
@@ -265,7 +353,17 @@ impl Collector {
                 Err(e) => tracing::error!(error = %e, "spill flush task"),
             }
         }
-        self.protocol.shutdown().await;
+        // Sessions are closed within what is left of the grace; a server that
+        // does not answer in time expires them with its session timeout.
+        if tokio::time::timeout_at(deadline, self.protocol.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "sessions not all closed within the shutdown grace; their servers will expire them"
+            );
+        }
         self.stop.cancel();
         let s = self.stats.snapshot();
         tracing::info!(

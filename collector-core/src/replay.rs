@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use governor::{Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{names, Stats};
+use crate::internal_events::delivery::{BatchReplayed, RecordsLost, ReplayFailed};
+use crate::metrics::Stats;
 use crate::sink::Sink;
 use crate::spill::{self, payload, SpillStore};
 
@@ -49,7 +50,7 @@ pub(crate) async fn run_replay(
                 Ok(Ok(_)) => {}
             }
         }
-        let pause = if !sink.is_healthy() {
+        let pause = if !sink.reachability().is_up() {
             Some(IDLE)
         } else {
             replay_some(&store, &sink, &limiter, &stats, &stop).await
@@ -96,27 +97,33 @@ async fn replay_some(
             Err(e) => {
                 // Passed the store's checksum yet does not decode: a bug, not
                 // bit rot. Keeping it would block the replay forever.
-                tracing::error!(spill_id = %batch.id, records = batch.records, error = %e, "undecodable spilled batch dropped");
-                Stats::add(&stats.records_undelivered, u64::from(batch.records));
-                metrics::counter!(names::RECORDS_UNDELIVERED).increment(u64::from(batch.records));
+                RecordsLost {
+                    stats,
+                    count: batch.records as usize,
+                    first: None,
+                    why: &format!("spilled batch {} does not decode: {e}", batch.id),
+                }
+                .emit();
                 delete(store, batch.id).await;
                 continue;
             }
         };
         let report = sink.deliver_messages(&messages).await;
         if !report.failed.is_empty() {
-            tracing::warn!(
-                spill_id = %batch.id,
-                failed = report.failed.len(),
-                error = report.error.map(|e| e.to_string()),
-                "replay delivery failed; will retry"
-            );
+            ReplayFailed {
+                spill_id: batch.id,
+                failed: report.failed.len(),
+                error: report.error.map(|e| e.to_string()),
+            }
+            .emit();
             return Some(RETRY_AFTER);
         }
         delete(store, batch.id).await;
-        Stats::add(&stats.records_replayed, messages.len() as u64);
-        metrics::counter!(names::RECORDS_REPLAYED).increment(messages.len() as u64);
-        metrics::counter!(spill::names::BATCHES_REPLAYED).increment(1);
+        BatchReplayed {
+            stats,
+            count: messages.len(),
+        }
+        .emit();
     }
     None
 }

@@ -4,10 +4,10 @@
 //! its interval makes the schedule skip (and count) the ticks it missed;
 //! work is never queued up behind a slow device.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::config::{BreakerConfig, Device};
 use crate::device_status::DeviceBoard;
+use crate::internal_events::schedule::{
+    AfterRead, BreakerTransitioned, DeviceTelemetry, ReadFailed, ReadSucceeded, TickFired,
+    TickSkipped,
+};
 use crate::metrics::{names, Stats};
 use crate::protocol::DeviceReader;
-use crate::record::{Quality, Record};
+use crate::record::Record;
 use crate::worker::WorkerPool;
 
 /// The offset of a device's first tick within its interval: a stable hash
@@ -31,6 +35,22 @@ pub(crate) fn phase_offset(device_id: &str, interval: Duration) -> Duration {
     }
     let nanos = interval.as_nanos().max(1);
     Duration::from_nanos((u128::from(h) % nanos) as u64)
+}
+
+/// A device's first deadline: the first point of its grid (`epoch` + its
+/// phase + whole intervals) that is not before `now`. A device added to a
+/// running pipeline starts on its own phase, not all at once.
+pub(crate) fn first_deadline(
+    epoch: Instant,
+    phase: Duration,
+    interval: Duration,
+    now: Instant,
+) -> Instant {
+    let start = epoch + phase;
+    if start >= now {
+        return start;
+    }
+    next_deadline(start, interval, now).0
 }
 
 /// The next deadline after `deadline` that is not in the past, and how many
@@ -56,101 +76,57 @@ pub(crate) struct ScheduleContext {
     pub(crate) board: DeviceBoard,
     pub(crate) breaker: BreakerConfig,
     pub(crate) epoch: Instant,
+    /// Where a device's first `seq` starts in this run.
     pub(crate) seq_base: u64,
-    pub(crate) stop: CancellationToken,
 }
 
-/// Metric handles registered once per device (hot path: no lookups).
-struct DeviceMetrics {
-    ok: Counter,
-    ticks: Counter,
-    skipped: Counter,
-    skipped_open: Counter,
-    lateness: Histogram,
-    duration: Histogram,
-    good: Counter,
-    uncertain: Counter,
-    bad: Counter,
-}
-
-impl DeviceMetrics {
-    fn new() -> Self {
-        Self {
-            ok: metrics::counter!(names::READS, "result" => "ok"),
-            ticks: metrics::counter!(names::TICKS),
-            skipped: metrics::counter!(names::TICKS_SKIPPED, "reason" => "overrun"),
-            skipped_open: metrics::counter!(names::TICKS_SKIPPED, "reason" => "breaker_open"),
-            lateness: metrics::histogram!(names::SCHEDULE_LATENESS),
-            duration: metrics::histogram!(names::READ_DURATION),
-            good: metrics::counter!(names::SAMPLES, "quality" => "good"),
-            uncertain: metrics::counter!(names::SAMPLES, "quality" => "uncertain"),
-            bad: metrics::counter!(names::SAMPLES, "quality" => "bad"),
-        }
-    }
-}
-
-/// Moves the breaker gauges and logs a transition.
-fn breaker_transition(device: &str, from: BreakerState, to: BreakerState, failures: u32) {
-    if from == to {
-        return;
-    }
-    metrics::gauge!(names::BREAKERS, "state" => from.label()).decrement(1.0);
-    metrics::gauge!(names::BREAKERS, "state" => to.label()).increment(1.0);
-    metrics::counter!(names::BREAKER_TRANSITIONS, "to" => to.label()).increment(1);
-    match to {
-        BreakerState::Open => tracing::warn!(
-            device,
-            consecutive_failures = failures,
-            "circuit breaker opened"
-        ),
-        BreakerState::HalfOpen => tracing::debug!(device, "circuit breaker half-open: probing"),
-        BreakerState::Closed => {
-            tracing::info!(device, "circuit breaker closed: device reads again")
-        }
-    }
-}
-
-/// Runs one device's schedule until `ctx.stop`; an in-flight read is
-/// finished (and its record queued) before returning.
+/// Runs one device's schedule until `stop`; an in-flight read is
+/// finished (and its record queued) before returning. Records take their
+/// `seq` from `seq`, which outlives this schedule (see `reconcile`).
 pub(crate) async fn run_device(
     device: Device,
     mut reader: Box<dyn DeviceReader>,
     ctx: Arc<ScheduleContext>,
+    seq: Arc<AtomicU64>,
+    stop: CancellationToken,
 ) {
-    let m = DeviceMetrics::new();
     let status = ctx.board.register(device.id.clone(), &device.endpoint);
+    let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status);
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let interval = device.interval;
-    let mut deadline = ctx.epoch + phase_offset(&device.id, interval);
-    let mut seq = ctx.seq_base;
+    let mut deadline = first_deadline(
+        ctx.epoch,
+        phase_offset(&device.id, interval),
+        interval,
+        Instant::now(),
+    );
+    let transition = |from: BreakerState, breaker: &Breaker| {
+        BreakerTransitioned {
+            device: &device.id,
+            from,
+            to: breaker.state(),
+            consecutive_failures: breaker.consecutive_failures(),
+        }
+        .emit()
+    };
     loop {
         tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => {}
         }
         let before = breaker.state();
         if breaker.admit(Instant::now()) == Admit::Skip {
-            m.skipped_open.increment(1);
-            Stats::add(&ctx.stats.ticks_breaker_open, 1);
-            if let Ok(mut st) = status.lock() {
-                st.ticks_skipped_open += 1;
-            }
+            TickSkipped::BreakerOpen { device: &t }.emit();
             deadline = next_deadline(deadline, interval, Instant::now()).0;
             continue;
         }
-        breaker_transition(
-            &device.id,
-            before,
-            breaker.state(),
-            breaker.consecutive_failures(),
-        );
-        m.ticks.increment(1);
-        Stats::add(&ctx.stats.ticks, 1);
+        transition(before, &breaker);
+        TickFired { device: &t }.emit();
         let permit = tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
             p = async {
                 reader.prepare().await;
                 ctx.pool.acquire().await
@@ -159,63 +135,50 @@ pub(crate) async fn run_device(
         let Some(permit) = permit else { break };
         let started = Instant::now();
         let lateness = started.duration_since(deadline).as_secs_f64();
-        m.lateness.record(lateness);
         let read_time = chrono::Utc::now();
         let result = reader.read().await;
         drop(permit);
-        m.duration.record(started.elapsed().as_secs_f64());
+        let duration = started.elapsed().as_secs_f64();
         let before = breaker.state();
-        let outcome = match result {
+        match &result {
+            Ok(_) => breaker.success(),
+            Err(_) => breaker.failure(Instant::now()),
+        };
+        let after = AfterRead {
+            breaker: breaker.state(),
+            consecutive_failures: breaker.consecutive_failures(),
+            session: reader.session_state(),
+            lateness,
+            duration,
+        };
+        let record = match result {
             Ok(samples) => {
-                m.ok.increment(1);
-                Stats::add(&ctx.stats.reads_ok, 1);
-                Stats::add(&ctx.stats.samples, samples.len() as u64);
-                count_quality(&m, &samples);
-                breaker.success();
-                Ok(Record {
+                ReadSucceeded {
+                    device: &t,
+                    samples: &samples,
+                    read_time,
+                    after,
+                }
+                .emit();
+                Some(Record {
                     device_id: device.id.clone(),
-                    seq,
+                    seq: crate::reconcile::next_seq(&seq),
                     read_time,
                     samples,
                 })
             }
-            Err(e) => {
-                metrics::counter!(names::READS, "result" => e.label()).increment(1);
-                Stats::add(&ctx.stats.reads_failed, 1);
-                if breaker.consecutive_failures() == 0 {
-                    tracing::warn!(device = %device.id, error = %e, "read failed");
-                } else {
-                    tracing::debug!(device = %device.id, error = %e, "read failed");
+            Err(error) => {
+                ReadFailed {
+                    device: &t,
+                    error: &error,
+                    after,
                 }
-                breaker.failure(Instant::now());
-                Err(e)
+                .emit();
+                None
             }
         };
-        breaker_transition(
-            &device.id,
-            before,
-            breaker.state(),
-            breaker.consecutive_failures(),
-        );
-        if let Ok(mut st) = status.lock() {
-            st.lateness.record(lateness);
-            st.breaker = breaker.state().label();
-            st.session = reader.session_state();
-            st.consecutive_failures = breaker.consecutive_failures();
-            match &outcome {
-                Ok(_) => {
-                    st.reads_ok += 1;
-                    st.last_success = Some(read_time);
-                }
-                Err(e) => {
-                    st.reads_failed += 1;
-                    st.last_error_at = Some(chrono::Utc::now());
-                    st.last_error = Some(e.to_string());
-                }
-            }
-        }
-        if let Ok(record) = outcome {
-            seq += 1;
+        transition(before, &breaker);
+        if let Some(record) = record {
             if ctx.records.send(record).await.is_err() {
                 tracing::error!(device = %device.id, "record queue closed; stopping schedule");
                 break;
@@ -223,8 +186,11 @@ pub(crate) async fn run_device(
         }
         let (next, skipped) = next_deadline(deadline, interval, Instant::now());
         if skipped > 0 {
-            m.skipped.increment(skipped);
-            Stats::add(&ctx.stats.ticks_skipped, skipped);
+            TickSkipped::Overrun {
+                device: &t,
+                count: skipped,
+            }
+            .emit();
         }
         deadline = next;
     }
@@ -232,23 +198,24 @@ pub(crate) async fn run_device(
     reader.close().await;
 }
 
-fn count_quality(m: &DeviceMetrics, samples: &[crate::record::Sample]) {
-    let (mut g, mut u, mut b) = (0u64, 0u64, 0u64);
-    for s in samples {
-        match s.status.quality() {
-            Quality::Good => g += 1,
-            Quality::Uncertain => u += 1,
-            Quality::Bad => b += 1,
-        }
-    }
-    m.good.increment(g);
-    m.uncertain.increment(u);
-    m.bad.increment(b);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_added_later_starts_on_its_own_grid_point() {
+        let epoch = Instant::now();
+        let i = Duration::from_secs(10);
+        let phase = Duration::from_secs(3);
+        assert_eq!(first_deadline(epoch, phase, i, epoch), epoch + phase);
+        // Added 25 s into the run: the grid is 3, 13, 23, 33 s: the next
+        // point is 33 s, not "now" (which would bunch added devices).
+        let now = epoch + Duration::from_secs(25);
+        assert_eq!(
+            first_deadline(epoch, phase, i, now),
+            epoch + Duration::from_secs(33)
+        );
+    }
 
     #[test]
     fn phases_are_stable_and_spread() {

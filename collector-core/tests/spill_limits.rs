@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use collector_core::spill::{self, names, Compression, SpillBackend, SpillConfig};
+use collector_core::metrics::names;
+use collector_core::spill::{self, Compression, SpillBackend, SpillConfig};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 const BACKENDS: [SpillBackend; 2] = [SpillBackend::SegmentLog, SpillBackend::Sled];
@@ -73,8 +74,8 @@ fn ttl_drops_the_oldest_and_counts_them() {
             let left: Vec<_> = s.oldest(100).unwrap().iter().map(|b| b.id).collect();
             assert_eq!(left, young);
             let text = handle.render();
-            assert_eq!(metric(&text, names::EXPIRED), 90.0, "{text}");
-            assert_eq!(metric(&text, names::RECORDS), 10.0, "{text}");
+            assert_eq!(metric(&text, names::SPILL_EXPIRED), 90.0, "{text}");
+            assert_eq!(metric(&text, names::SPILL_RECORDS), 10.0, "{text}");
             drop(s);
 
             // Expired batches stay dropped after a restart.
@@ -123,7 +124,7 @@ fn size_cap_evicts_the_oldest_and_counts_them() {
             assert_eq!(left[..], ids[ids.len() - left.len()..], "{backend:?}");
             let text = handle.render();
             assert_eq!(
-                metric(&text, names::EVICTED),
+                metric(&text, names::SPILL_EVICTED),
                 st.evicted.records as f64,
                 "{text}"
             );

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _};
 use collector_core::metrics::StatsSnapshot;
 use collector_core::protocol::Protocol;
-use collector_core::testing::{consume_all, EmbeddedKafka};
 use collector_core::{Collector, CollectorConfig, Device};
 use collector_opcua::OpcUaProtocol;
+use collector_testkit::{consume_all, EmbeddedKafka};
 use opc_loadgen::{SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +65,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     let collector = Collector::builder(cfg)
         .protocol(protocol.clone())
         .build()
+        .await
         .context("building the collector")?;
     let stats = collector.stats();
 

@@ -72,7 +72,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
         "{{\"ready\":{},\"started\":{},\"kafka\":{},\"spill\":{}}}\n",
         s.health.is_ready(),
         s.health.is_started(),
-        s.health.sink_healthy(),
+        s.health.sink_reachability().is_up(),
         s.health.has_spill()
     );
     let code = if s.health.is_ready() {

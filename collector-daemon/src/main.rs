@@ -4,6 +4,7 @@
 //! the work is in `collector-core` and `collector-opcua`.
 
 mod cli;
+#[cfg(feature = "demo")]
 mod demo;
 mod http;
 mod run;
@@ -51,7 +52,14 @@ fn main() -> ExitCode {
         Command::Run { config, http_addr } => {
             runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr)))
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo(_) => Err(Failure::Runtime(anyhow::anyhow!(
+            "this opc-collector was built without the demo (it links the simulator and an \
+             in-process Kafka); run it with `cargo run --release --features demo --bin \
+             opc-collector -- demo`"
+        ))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

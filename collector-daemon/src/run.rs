@@ -41,17 +41,17 @@ pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<()
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
-    let collector = Collector::builder(cfg)
-        .protocol(protocol)
-        .build()
-        .context("starting the collector")?;
+    let builder = Collector::builder(cfg).protocol(protocol);
+    // Bind before building: recovering a large spill takes time, and
+    // `/healthz` must answer meanwhile (`/startupz` and `/readyz` say 503).
     let stop_http = CancellationToken::new();
     let surface = http::AppState {
         metrics,
-        health: collector.health(),
-        devices: collector.devices(),
+        health: builder.health(),
+        devices: builder.devices(),
     };
     let (_, http_task) = http::serve(addr, surface, stop_http.clone()).await?;
+    let collector = builder.build().await.context("starting the collector")?;
     collector
         .run(shutdown_signal())
         .await

@@ -93,6 +93,18 @@ fn validate_accepts_the_shipped_configs() {
     );
 }
 
+/// Without the `demo` feature (the shipped build) the subcommand says how
+/// to get it instead of failing obscurely.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_says_how_to_build_it() {
+    let out = bin().arg("demo").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--features demo"), "{stderr}");
+}
+
+#[cfg(feature = "demo")]
 #[test]
 fn demo_delivers_and_prints_a_schema_valid_record() {
     let out = bin()

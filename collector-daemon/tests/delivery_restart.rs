@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use collector_core::testing::EmbeddedKafka;
+use collector_testkit::EmbeddedKafka;
 use support::{
     assert_devices, device_ids, first_run_base, free_port, loadgen_bin, metric, metric_labelled,
     metric_sum, partition_problems, poll_until, read_topic, records_by_device, start_loadgen,

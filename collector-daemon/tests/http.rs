@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use collector_core::testing::EmbeddedKafka;
+use collector_testkit::EmbeddedKafka;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -133,6 +133,29 @@ fn not_ready_while_kafka_is_unreachable() {
         assert!(
             metrics.contains(name),
             "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    // Nothing is exported that the metric table (and so docs/metrics.md,
+    // see collector-core's metrics_doc test) does not declare.
+    let declared = |family: &str| {
+        collector_core::metrics::ALL
+            .iter()
+            .any(|m| m.name == family)
+    };
+    for sample in collector_testkit::Scrape::parse(&metrics).samples() {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                sample
+                    .name
+                    .strip_suffix(suffix)
+                    .filter(|base| declared(base))
+            })
+            .unwrap_or(&sample.name);
+        assert!(
+            declared(family),
+            "{} is exported but not declared in collector_core::metrics",
+            sample.name
         );
     }
     // The unreachable device shows in /devices: failing, then its breaker

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use collector_core::testing::{consume_all, EmbeddedKafka};
+use collector_testkit::{consume_all, EmbeddedKafka};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use support::{free_port, http_get, log_file, poll_until, Proc};

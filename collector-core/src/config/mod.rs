@@ -271,10 +271,7 @@ impl CollectorConfig {
         c.max_bytes = self.spill.max_bytes;
         c.ttl = self.spill.ttl;
         c.segment_bytes = self.spill.segment_bytes;
-        c.backend = match self.spill.backend.as_str() {
-            "sled" => crate::spill::SpillBackend::Sled,
-            _ => crate::spill::SpillBackend::SegmentLog,
-        };
+        c.backend = self.spill.backend;
         Some(c)
     }
 
@@ -663,6 +660,26 @@ devices:
         assert_eq!(b.mode, SecurityMode::Sign);
         assert!(matches!(b.identity, Identity::Certificate { .. }));
         assert_eq!(b.server_fingerprint.unwrap().0[1], 0x11);
+    }
+
+    /// A misspelt backend used to mean the segment log, silently.
+    #[test]
+    fn an_unknown_spill_backend_is_an_error_with_its_line() {
+        let text = "kafka:\n  brokers: k:9092\nspill:\n  backend: sledd\n";
+        let errs = CollectorConfig::from_yaml(text, Some(Path::new("c.yaml"))).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].starts_with("c.yaml:4:"), "{msgs:?}");
+        assert!(msgs[0].contains("sledd"), "{msgs:?}");
+        let sled = CollectorConfig::from_yaml(
+            "kafka:\n  brokers: k:9092\nspill:\n  backend: sled\n  dir: /tmp/x\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            sled.spill_config().unwrap().backend,
+            crate::spill::SpillBackend::Sled
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub struct SpillSection {
     pub ttl: Duration,
     /// `segment_log` (default: a segmented append-only log; see
     /// `docs/spill.md` for why) or `sled`.
-    pub backend: String,
+    pub backend: crate::spill::SpillBackend,
     /// Segment size of the segment log (the unit of space reclamation).
     /// Default `64MiB`.
     #[serde(deserialize_with = "byte_size")]
@@ -72,7 +72,7 @@ impl Default for SpillSection {
             dir: None,
             max_bytes: 10 << 30,
             ttl: Duration::from_secs(24 * 3600),
-            backend: "segment_log".to_string(),
+            backend: crate::spill::SpillBackend::SegmentLog,
             segment_bytes: 64 << 20,
             replay_batches_per_second: 20,
         }

@@ -3,9 +3,15 @@
 //! spilled; nothing is ever counted as delivered before the destination
 //! confirmed it.
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
+mod reachability;
 
-use std::time::{Duration, Instant};
+pub use reachability::Reachability;
+#[cfg(feature = "kafka")]
+pub(crate) use reachability::SharedReachability;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -28,7 +34,7 @@ pub struct Message {
 /// Why the batcher flushed a batch (the `reason` label of
 /// `collector_batches_flushed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushReason {
+pub(crate) enum FlushReason {
     /// `batch.interval` elapsed.
     Interval,
     /// `batch.max_records` reached.
@@ -41,7 +47,7 @@ pub enum FlushReason {
 
 impl FlushReason {
     /// The metric label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             FlushReason::Interval => "interval",
             FlushReason::Count => "count",
@@ -53,21 +59,17 @@ impl FlushReason {
 
 /// Records grouped for delivery.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The records, in the order they were read.
-    pub records: Vec<Record>,
-    /// The batcher's size estimate.
-    pub estimated_bytes: usize,
+    pub(crate) records: Vec<Record>,
     /// Why it was flushed.
-    pub reason: FlushReason,
-    /// When it was flushed.
-    pub flushed_at: Instant,
+    pub(crate) reason: FlushReason,
 }
 
 /// The outcome of delivering one batch.
 #[derive(Debug, Default)]
 pub struct DeliveryReport {
-    /// Indexes (into `Batch::records`) of records that were not delivered.
+    /// Indexes (into the delivered messages) of those that were not delivered.
     pub failed: Vec<usize>,
     /// The first error seen, for the log.
     pub error: Option<SinkError>,
@@ -76,20 +78,20 @@ pub struct DeliveryReport {
 /// A batch encoded by its sink, so that encoding (milliseconds for a large
 /// batch) can run apart from delivery, off the executor threads.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     /// The messages to deliver.
-    pub messages: Vec<Message>,
+    pub(crate) messages: Vec<Message>,
     /// For each message, the index of its record in the batch.
-    index: Vec<usize>,
+    pub(crate) index: Vec<usize>,
     /// Records that could not be encoded.
-    failed: Vec<usize>,
+    pub(crate) failed: Vec<usize>,
     /// The first encoding error.
-    error: Option<SinkError>,
+    pub(crate) error: Option<SinkError>,
 }
 
 impl Encoded {
     /// Encodes every record of `batch` with `sink`.
-    pub fn new<S: Sink + ?Sized>(sink: &S, batch: &Batch) -> Encoded {
+    pub(crate) fn new<S: Sink + ?Sized>(sink: &S, batch: &Batch) -> Encoded {
         let mut encoded = Encoded {
             messages: Vec::with_capacity(batch.records.len()),
             index: Vec::with_capacity(batch.records.len()),
@@ -110,30 +112,22 @@ impl Encoded {
         }
         encoded
     }
-
-    /// The batch's report from the delivery report of its messages:
-    /// failed indexes refer to the batch's records.
-    pub fn settle(self, report: DeliveryReport) -> DeliveryReport {
-        let mut failed = self.failed;
-        failed.extend(
-            report
-                .failed
-                .iter()
-                .filter_map(|&j| self.index.get(j).copied()),
-        );
-        failed.sort_unstable();
-        DeliveryReport {
-            failed,
-            error: self.error.or(report.error),
-        }
-    }
 }
 
 /// A destination for records.
 ///
 /// A sink works on encoded [`Message`]s so that what it could not deliver
-/// can be spilled and replayed byte for byte; [`Sink::deliver`] is the
-/// convenience for typed batches.
+/// can be spilled and replayed byte for byte. What the pipeline calls, and
+/// when:
+///
+/// - [`Sink::encode`] once per record, on the blocking pool (never twice:
+///   a record that fails delivery is spilled from its first encoding);
+/// - [`Sink::deliver_messages`] for each batch and each replayed spill
+///   entry, at most `batch.max_in_flight` at a time;
+/// - [`Sink::reachability`] before each batch (down: straight to the
+///   spill) and for `/readyz`;
+/// - at shutdown, [`Sink::abort_pending`] (on the blocking pool) if the
+///   grace runs short, then [`Sink::flush`] and [`Sink::close`].
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Encodes one record the way this sink stores it.
@@ -143,23 +137,12 @@ pub trait Sink: Send + Sync + 'static {
     /// definitely failed. `DeliveryReport::failed` indexes `messages`.
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport;
 
-    /// Delivers a batch of records (encode, then deliver); failed indexes
-    /// refer to `batch.records`.
-    async fn deliver(&self, batch: &Batch) -> DeliveryReport {
-        let encoded = Encoded::new(self, batch);
-        let report = self.deliver_messages(&encoded.messages).await;
-        encoded.settle(report)
-    }
-
-    /// Whether the destination is reachable now (drives `/readyz`).
-    fn is_healthy(&self) -> bool {
-        true
-    }
-
-    /// False only when the destination is known to be down; then the
-    /// pipeline spills new batches instead of queueing them in memory.
-    fn is_accepting(&self) -> bool {
-        true
+    /// Whether the destination can take records, as last observed. `Up`
+    /// makes `/readyz` pass and lets the replay run; `Down` sends new
+    /// batches straight to the spill instead of queueing them in memory.
+    /// Default: always `Up`.
+    fn reachability(&self) -> Reachability {
+        Reachability::Up
     }
 
     /// Gives up on messages still waiting for an acknowledgement: their

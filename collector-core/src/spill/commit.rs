@@ -8,9 +8,11 @@
 //! handle to sync, syncs without holding the store's lock (others keep
 //! writing), publishes the new durable id and wakes everyone. Appenders
 //! whose id the sync covered return; the others lead or join the next one.
-//! A failed sync poisons the commit: later waits fail.
+//! A failed sync poisons the commit: later waits fail. So does a leader
+//! that panics in `prepare` or `sync`: without that, `syncing` would stay
+//! set and every later appender would wait forever.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::SpillError;
 
@@ -43,7 +45,7 @@ impl GroupCommit {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Whether a sync has failed.
@@ -71,11 +73,15 @@ impl GroupCommit {
             if !st.syncing {
                 break;
             }
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            self.cv.wait(&mut st);
         }
         st.syncing = true;
         drop(st);
+        // Until disarmed, a panic in `prepare` or `sync` ends the sync as
+        // failed and wakes the waiters (see `LeaderGuard`).
+        let guard = LeaderGuard { commit: self };
         let result = prepare().and_then(|(target, s)| sync(s).map(|()| target));
+        std::mem::forget(guard);
         let mut st = self.lock();
         st.syncing = false;
         let out = match result {
@@ -91,6 +97,23 @@ impl GroupCommit {
         drop(st);
         self.cv.notify_all();
         out
+    }
+}
+
+/// Held by a sync's leader while it syncs; dropped only when the leader
+/// unwinds. Then the sync is over and failed: nothing it covered can be
+/// called durable, and waiters must not wait for it forever.
+struct LeaderGuard<'a> {
+    commit: &'a GroupCommit,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.commit.lock();
+        st.syncing = false;
+        st.failed = true;
+        drop(st);
+        self.commit.cv.notify_all();
     }
 }
 
@@ -129,6 +152,53 @@ mod tests {
             t.join().unwrap();
         }
         assert!(syncs.load(Ordering::SeqCst) < 800);
+    }
+
+    /// A leader that panics in `sync` must not leave `syncing` set: the
+    /// next appender gets an error at once instead of waiting forever.
+    #[test]
+    fn a_panicking_sync_fails_later_waits_instead_of_hanging() {
+        let gc = Arc::new(GroupCommit::new(0));
+        let leader = gc.clone();
+        let panicked = std::thread::spawn(move || {
+            leader.wait_durable(
+                1,
+                || Ok((1, ())),
+                |()| -> Result<(), SpillError> { panic!("fsync implementation panicked") },
+            )
+        })
+        .join();
+        assert!(panicked.is_err());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = gc.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(waiter.wait_durable(2, || Ok((2, ())), |()| Ok(())));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("a wait after a panicked sync hung");
+        assert!(matches!(r, Err(SpillError::Poisoned)), "{r:?}");
+        assert!(gc.failed());
+    }
+
+    /// Same for a panic in `prepare`.
+    #[test]
+    fn a_panicking_prepare_fails_later_waits() {
+        let gc = Arc::new(GroupCommit::new(0));
+        let leader = gc.clone();
+        let joined = std::thread::spawn(move || {
+            leader.wait_durable(
+                1,
+                || -> Result<(u64, ()), SpillError> { panic!("prepare panicked") },
+                |()| Ok(()),
+            )
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(matches!(
+            gc.wait_durable(1, || Ok((1, ())), |()| Ok(())),
+            Err(SpillError::Poisoned)
+        ));
     }
 
     #[test]

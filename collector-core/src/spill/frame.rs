@@ -107,6 +107,9 @@ pub fn encode_packed(
 }
 
 /// Appends the frame of one batch to `out`; returns the frame's length.
+/// (The stores pack first and frame with `encode_packed`; tests frame in
+/// one step.)
+#[cfg(test)]
 pub fn encode(
     out: &mut Vec<u8>,
     id: u64,

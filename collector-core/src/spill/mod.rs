@@ -61,66 +61,37 @@
 //! from the format (frames are acknowledged only after `fdatasync`,
 //! recovery cuts a torn tail), not measured.
 
-pub mod commit;
-pub mod frame;
+pub(crate) mod commit;
+pub(crate) mod frame;
 pub(crate) mod payload;
-pub mod segment_log;
-pub mod sled_store;
+pub(crate) mod segment_log;
+#[cfg(feature = "sled")]
+pub(crate) mod sled_store;
 
 mod segment;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// Metric names of the spill (see also `docs/spill.md`).
-pub mod names {
-    /// Gauge: bytes the spill occupies on disk.
-    pub const BYTES: &str = "collector_spill_bytes";
-    /// Gauge: records waiting in the spill.
-    pub const RECORDS: &str = "collector_spill_records";
-    /// Gauge: batches waiting in the spill.
-    pub const BATCHES: &str = "collector_spill_batches";
-    /// Counter: batches appended (durably) to the spill.
-    pub const BATCHES_WRITTEN: &str = "collector_spill_batches_written_total";
-    /// Counter: batches read back and delivered. Incremented by the caller
-    /// (the replayer), which is the one that knows a delivery succeeded.
-    pub const BATCHES_REPLAYED: &str = "collector_spill_batches_replayed_total";
-    /// Counter: records dropped because they were older than the TTL.
-    pub const EXPIRED: &str = "collector_spill_expired_total";
-    /// Counter: records dropped because the spill reached its size cap.
-    pub const EVICTED: &str = "collector_spill_evicted_total";
-    /// Counter: batches dropped because they failed their checksum.
-    pub const CORRUPT: &str = "collector_spill_corrupt_batches_total";
-    /// Gauge: age of the oldest batch in the spill (0 when empty).
-    pub const OLDEST_AGE: &str = "collector_spill_oldest_age_seconds";
+/// The spill's metric names (declared with every other metric in
+/// [`crate::metrics`]; see also `docs/spill.md`).
+pub(crate) mod names {
+    pub(crate) use crate::metrics::names::{
+        SPILL_BATCHES as BATCHES, SPILL_BATCHES_WRITTEN as BATCHES_WRITTEN, SPILL_BYTES as BYTES,
+        SPILL_CORRUPT as CORRUPT, SPILL_EVICTED as EVICTED, SPILL_EXPIRED as EXPIRED,
+        SPILL_OLDEST_AGE as OLDEST_AGE, SPILL_RECORDS as RECORDS,
+    };
 }
 
-/// Registers the spill metrics' descriptions with the installed recorder.
-pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    use names::*;
-    describe_gauge!(BYTES, Unit::Bytes, "Bytes the spill occupies on disk");
-    describe_gauge!(RECORDS, "Records waiting in the spill");
-    describe_gauge!(BATCHES, "Batches waiting in the spill");
-    describe_counter!(BATCHES_WRITTEN, "Batches appended to the spill");
-    describe_counter!(BATCHES_REPLAYED, "Spilled batches replayed and delivered");
-    describe_counter!(EXPIRED, "Spilled records dropped by the TTL");
-    describe_counter!(EVICTED, "Spilled records dropped by the size cap");
-    describe_counter!(CORRUPT, "Spilled batches dropped for a bad checksum");
-    describe_gauge!(
-        OLDEST_AGE,
-        Unit::Seconds,
-        "Age of the oldest batch in the spill"
-    );
-}
-
-/// Which engine stores the spill.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which engine stores the spill (`spill.backend`: `segment_log` or
+/// `sled`; anything else is a configuration error naming the line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SpillBackend {
-    /// Segmented append-only log (the default; see [`segment_log`]).
+    /// Segmented append-only log (the default; see `docs/spill.md`).
     #[default]
     SegmentLog,
-    /// sled 0.34.7 (see [`sled_store`]).
+    /// sled 0.34.7 (cargo feature `sled`; see `docs/spill.md`).
     Sled,
 }
 
@@ -332,8 +303,12 @@ pub enum SpillError {
         reason: String,
     },
     /// An error of the sled backend.
+    #[cfg(feature = "sled")]
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// The configured backend was not compiled into this build.
+    #[error("spill backend `{0}` is not in this build (enable collector-core's `{0}` feature)")]
+    NotBuilt(&'static str),
 }
 
 impl SpillError {
@@ -401,7 +376,10 @@ pub trait SpillStore: Send + Sync {
 pub fn open(cfg: &SpillConfig) -> Result<Box<dyn SpillStore>, SpillError> {
     Ok(match cfg.backend {
         SpillBackend::SegmentLog => Box::new(segment_log::SegmentLog::open(cfg)?),
+        #[cfg(feature = "sled")]
         SpillBackend::Sled => Box::new(sled_store::SledStore::open(cfg)?),
+        #[cfg(not(feature = "sled"))]
+        SpillBackend::Sled => return Err(SpillError::NotBuilt("sled")),
     })
 }
 

@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use collector_core::testing::ConsumedMessage;
+use collector_testkit::ConsumedMessage;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -362,7 +362,7 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 /// that count misses the last batch of every partition.)
 pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<ConsumedMessage> {
     let t = Instant::now();
-    let messages = collector_core::testing::consume_all(
+    let messages = collector_testkit::consume_all(
         bootstrap,
         topic,
         usize::MAX,

@@ -2,13 +2,13 @@
 //! configuration, start it, scrape its HTTP endpoints, stop it with SIGTERM
 //! and read its final `collector stopped` log line.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+pub use collector_testkit::StoppedLine;
 
 const BIN: &str = "opc-collector";
 
@@ -205,143 +205,17 @@ impl Drop for Collector {
     }
 }
 
-/// Totals from the collector's final `collector stopped` log line.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct StoppedLine {
-    /// Successful reads (one record each).
-    pub reads_ok: u64,
-    /// Failed reads.
-    pub reads_failed: u64,
-    /// Records acknowledged by Kafka.
-    pub delivered: u64,
-    /// Records whose delivery failed.
-    pub failed: u64,
-    /// Records spilled to disk.
-    pub spilled: u64,
-    /// Records replayed from the spill.
-    pub replayed: u64,
-    /// Records with nowhere to go.
-    pub undelivered: u64,
-}
-
-/// Finds the last `collector stopped` line in the JSON log.
+/// The collector's final totals from its JSON log.
 pub fn stopped_line(log: &Path) -> anyhow::Result<StoppedLine> {
-    let f = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
-    let mut found = None;
-    for line in BufReader::new(f).lines() {
-        let line = line.with_context(|| format!("reading {}", log.display()))?;
-        if !line.contains("collector stopped") {
-            continue;
-        }
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "collector stopped" || v["fields"]["message"] == "collector stopped"
-            {
-                found = Some(v);
-            }
-        }
-    }
-    let v = found.ok_or_else(|| {
-        anyhow!(
-            "no `collector stopped` line in {}; last lines:\n{}",
-            log.display(),
-            log_tail(log, 15)
-        )
-    })?;
-    let n = |k: &str| {
-        v[k].as_u64()
-            .or_else(|| v["fields"][k].as_u64())
-            .unwrap_or(0)
-    };
-    Ok(StoppedLine {
-        reads_ok: n("reads_ok"),
-        reads_failed: n("reads_failed"),
-        delivered: n("delivered"),
-        failed: n("failed"),
-        spilled: n("spilled"),
-        replayed: n("replayed"),
-        undelivered: n("undelivered"),
-    })
+    StoppedLine::from_log(log).map_err(|e| anyhow!(e))
 }
 
 /// The last `n` lines of a file (for error messages).
 pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    collector_testkit::stopped::tail(&std::fs::read_to_string(path).unwrap_or_default(), n)
 }
 
 /// A minimal HTTP/1.1 GET: (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .context("reading the HTTP response")?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response from {addr}{path}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("no status code from {addr}{path}"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-    }
-
-    #[test]
-    fn finds_the_stopped_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("c.log");
-        std::fs::write(
-            &log,
-            "{\"level\":\"INFO\",\"message\":\"started\"}\n\
-             {\"level\":\"INFO\",\"reads_ok\":10,\"reads_failed\":1,\"delivered\":10,\"failed\":0,\
-             \"spilled\":0,\"replayed\":0,\"undelivered\":0,\"message\":\"collector stopped\"}\n",
-        )
-        .unwrap();
-        let s = stopped_line(&log).unwrap();
-        assert_eq!((s.reads_ok, s.reads_failed, s.delivered), (10, 1, 10));
-    }
+    collector_testkit::http::get(addr, path).with_context(|| format!("GET http://{addr}{path}"))
 }

@@ -7,7 +7,6 @@
 mod collector;
 mod fleet;
 mod procfs;
-mod prom;
 mod report;
 mod verify;
 
@@ -16,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use collector_core::testing::EmbeddedKafka;
+use collector_testkit::EmbeddedKafka;
 
 use collector::{Collector, CollectorConfig};
+use collector_testkit::prom::Scrape;
 use fleet::{Fleet, FleetSpec};
 use procfs::Pid;
-use prom::Scrape;
 use report::Report;
 
 /// `opc-loadgen bench` options.

@@ -15,7 +15,7 @@
 //! # async fn demo(cfg: collector_core::CollectorConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! let protocol = Arc::new(collector_opcua::OpcUaProtocol::new(&cfg)?);
-//! let collector = collector_core::Collector::builder(cfg).protocol(protocol).build()?;
+//! let collector = collector_core::Collector::builder(cfg).protocol(protocol).build().await?;
 //! collector.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```

@@ -2,31 +2,40 @@
 //! through librdkafka's delivery callback, which settles it in its batch's
 //! [`BatchAck`]; the batch's `deliver()` wakes when the last one settles.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::Notify;
 
 use crate::metrics::names;
+use crate::sink::{Reachability, SharedReachability};
 
 /// Outstanding acknowledgements of one batch.
 pub(crate) struct BatchAck {
     remaining: AtomicUsize,
-    failed: Mutex<Vec<usize>>,
-    first_error: Mutex<Option<String>>,
+    /// What failed. A parking_lot lock: a panic elsewhere while it was held
+    /// cannot make a later settlement lose its index (a failed record
+    /// counted as delivered and never spilled).
+    settled: Mutex<Failures>,
     done: Notify,
+}
+
+#[derive(Default)]
+struct Failures {
+    indexes: Vec<usize>,
+    first_error: Option<String>,
 }
 
 impl BatchAck {
     pub(crate) fn new(n: usize) -> Arc<Self> {
         Arc::new(Self {
             remaining: AtomicUsize::new(n),
-            failed: Mutex::new(Vec::new()),
-            first_error: Mutex::new(None),
+            settled: Mutex::new(Failures::default()),
             done: Notify::new(),
         })
     }
@@ -38,11 +47,10 @@ impl BatchAck {
     }
 
     pub(crate) fn settle_failed(&self, index: usize, error: String) {
-        if let Ok(mut f) = self.failed.lock() {
-            f.push(index);
-        }
-        if let Ok(mut e) = self.first_error.lock() {
-            e.get_or_insert(error);
+        {
+            let mut f = self.settled.lock();
+            f.indexes.push(index);
+            f.first_error.get_or_insert(error);
         }
         self.settle_ok();
     }
@@ -52,14 +60,12 @@ impl BatchAck {
         while self.remaining.load(Ordering::Acquire) != 0 {
             self.done.notified().await;
         }
-        let mut failed = self
-            .failed
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default();
-        failed.sort_unstable();
-        let err = self.first_error.lock().ok().and_then(|mut e| e.take());
-        (failed, err)
+        let Failures {
+            mut indexes,
+            first_error,
+        } = std::mem::take(&mut *self.settled.lock());
+        indexes.sort_unstable();
+        (indexes, first_error)
     }
 }
 
@@ -74,8 +80,8 @@ pub(crate) struct Pending {
 
 /// Producer context: settles deliveries and tracks broker reachability.
 pub(crate) struct Context {
-    /// Reachability, see `sink::UNKNOWN`/`UP`/`DOWN`.
-    pub(crate) up: Arc<AtomicU8>,
+    /// The broker's reachability as the sink reports it.
+    pub(crate) up: Arc<SharedReachability>,
     /// Set when the broker rejects the producer's identity or epoch: the
     /// sink then replaces the producer (and reports Kafka down meanwhile,
     /// so new batches go to the spill instead of failing one by one).
@@ -103,11 +109,11 @@ impl ClientContext for Context {
             self.fenced.store(true, Ordering::Release);
         }
         if is_fencing(code) || matches!(code, Some(RDKafkaErrorCode::AllBrokersDown)) {
-            let was = self.up.swap(super::sink::DOWN, Ordering::Relaxed);
+            let was = self.up.swap(Reachability::Down);
             metrics::gauge!(names::KAFKA_UP).set(0.0);
             // librdkafka repeats these on every reconnect attempt during an
             // outage: warn once per transition, not per attempt.
-            if was == super::sink::DOWN {
+            if was == Reachability::Down {
                 tracing::debug!(error = %error, reason, "kafka client error");
                 return;
             }
@@ -133,7 +139,7 @@ impl ProducerContext for Context {
             }
             Err((e, _)) => {
                 if is_fencing(e.rdkafka_error_code()) && !self.fenced.swap(true, Ordering::AcqRel) {
-                    self.up.store(super::sink::DOWN, Ordering::Relaxed);
+                    self.up.set(Reachability::Down);
                     metrics::gauge!(names::KAFKA_UP).set(0.0);
                 }
                 let reason = match e.rdkafka_error_code() {
@@ -148,5 +154,32 @@ impl ProducerContext for Context {
                 p.ack.settle_failed(p.index, e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic on another thread while the settlement lock was held must
+    /// not make later failures vanish (with std's Mutex and the old
+    /// `if let Ok(..)`, the poisoned lock dropped the index: the record was
+    /// counted delivered and never spilled).
+    #[tokio::test]
+    async fn a_panic_while_settling_does_not_lose_failed_indexes() {
+        let ack = BatchAck::new(3);
+        let held = ack.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.settled.lock();
+            panic!("a delivery callback panicked while settling");
+        })
+        .join();
+        assert!(panicked.is_err());
+        ack.settle_ok();
+        ack.settle_failed(2, "MessageTimedOut".into());
+        ack.settle_failed(0, "second".into());
+        let (failed, error) = ack.wait().await;
+        assert_eq!(failed, vec![0, 2]);
+        assert_eq!(error.as_deref(), Some("MessageTimedOut"));
     }
 }

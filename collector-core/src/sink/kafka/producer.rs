@@ -12,10 +12,11 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::BaseProducer;
 
@@ -64,10 +65,7 @@ impl PolledProducer {
     /// after this are served only by `flush`.
     pub(crate) fn close(&self) {
         self.stop.store(true, Ordering::Release);
-        let thread = match self.thread.lock() {
-            Ok(mut t) => t.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let thread = self.thread.lock().take();
         if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::warn!("the kafka poll thread panicked");
@@ -92,21 +90,23 @@ impl Drop for PolledProducer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU8;
+
     use std::time::Instant;
 
     use rdkafka::producer::BaseRecord;
 
     use super::*;
     use crate::sink::kafka::delivery::{BatchAck, Pending};
-    use crate::testing::EmbeddedKafka;
+    use collector_testkit::EmbeddedKafka;
 
     fn producer(kafka: &EmbeddedKafka) -> PolledProducer {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", kafka.bootstrap_servers())
             .set("linger.ms", "0");
         let context = Context {
-            up: Arc::new(AtomicU8::new(0)),
+            up: Arc::new(crate::sink::SharedReachability::new(
+                crate::sink::Reachability::Unknown,
+            )),
             fenced: Arc::new(AtomicBool::new(false)),
         };
         PolledProducer::create(&cc, context).unwrap()

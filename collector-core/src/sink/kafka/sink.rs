@@ -4,11 +4,12 @@
 //! producer when the broker fences it (a producer whose idempotence state
 //! the broker no longer accepts would otherwise fail every send forever).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
@@ -20,16 +21,12 @@ use crate::config::KafkaConfig;
 use crate::error::SinkError;
 use crate::metrics::names;
 use crate::record::Record;
-use crate::sink::{DeliveryReport, Message, Sink};
+use crate::sink::{DeliveryReport, Message, Reachability, SharedReachability, Sink};
 
 /// How often the cluster is probed for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Reachability as last observed: not yet known (start), up, or down.
-pub(crate) const UNKNOWN: u8 = 0;
-pub(crate) const UP: u8 = 1;
-pub(crate) const DOWN: u8 = 2;
 
 /// Wait before retrying a send that found the producer queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -38,7 +35,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 struct ProducerSlot {
     current: RwLock<Arc<PolledProducer>>,
     config: ClientConfig,
-    up: Arc<AtomicU8>,
+    up: Arc<SharedReachability>,
     /// Set by the delivery callback when the broker fenced the producer.
     fenced: Arc<AtomicBool>,
 }
@@ -46,7 +43,7 @@ struct ProducerSlot {
 impl ProducerSlot {
     fn create(
         config: &ClientConfig,
-        up: &Arc<AtomicU8>,
+        up: &Arc<SharedReachability>,
         fenced: &Arc<AtomicBool>,
     ) -> Result<PolledProducer, SinkError> {
         PolledProducer::create(
@@ -60,10 +57,7 @@ impl ProducerSlot {
     }
 
     fn get(&self) -> Arc<PolledProducer> {
-        match self.current.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.read().clone()
     }
 
     /// Replaces a fenced producer (new producer id and epoch). What the old
@@ -75,12 +69,7 @@ impl ProducerSlot {
         }
         match Self::create(&self.config, &self.up, &self.fenced) {
             Ok(fresh) => {
-                let old = match self.current.write() {
-                    Ok(mut cur) => std::mem::replace(&mut *cur, Arc::new(fresh)),
-                    Err(poisoned) => {
-                        std::mem::replace(&mut *poisoned.into_inner(), Arc::new(fresh))
-                    }
-                };
+                let old = std::mem::replace(&mut *self.current.write(), Arc::new(fresh));
                 metrics::counter!(names::KAFKA_PRODUCER_RENEWED).increment(1);
                 tracing::warn!(fatal = ?fatal.map(|f| f.1), "kafka producer fenced or failed; replaced it with a new one");
                 // Purging takes librdkafka's locks: off the executor. The
@@ -103,8 +92,8 @@ pub struct KafkaSink {
     slot: Arc<ProducerSlot>,
     topic: String,
     collector_id: String,
-    /// [`UNKNOWN`], [`UP`] or [`DOWN`].
-    up: Arc<AtomicU8>,
+    /// The broker's reachability as last observed.
+    up: Arc<SharedReachability>,
 }
 
 impl KafkaSink {
@@ -142,7 +131,7 @@ impl KafkaSink {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let up = Arc::new(AtomicU8::new(UNKNOWN));
+        let up = Arc::new(SharedReachability::new(Reachability::Unknown));
         let fenced = Arc::new(AtomicBool::new(false));
         let producer = ProducerSlot::create(&cc, &up, &fenced)?;
         Ok(KafkaSink {
@@ -159,7 +148,7 @@ impl KafkaSink {
     }
 
     /// Probes the cluster every few seconds (metadata request) until
-    /// `stop`, keeping [`Sink::is_healthy`] current.
+    /// `stop`, keeping [`Sink::reachability`] current.
     pub fn spawn_probe(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let slot = self.slot.clone();
         let topic = self.topic.clone();
@@ -173,7 +162,12 @@ impl KafkaSink {
                 })
                 .await
                 .unwrap_or(false);
-                let was = up.swap(if ok { UP } else { DOWN }, Ordering::Relaxed) == UP;
+                let now = if ok {
+                    Reachability::Up
+                } else {
+                    Reachability::Down
+                };
+                let was = up.swap(now).is_up();
                 metrics::gauge!(names::KAFKA_UP).set(if ok { 1.0 } else { 0.0 });
                 if was != ok {
                     if ok {
@@ -250,7 +244,7 @@ impl Sink for KafkaSink {
         }
         let (failed, error) = ack.wait().await;
         if failed.is_empty() && !messages.is_empty() {
-            self.up.store(UP, Ordering::Relaxed);
+            self.up.set(Reachability::Up);
         }
         DeliveryReport {
             failed,
@@ -258,8 +252,8 @@ impl Sink for KafkaSink {
         }
     }
 
-    fn is_accepting(&self) -> bool {
-        self.up.load(Ordering::Relaxed) != DOWN
+    fn reachability(&self) -> Reachability {
+        self.up.get()
     }
 
     fn abort_pending(&self) {
@@ -268,10 +262,6 @@ impl Sink for KafkaSink {
         self.slot
             .get()
             .purge(PurgeConfig::default().queue().inflight());
-    }
-
-    fn is_healthy(&self) -> bool {
-        self.up.load(Ordering::Relaxed) == UP
     }
 
     fn close(&self) {

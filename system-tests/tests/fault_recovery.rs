@@ -62,7 +62,11 @@ async fn a_full_server_is_not_stormed() {
     let run_for = Duration::from_secs(20);
     let cfg = support::config(kafka.bootstrap_servers(), vec![device(d, interval)]);
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let board = collector.devices();
     let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();
 
@@ -120,7 +124,11 @@ async fn a_restart_that_renumbers_namespaces_is_read_correctly() {
     let devices = sim.devices().iter().map(|d| device(d, interval)).collect();
     let cfg = support::config(kafka.bootstrap_servers(), devices);
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(collector.run(async {
         let _ = stop_rx.await;

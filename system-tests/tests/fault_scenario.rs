@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::histogram::LatencyHistogram;
-use collector_core::testing::EmbeddedKafka;
 use collector_core::{Collector, Device};
 use collector_opcua::OpcUaProtocol;
+use collector_testkit::EmbeddedKafka;
 use opc_loadgen::{Fault, FaultSpec, Selection, SimConfig, Simulator};
 
 const DEVICES: u32 = 300;
@@ -94,7 +94,11 @@ async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outc
     let cap = f64::from(cfg.session.max_connects_per_second);
 
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let board = collector.devices();
     let run = tokio::spawn(collector.run(tokio::time::sleep(RUN_FOR)));
     tokio::time::sleep(WARMUP).await;

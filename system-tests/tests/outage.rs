@@ -45,7 +45,11 @@ async fn kafka_outage_spills_and_replays_without_gaps() {
         .insert("reconnect.backoff.max.ms".into(), "500".into());
 
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let stats = collector.stats();
     let spill = collector.spill().expect("state_dir configures a spill");
     let health = collector.health();

@@ -1,11 +1,12 @@
 //! Embedding the collector in your own program: devices built in code, the
 //! OPC UA adapter, a custom sink (here: print a line per batch), and a
-//! shutdown of your choosing.
+//! shutdown of your choosing. It prints one `batch:` line per delivered
+//! batch and a final `totals:` line.
 //!
 //! Runs against the simulator, in-process, with no setup:
 //!
 //! ```text
-//! cargo run -p collector-core --example embedded
+//! cargo run -p collector-opcua --example embedded
 //! ```
 //!
 //! Replace the simulator with your devices and `PrintSink` with
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use collector_core::error::SinkError;
-use collector_core::sink::{Batch, DeliveryReport, Message, Sink};
+use collector_core::sink::{DeliveryReport, Message, Sink};
 use collector_core::{Collector, CollectorConfig, Device, Record};
 use collector_opcua::OpcUaProtocol;
 use opc_loadgen::{SimConfig, Simulator};
@@ -39,20 +40,12 @@ impl Sink for PrintSink {
     }
 
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
-        println!("{} encoded messages acknowledged", messages.len());
-        DeliveryReport::default()
-    }
-
-    async fn deliver(&self, batch: &Batch) -> DeliveryReport {
-        let samples: usize = batch.records.iter().map(|r| r.samples.len()).sum();
-        let first = batch.records.first();
+        let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
         println!(
-            "batch ({:?}): {} records, {} samples; first: {} seq {}",
-            batch.reason,
-            batch.records.len(),
-            samples,
-            first.map(|r| &*r.device_id).unwrap_or("-"),
-            first.map(|r| r.seq).unwrap_or(0),
+            "batch: {} records, {} bytes of JSON; first key: {}",
+            messages.len(),
+            bytes,
+            messages.first().map(|m| m.key.as_str()).unwrap_or("-"),
         );
         DeliveryReport::default()
     }
@@ -88,7 +81,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let collector = Collector::builder(config)
         .protocol(protocol)
         .sink(Arc::new(PrintSink))
-        .build()?;
+        .build()
+        .await?;
     let stats = collector.stats();
 
     // Stop after three seconds; a daemon would wait for SIGTERM instead.

@@ -1,4 +1,4 @@
-//! Kafka for tests and demos: an in-process Kafka-protocol cluster
+//! Kafka for tests, demos and the bench: an in-process Kafka-protocol cluster
 //! (librdkafka's mock cluster, on a real TCP port, so child processes can
 //! use it too) and a reader that drains a topic.
 //!

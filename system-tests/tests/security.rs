@@ -105,7 +105,11 @@ async fn strict_trust_pinning_and_a_stable_client_certificate() {
     // Run 1: strict trust rejects, the pin accepts, the wrong pin refuses.
     let cfg = config(devices(&sim));
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let board = collector.devices();
     let run1 = collector
         .run(tokio::time::sleep(Duration::from_secs(4)))
@@ -162,7 +166,11 @@ async fn strict_trust_pinning_and_a_stable_client_certificate() {
     // Run 2 (a restart): both good devices read; same client certificate.
     let cfg = config(devices(&sim)[..2].to_vec());
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let board = collector.devices();
     let run2 = collector
         .run(tokio::time::sleep(Duration::from_secs(4)))
@@ -219,7 +227,11 @@ async fn a_wrong_password_fails_that_device_alone_under_backoff() {
     let mut cfg = support::config(kafka.bootstrap_servers(), devices);
     cfg.collector.state_dir = Some(tmp.path().join("state"));
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     let board = collector.devices();
     let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();
     let (_, status) = board.page(|_| true, 0, 10);

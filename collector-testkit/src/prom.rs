@@ -46,6 +46,25 @@ impl Scrape {
             .sum()
     }
 
+    /// The value of the first series of `name` whose labels include all of
+    /// `matching` (`None` when the scrape has none).
+    pub fn get(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .find(|s| {
+                matching
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// Every sample, in the scrape's order.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
     /// The cumulative buckets of histogram `name` (without `_bucket`),
     /// summed over label sets, sorted by upper bound (`+Inf` last).
     pub fn histogram(&self, name: &str) -> Histogram {

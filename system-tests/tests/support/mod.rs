@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::metrics::StatsSnapshot;
-use collector_core::testing::{consume_all, EmbeddedKafka};
 use collector_core::{Collector, CollectorConfig, Device};
 use collector_opcua::OpcUaProtocol;
+use collector_testkit::{consume_all, EmbeddedKafka};
 use opc_loadgen::model::{self, ModelValue};
 use serde_json::Value as Json;
 
@@ -39,7 +39,11 @@ pub fn config(bootstrap: &str, devices: Vec<Device>) -> CollectorConfig {
 /// Runs the real OPC UA pipeline for `run_for`, then drains; returns totals.
 pub async fn run_collector(cfg: CollectorConfig, run_for: Duration) -> StatsSnapshot {
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg).protocol(protocol).build().unwrap();
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
     collector.run(tokio::time::sleep(run_for)).await.unwrap()
 }
 

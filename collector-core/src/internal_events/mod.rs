@@ -1,0 +1,13 @@
+//! Internal events, in the style of Vector's `internal_events`: one small
+//! type per thing that happens, whose `emit()` records the fact everywhere
+//! it is recorded (the metric, the in-process [`Stats`](crate::metrics::Stats),
+//! the device board) and logs it where it should. Code that makes a fact
+//! happen emits its event and does nothing else about it, so a counter and
+//! its log line cannot drift apart.
+//!
+//! - [`schedule`]: ticks, reads and breaker transitions of one device
+//!   (hot path: metric handles are registered once per device);
+//! - [`delivery`]: records delivered, failed, spilled, replayed and lost.
+
+pub(crate) mod delivery;
+pub(crate) mod schedule;

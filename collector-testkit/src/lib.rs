@@ -1,0 +1,21 @@
+//! # collector-testkit
+//!
+//! What the workspace's tests, examples, demo and benchmark share to drive
+//! a collector from outside: an in-process Kafka-protocol cluster and a
+//! topic reader ([`kafka`]), a Prometheus text parser ([`prom`]), a minimal
+//! HTTP GET ([`http`]) and the collector's final statistics line
+//! ([`stopped`]). It exists so that each of these is written once.
+//!
+//! Dev-only: the shipped `opc-collector` binary never links it (the demo,
+//! which uses the embedded Kafka, is behind the daemon's `demo` feature).
+
+#![warn(missing_docs)]
+
+pub mod http;
+pub mod kafka;
+pub mod prom;
+pub mod stopped;
+
+pub use kafka::{consume_all, ConsumedMessage, EmbeddedKafka};
+pub use prom::Scrape;
+pub use stopped::StoppedLine;
