@@ -138,13 +138,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.batch.interval = Duration::from_millis(200);
     config.breaker.failure_threshold = 2;
     for tank in tanks {
-        // The endpoint and node list are placeholders the core still
-        // validates as OPC UA (see the architecture issue); the protocol
-        // above ignores them.
+        // The core needs an id, an endpoint URL and an interval; this
+        // protocol needs no settings of its own.
         config.devices.push(Device::new(
             tank,
-            "opc.tcp://tankbus:4840",
-            &["ns=1;s=level_percent"],
+            format!("tankbus://{tank}"),
             Duration::from_millis(250),
         )?);
     }

@@ -137,12 +137,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = CollectorConfig::default();
     config.batch.interval = Duration::from_millis(500);
     for id in ["clock-a", "clock-b"] {
-        // The endpoint and node list are placeholders the core still
-        // validates as OPC UA (see the architecture issue).
         config.devices.push(Device::new(
             id,
-            "opc.tcp://localhost:4840",
-            &["ns=1;s=unix_ms"],
+            format!("clock://{id}"),
             Duration::from_millis(200),
         )?);
     }

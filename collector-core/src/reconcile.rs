@@ -15,7 +15,7 @@
 //! A device's `seq` counter outlives its schedule: a restarted or re-added
 //! device continues where it stopped, so `(device_id, seq)` never repeats.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -86,21 +86,23 @@ impl Reconciler {
     /// Makes `desired` the running set.
     pub(crate) fn apply(&mut self, desired: Vec<Device>) -> Applied {
         let mut applied = Applied::default();
-        let mut wanted: HashMap<Arc<str>, Device> = HashMap::with_capacity(desired.len());
+        // In the order given (the `/devices` order), first of a duplicate id.
+        let mut wanted: HashSet<Arc<str>> = HashSet::with_capacity(desired.len());
+        let mut ordered = Vec::with_capacity(desired.len());
         for d in desired {
-            if wanted.contains_key(&d.id) {
+            if !wanted.insert(d.id.clone()) {
                 tracing::error!(device = %d.id, "device id listed twice in the device set; keeping the first");
                 applied.rejected += 1;
                 continue;
             }
-            wanted.insert(d.id.clone(), d);
+            ordered.push(d);
         }
         self.retiring.retain(|_, task| !task.is_finished());
 
         let gone: Vec<Arc<str>> = self
             .running
             .keys()
-            .filter(|id| !wanted.contains_key(*id))
+            .filter(|id| !wanted.contains(*id))
             .cloned()
             .collect();
         for id in gone {
@@ -113,7 +115,8 @@ impl Reconciler {
             }
         }
 
-        for (id, device) in wanted {
+        for device in ordered {
+            let id = device.id.clone();
             match self.running.get(&id) {
                 Some(r) if r.device == device => {}
                 Some(_) => {
@@ -162,13 +165,16 @@ impl Reconciler {
             .clone();
         let stop = self.stop.child_token();
         let ctx = self.ctx.clone();
+        // Registered here, not in the task, so `/devices` lists devices in
+        // the order of the set.
+        let status = ctx.board.register(device.id.clone(), &device.endpoint);
         let (d, s) = (device.clone(), stop.clone());
         let task = self.tracker.spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
             if !s.is_cancelled() {
-                run_device(d, reader, ctx, seq, s).await;
+                run_device(d, reader, ctx, status, seq, s).await;
             } else {
                 let mut reader = reader;
                 reader.close().await;

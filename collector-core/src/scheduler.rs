@@ -8,13 +8,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::config::{BreakerConfig, Device};
-use crate::device_status::DeviceBoard;
+use crate::device_status::{DeviceBoard, DeviceStatus};
 use crate::internal_events::schedule::{
     AfterRead, BreakerTransitioned, DeviceTelemetry, ReadFailed, ReadSucceeded, TickFired,
     TickSkipped,
@@ -87,10 +88,10 @@ pub(crate) async fn run_device(
     device: Device,
     mut reader: Box<dyn DeviceReader>,
     ctx: Arc<ScheduleContext>,
+    status: Arc<Mutex<DeviceStatus>>,
     seq: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let status = ctx.board.register(device.id.clone(), &device.endpoint);
     let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status);
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);

@@ -144,8 +144,7 @@ impl Sink for Counting {
 fn device(id: &str, interval_ms: u64) -> Device {
     Device::new(
         id,
-        "opc.tcp://127.0.0.1:4840",
-        &["ns=1;s=count"],
+        format!("counter://{id}"),
         Duration::from_millis(interval_ms),
     )
     .unwrap()

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
+use collector_core::config::Settings;
 use collector_core::metrics::StatsSnapshot;
 use collector_core::protocol::Protocol;
-use collector_core::{Collector, CollectorConfig, Device};
+use collector_core::{Collector, CollectorConfig};
 use collector_opcua::OpcUaProtocol;
 use collector_testkit::{consume_all, EmbeddedKafka};
 use opc_loadgen::{SimConfig, Simulator};
@@ -49,10 +50,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     // The demo shows delivery within a second; production batches default to 10 s.
     cfg.batch.interval = args.interval.min(Duration::from_secs(1));
     // Local simulator: no need to pace connects as for a plant network.
-    cfg.session.max_connects_per_second = 1000;
+    cfg.protocol.insert(
+        "session".into(),
+        Settings::from_json(serde_json::json!({ "max_connects_per_second": 1000 })),
+    );
     for d in sim.devices() {
         let nodes: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-        let device = Device::new(
+        let device = collector_opcua::config::device(
             d.id.as_str(),
             d.endpoint_url.as_str(),
             &nodes,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use collector_core::{Collector, CollectorConfig};
+use collector_opcua::config::OpcUaConfig;
 use collector_opcua::OpcUaProtocol;
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +14,7 @@ use crate::{http, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
 fn load(path: &Path) -> Result<CollectorConfig, Failure> {
-    CollectorConfig::load(path).map_err(|errors| {
+    CollectorConfig::load(path, &OpcUaConfig).map_err(|errors| {
         for e in errors.iter() {
             eprintln!("error: {e}");
         }
@@ -24,7 +25,7 @@ fn load(path: &Path) -> Result<CollectorConfig, Failure> {
 
 pub(crate) fn validate(path: &Path) -> Result<(), Failure> {
     let cfg = load(path)?;
-    let nodes: usize = cfg.devices.iter().map(|d| d.nodes.len()).sum();
+    let nodes = collector_opcua::config::node_count(&cfg);
     println!(
         "{}: OK ({} devices, {} nodes, kafka {} topic {})",
         path.display(),

@@ -40,13 +40,17 @@ async fn dead_devices_do_not_hurt_the_others() {
         .iter()
         .map(|d| {
             let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-            Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval).unwrap()
+            collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval)
+                .unwrap()
         })
         .collect();
     let dead: Vec<String> = (0..10).map(|i| format!("dead-{i}")).collect();
     for id in &dead {
         let url = format!("opc.tcp://127.0.0.1:{}", closed_port());
-        devices.push(Device::new(id.as_str(), url, &["ns=2;s=Tag000"], interval).unwrap());
+        devices.push(
+            collector_opcua::config::device(id.as_str(), &url, &["ns=2;s=Tag000"], interval)
+                .unwrap(),
+        );
     }
     let cfg = support::config(kafka.bootstrap_servers(), devices);
     let run_for = Duration::from_secs(6);

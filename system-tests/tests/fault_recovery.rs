@@ -15,7 +15,8 @@ use opcua::types::{MessageSecurityMode, UserTokenPolicy};
 
 fn device(d: &opc_loadgen::SimDevice, interval: Duration) -> Device {
     let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-    Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval).unwrap()
+    collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

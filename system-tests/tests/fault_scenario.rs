@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector_core::config::Settings;
 use collector_core::histogram::LatencyHistogram;
 use collector_core::{Collector, Device};
 use collector_opcua::OpcUaProtocol;
@@ -83,15 +84,22 @@ async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outc
         .iter()
         .map(|d| {
             let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-            Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL).unwrap()
+            collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL)
+                .unwrap()
         })
         .collect();
     let mut cfg = support::config(kafka.bootstrap_servers(), devices);
     cfg.kafka.topic = topic.to_string();
-    cfg.session.read_timeout = Duration::from_secs(1);
-    cfg.session.connect_timeout = Duration::from_secs(1);
-    cfg.session.max_connects_per_second = 50;
-    let cap = f64::from(cfg.session.max_connects_per_second);
+    let connects_per_second = 50;
+    cfg.protocol.insert(
+        "session".into(),
+        Settings::from_json(serde_json::json!({
+            "read_timeout": "1s",
+            "connect_timeout": "1s",
+            "max_connects_per_second": connects_per_second,
+        })),
+    );
+    let cap = f64::from(connects_per_second);
 
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
     let collector = Collector::builder(cfg)

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use collector_core::config::kafka_security_properties;
+use collector_core::sink::kafka::kafka_security_properties;
 use collector_core::sink::kafka::KafkaSink;
 use collector_core::CollectorConfig;
 
@@ -44,8 +44,12 @@ fn pem_certificate(dir: &Path) -> std::path::PathBuf {
 }
 
 fn load(yaml: &str) -> Result<CollectorConfig, String> {
-    CollectorConfig::from_yaml(&format!("{yaml}{DEVICES}"), Some(Path::new("c.yaml")))
-        .map_err(|e| e.to_string())
+    CollectorConfig::from_yaml(
+        &format!("{yaml}{DEVICES}"),
+        Some(Path::new("c.yaml")),
+        &collector_opcua::config::OpcUaConfig,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[test]

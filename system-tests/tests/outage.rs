@@ -27,7 +27,7 @@ async fn kafka_outage_spills_and_replays_without_gaps() {
         .iter()
         .map(|d| {
             let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-            Device::new(
+            collector_opcua::config::device(
                 d.id.as_str(),
                 d.endpoint_url.as_str(),
                 &refs,

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use collector_core::Device;
 use opc_loadgen::model::NAMESPACE_URI;
 use opc_loadgen::{SimConfig, Simulator};
 
@@ -36,7 +35,8 @@ async fn every_read_arrives_with_the_simulators_values() {
                     .collect()
             };
             let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
-            Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval).unwrap()
+            collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval)
+                .unwrap()
         })
         .collect();
     let cfg = support::config(kafka.bootstrap_servers(), devices);

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use collector_core::config::{
-    DeviceSecurity, Fingerprint, Identity, SecretSource, SecurityMode, SecurityPolicy,
-};
+use collector_core::config::Settings;
 use collector_core::{Collector, Device};
+use collector_opcua::config::Fingerprint;
 use collector_opcua::OpcUaProtocol;
 use opc_loadgen::{SimConfig, SimDevice, SimSecurity, Simulator};
 use sha2::{Digest, Sha256};
@@ -49,19 +48,21 @@ fn secure_device(
     password_file: &Path,
     pin: Option<Fingerprint>,
 ) -> Device {
-    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-    let mut device = Device::new(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval).unwrap();
-    device.security = DeviceSecurity {
-        policy: SecurityPolicy::Basic256Sha256,
-        mode: SecurityMode::SignAndEncrypt,
-        server_fingerprint: pin,
-        identity: Identity::UserName {
-            username: USER.into(),
-            password: SecretSource::File(password_file.to_path_buf()),
-        },
-        ..DeviceSecurity::default()
-    };
-    device
+    // The device entry as it would be written in YAML.
+    let mut security = serde_json::json!({
+        "policy": "basic256sha256",
+        "mode": "sign_and_encrypt",
+        "user": { "username": USER, "password_file": password_file },
+    });
+    if let Some(pin) = pin {
+        security["server_fingerprint"] = pin.to_string().into();
+    }
+    Device::new(d.id.as_str(), d.endpoint_url.as_str(), interval)
+        .unwrap()
+        .with_settings(Settings::from_json(serde_json::json!({
+            "nodes": d.node_ids,
+            "security": security,
+        })))
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

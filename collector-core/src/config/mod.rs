@@ -2,29 +2,31 @@
 //! loading with `${ENV}` expansion, and validation that reports every
 //! problem at once with `file:line` and a hint.
 //!
-//! Validation is pure (no network, no sessions); building the pipeline
-//! does the I/O.
+//! The core owns the engine's sections (collector, schedule, workers,
+//! breaker, batch, kafka, spill, http) and a device's `id`, `endpoint` and
+//! `interval`; the protocol adapter owns the rest (its sections and its
+//! keys of each device entry, kept as [`Settings`]) and checks them through
+//! [`ProtocolConfig`]. Validation is pure (no network, no sessions);
+//! building the pipeline does the I/O.
 
+mod kafka;
 mod model;
-mod node_id;
-mod security;
+mod secret;
+mod settings;
 mod yaml;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use model::{
-    BatchConfig, BreakerConfig, CollectorSection, HttpConfig, KafkaConfig, ScheduleConfig,
-    SessionConfig, SpillSection, WorkerConfig,
+    duration, BatchConfig, BreakerConfig, CollectorSection, HttpConfig, ScheduleConfig,
+    SpillSection, WorkerConfig,
 };
-pub use node_id::{Identifier, Namespace, NodeAddress};
-pub use security::{
-    kafka_security_properties, DeviceSecurity, Fingerprint, Identity, KafkaSasl, KafkaTls, Secret,
-    SecretSource, SecurityMode, SecurityPolicy, SecuritySection, TrustMode, UserCertificate,
-    UserPassword, SASL_MECHANISMS,
-};
+pub use secret::{Secret, SecretSource};
+pub use settings::{NoProtocolConfig, ProtocolConfig, Settings};
 
 use crate::error::{ConfigError, ConfigErrors};
 use model::RawDevice;
@@ -42,8 +44,6 @@ pub struct CollectorConfig {
     pub schedule: ScheduleConfig,
     /// Read concurrency.
     pub workers: WorkerConfig,
-    /// Session and read behaviour.
-    pub session: SessionConfig,
     /// Per-device circuit breaker.
     pub breaker: BreakerConfig,
     /// Batching.
@@ -54,67 +54,79 @@ pub struct CollectorConfig {
     pub spill: SpillSection,
     /// The daemon's HTTP server.
     pub http: HttpConfig,
-    /// OPC UA security defaults and the client certificate.
-    pub security: SecuritySection,
+    /// The protocol adapter's own top-level sections, as written (for OPC
+    /// UA: `security`, `session`), by section name.
+    pub protocol: BTreeMap<String, Settings>,
     /// The devices to read, validated.
     pub devices: Vec<Device>,
 }
 
-/// A device to read, validated.
+/// A device to read: what the engine needs (identity, endpoint, schedule)
+/// and what its protocol adapter reads from it ([`Settings`], e.g. OPC UA
+/// node ids and security), which the core never interprets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     /// Unique id; the Kafka key of its records.
     pub id: Arc<str>,
-    /// Endpoint URL, e.g. `opc.tcp://plc-1:4840`.
+    /// Endpoint URL (`scheme://...`, e.g. `opc.tcp://plc-1:4840`); the
+    /// adapter checks the scheme.
     pub endpoint: String,
-    /// Nodes read on every tick, in this order.
-    pub nodes: Vec<NodeAddress>,
     /// Read interval.
     pub interval: Duration,
-    /// Security policy, mode, trust and identity.
-    pub security: DeviceSecurity,
+    /// The adapter's settings of this device, as written.
+    pub settings: Settings,
 }
 
 impl Device {
-    /// Builds a device in code (what the YAML loader does per entry).
+    /// Builds a device in code (what the YAML loader does per entry, for the
+    /// core's part); add the adapter's part with [`Device::with_settings`].
     pub fn new(
         id: impl Into<Arc<str>>,
         endpoint: impl Into<String>,
-        nodes: &[&str],
         interval: Duration,
     ) -> Result<Device, ConfigErrors> {
         let raw = RawDevice {
             id: Some(id.into().to_string()),
             endpoint: Some(endpoint.into()),
-            nodes: nodes.iter().map(|s| s.to_string()).collect(),
             interval: Some(interval),
-            security: None,
         };
         let mut errors = ConfigErrors::default();
-        let fleet = SecuritySection::default();
-        let device = validate_device(raw, interval, &fleet, None, &|_| None, &mut errors);
+        let device = validate_device(raw, interval, None, &mut errors);
         match device {
             Some(d) if errors.is_empty() => Ok(d),
             _ => Err(errors),
         }
     }
+
+    /// The device with the adapter's settings `settings`.
+    pub fn with_settings(mut self, settings: Settings) -> Device {
+        self.settings = settings;
+        self
+    }
 }
 
 impl CollectorConfig {
     /// Loads and validates a YAML configuration file (and the device files
-    /// it names), reporting every problem found.
-    pub fn load(path: &Path) -> Result<CollectorConfig, ConfigErrors> {
+    /// it names), reporting every problem found, the adapter's included.
+    pub fn load(
+        path: &Path,
+        adapter: &dyn ProtocolConfig,
+    ) -> Result<CollectorConfig, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![
                 ConfigError::new(format!("cannot read config: {e}")).at(Some(path), None)
             ])
         })?;
-        Self::from_yaml(&text, Some(path))
+        Self::from_yaml(&text, Some(path), adapter)
     }
 
     /// Parses and validates YAML text; `path` (if any) names the file in
     /// errors and anchors relative `device_files`.
-    pub fn from_yaml(text: &str, path: Option<&Path>) -> Result<CollectorConfig, ConfigErrors> {
+    pub fn from_yaml(
+        text: &str,
+        path: Option<&Path>,
+        adapter: &dyn ProtocolConfig,
+    ) -> Result<CollectorConfig, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let root = match yaml::parse(text) {
             Ok(root) => root,
@@ -125,7 +137,10 @@ impl CollectorConfig {
             }
         };
         let mut cfg = CollectorConfig::default();
-        let mut raw_devices: Vec<(RawDevice, usize, Option<PathBuf>, Node)> = Vec::new();
+        let mut raw_devices: Vec<RawEntry> = Vec::new();
+        let owned = Owned {
+            device_keys: adapter.device_keys(),
+        };
 
         let Node::Map { entries, .. } = &root else {
             errors.push(
@@ -149,14 +164,12 @@ impl CollectorConfig {
                 "collector" => section!(cfg.collector),
                 "schedule" => section!(cfg.schedule),
                 "workers" => section!(cfg.workers),
-                "session" => section!(cfg.session),
                 "breaker" => section!(cfg.breaker),
                 "batch" => section!(cfg.batch),
                 "kafka" => section!(cfg.kafka),
                 "spill" => section!(cfg.spill),
                 "http" => section!(cfg.http),
-                "security" => section!(cfg.security),
-                "devices" => collect_devices(node, path, &mut raw_devices, &mut errors),
+                "devices" => collect_devices(node, path, &owned, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
                     Ok(files) => {
                         for f in files {
@@ -164,16 +177,26 @@ impl CollectorConfig {
                                 Some(dir) if f.is_relative() => dir.join(&f),
                                 _ => f.clone(),
                             };
-                            load_device_file(&full, &mut raw_devices, &mut errors);
+                            load_device_file(&full, &owned, &mut raw_devices, &mut errors);
                         }
                     }
                     Err(e) => errors.push(at(e)),
                 },
-                other => errors.push(
-                    ConfigError::new(format!("unknown section `{other}`"))
-                        .at(path, Some(*line))
-                        .hint("sections are collector, schedule, workers, session, security, breaker, batch, kafka, spill, http, devices, device_files"),
-                ),
+                other if adapter.sections().contains(&other) => {
+                    cfg.protocol.insert(
+                        other.to_string(),
+                        Settings::from_node(node.clone(), path, Some(*line)),
+                    );
+                }
+                other => {
+                    let mut sections = CORE_SECTIONS.to_vec();
+                    sections.extend_from_slice(adapter.sections());
+                    errors.push(
+                        ConfigError::new(format!("unknown section `{other}`"))
+                            .at(path, Some(*line))
+                            .hint(format!("sections are {}", sections.join(", "))),
+                    )
+                }
             }
         }
 
@@ -181,21 +204,18 @@ impl CollectorConfig {
 
         let default_interval = cfg.schedule.interval;
         let mut seen: HashMap<Arc<str>, (Option<PathBuf>, usize)> = HashMap::new();
-        for (raw, line, file, node) in raw_devices {
+        for RawEntry {
+            raw,
+            line,
+            file,
+            node,
+            settings,
+        } in raw_devices
+        {
             let file_ref = file.as_deref();
-            let node_line = |i: usize| match node.get("nodes") {
-                Some((Node::Seq { items, .. }, _)) => items.get(i).map(Node::line),
-                _ => None,
-            };
             let before = errors.0.len();
-            let device = validate_device(
-                raw,
-                default_interval,
-                &cfg.security,
-                Some(line),
-                &node_line,
-                &mut errors,
-            );
+            let device = validate_device(raw, default_interval, Some(line), &mut errors)
+                .map(|d| d.with_settings(settings));
             for e in &mut errors.0[before..] {
                 if e.file.is_none() {
                     e.file = file.clone();
@@ -224,6 +244,9 @@ impl CollectorConfig {
                 cfg.devices.push(device);
             }
         }
+        // Devices the core found problems with are still checked by the
+        // adapter (every problem at once); the result is an error anyway.
+        errors.0.extend(adapter.validate(&cfg));
         if cfg.devices.is_empty() && errors.is_empty() {
             errors.push(
                 ConfigError::new("no devices configured")
@@ -239,7 +262,8 @@ impl CollectorConfig {
         }
     }
 
-    /// Checks a configuration built in code (sections and devices).
+    /// Checks a configuration built in code: the core's sections and
+    /// devices (the adapter checks its own part when it is created).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let root = Node::Map {
@@ -286,37 +310,83 @@ impl CollectorConfig {
     }
 }
 
+/// The sections the core owns.
+const CORE_SECTIONS: &[&str] = &[
+    "collector",
+    "schedule",
+    "workers",
+    "breaker",
+    "batch",
+    "kafka",
+    "spill",
+    "http",
+    "devices",
+    "device_files",
+];
+
+/// What the adapter owns of a device entry.
+struct Owned<'a> {
+    device_keys: &'a [&'static str],
+}
+
+/// One device entry as read: the core's part, where it was, and the
+/// adapter's part.
+struct RawEntry {
+    raw: RawDevice,
+    line: usize,
+    file: Option<PathBuf>,
+    node: Node,
+    settings: Settings,
+}
+
 fn collect_devices(
     node: &Node,
     file: Option<&Path>,
-    out: &mut Vec<(RawDevice, usize, Option<PathBuf>, Node)>,
+    owned: &Owned<'_>,
+    out: &mut Vec<RawEntry>,
     errors: &mut ConfigErrors,
 ) {
     let Node::Seq { items, .. } = node else {
         errors.push(
             ConfigError::new("`devices` must be a list")
                 .at(file, Some(node.line()))
-                .hint("devices:\n  - id: plc-1\n    endpoint: opc.tcp://host:4840\n    nodes: [\"ns=2;s=Tag1\"]"),
+                .hint("write `devices:` followed by `- id: ...` entries"),
         );
         return;
     };
     for (i, item) in items.iter().enumerate() {
+        let mut adapter_entries = Vec::new();
         if let Node::Map { entries, .. } = item {
-            for (key, line, _) in entries {
-                if !RawDevice::FIELDS.contains(&key.as_str()) {
+            for (key, line, value) in entries {
+                if owned.device_keys.contains(&key.as_str()) {
+                    adapter_entries.push((key.clone(), *line, value.clone()));
+                } else if !RawDevice::FIELDS.contains(&key.as_str()) {
+                    let mut fields = RawDevice::FIELDS.to_vec();
+                    fields.extend_from_slice(owned.device_keys);
                     errors.push(
                         ConfigError::new(format!("devices[{i}]: unknown field `{key}`"))
                             .at(file, Some(*line))
-                            .hint(format!(
-                                "device fields are {}",
-                                RawDevice::FIELDS.join(", ")
-                            )),
+                            .hint(format!("device fields are {}", fields.join(", "))),
                     );
                 }
             }
         }
+        let settings = Settings::from_node(
+            Node::Map {
+                entries: adapter_entries,
+                line: item.line(),
+            },
+            file,
+            Some(item.line()),
+        );
         match yaml::deserialize::<RawDevice>(item, &format!("devices[{i}]")) {
-            Ok(raw) => out.push((raw, item.line(), file.map(Path::to_path_buf), item.clone())),
+            Ok(raw) => out.push(RawEntry {
+                raw,
+                line: item.line(),
+                file: file.map(Path::to_path_buf),
+                node: item.clone(),
+                settings,
+            }),
             Err(e) => errors.push(e.at(file, None)),
         }
     }
@@ -324,7 +394,8 @@ fn collect_devices(
 
 fn load_device_file(
     path: &Path,
-    out: &mut Vec<(RawDevice, usize, Option<PathBuf>, Node)>,
+    owned: &Owned<'_>,
+    out: &mut Vec<RawEntry>,
     errors: &mut ConfigErrors,
 ) {
     let text = match std::fs::read_to_string(path) {
@@ -341,7 +412,7 @@ fn load_device_file(
             .0
             .extend(errs.into_iter().map(|e| e.at(Some(path), None))),
         Ok(root) => match root.get("devices") {
-            Some((node, _)) => collect_devices(node, Some(path), out, errors),
+            Some((node, _)) => collect_devices(node, Some(path), owned, out, errors),
             None => errors.push(
                 ConfigError::new("a device file must have a top-level `devices:` list")
                     .at(Some(path), Some(root.line())),
@@ -350,12 +421,27 @@ fn load_device_file(
     }
 }
 
+/// Whether `s` looks like `scheme://rest` (the adapter checks the scheme).
+fn is_url(s: &str) -> bool {
+    match s.split_once("://") {
+        Some((scheme, rest)) => {
+            !rest.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// The core's checks of a device entry. Returns the device whenever it has
+/// an id, problems or not, so the adapter can report its own problems with
+/// the same entry; the caller knows from `errors` whether it is valid.
 fn validate_device(
     raw: RawDevice,
     default_interval: Duration,
-    fleet: &SecuritySection,
     line: Option<usize>,
-    node_line: &dyn Fn(usize) -> Option<usize>,
     errors: &mut ConfigErrors,
 ) -> Option<Device> {
     let id = match raw.id.as_deref().map(str::trim) {
@@ -369,52 +455,25 @@ fn validate_device(
             return None;
         }
     };
-    let mut ok = true;
     let endpoint = match raw.endpoint.as_deref().map(str::trim) {
-        Some(e) if e.starts_with("opc.tcp://") && e.len() > "opc.tcp://".len() => e.to_string(),
+        Some(e) if is_url(e) => e.to_string(),
         Some(e) => {
             errors.push(
-                ConfigError::new(format!(
-                    "device `{id}`: endpoint {e:?} is not an opc.tcp:// URL"
-                ))
-                .at(None, line)
-                .hint("write e.g. opc.tcp://plc-1.example:4840"),
+                ConfigError::new(format!("device `{id}`: endpoint {e:?} is not a URL"))
+                    .at(None, line)
+                    .hint("write e.g. opc.tcp://plc-1.example:4840"),
             );
-            ok = false;
-            String::new()
+            e.to_string()
         }
         None => {
             errors.push(
                 ConfigError::new(format!("device `{id}`: missing `endpoint`"))
                     .at(None, line)
-                    .hint("add `endpoint: opc.tcp://host:port`"),
+                    .hint("add e.g. `endpoint: opc.tcp://host:port`"),
             );
-            ok = false;
             String::new()
         }
     };
-    if raw.nodes.is_empty() {
-        errors.push(
-            ConfigError::new(format!("device `{id}`: no `nodes` to read"))
-                .at(None, line)
-                .hint("add `nodes: [\"ns=2;s=Tag1\"]`"),
-        );
-        ok = false;
-    }
-    let mut nodes = Vec::with_capacity(raw.nodes.len());
-    for (i, text) in raw.nodes.iter().enumerate() {
-        match text.parse::<NodeAddress>() {
-            Ok(n) => nodes.push(n),
-            Err(msg) => {
-                errors.push(
-                    ConfigError::new(format!("device `{id}`: {msg}"))
-                        .at(None, node_line(i).or(line))
-                        .hint("node ids look like `ns=2;s=Name`, `ns=3;i=1001` or `nsu=urn:vendor:ns;s=Name`"),
-                );
-                ok = false;
-            }
-        }
-    }
     let interval = raw.interval.unwrap_or(default_interval);
     if interval < MIN_INTERVAL {
         errors.push(
@@ -423,28 +482,12 @@ fn validate_device(
             ))
             .at(None, line),
         );
-        ok = false;
     }
-    let security = match fleet.resolve(raw.security.as_ref()) {
-        Ok(s) => s,
-        Err(msgs) => {
-            for m in msgs {
-                errors.push(
-                    ConfigError::new(format!("device `{id}`: {m}"))
-                        .at(None, line)
-                        .hint("see docs/security.md"),
-                );
-            }
-            ok = false;
-            DeviceSecurity::default()
-        }
-    };
-    ok.then(|| Device {
+    Some(Device {
         id: Arc::from(id),
         endpoint,
-        nodes,
         interval,
-        security,
+        settings: Settings::default(),
     })
 }
 
@@ -477,30 +520,6 @@ fn check_sections(
         "workers",
         "permits",
         "must be at least 1",
-    );
-    check(
-        !cfg.session.connect_timeout.is_zero(),
-        "session",
-        "connect_timeout",
-        "must be > 0",
-    );
-    check(
-        !cfg.session.read_timeout.is_zero(),
-        "session",
-        "read_timeout",
-        "must be > 0",
-    );
-    check(
-        cfg.session.max_connects_per_second >= 1,
-        "session",
-        "max_connects_per_second",
-        "must be at least 1",
-    );
-    check(
-        cfg.session.reconnect_initial <= cfg.session.reconnect_max,
-        "session",
-        "reconnect_initial",
-        "must not exceed reconnect_max",
     );
     check(
         !cfg.batch.interval.is_zero(),
@@ -570,18 +589,7 @@ fn check_sections(
             "must not be empty",
         );
     }
-    for msg in cfg.security.check() {
-        let field = msg
-            .strip_prefix("security.")
-            .and_then(|m| m.split([':', '.']).next())
-            .unwrap_or("");
-        errors.push(
-            ConfigError::new(msg.clone())
-                .at(path, line_of("security", field))
-                .hint("see docs/security.md"),
-        );
-    }
-    for (field, msg) in security::check_kafka(&cfg.kafka) {
+    for (field, msg) in kafka::check_kafka(&cfg.kafka) {
         errors.push(
             ConfigError::new(msg)
                 .at(path, line_of("kafka", field))
@@ -594,79 +602,77 @@ fn check_sections(
 mod tests {
     use super::*;
 
+    /// An adapter that owns a `nodes:` key per device and a `plc:` section,
+    /// and checks that every device has nodes.
+    struct TestAdapter;
+
+    impl ProtocolConfig for TestAdapter {
+        fn sections(&self) -> &[&'static str] {
+            &["plc"]
+        }
+
+        fn device_keys(&self) -> &[&'static str] {
+            &["nodes"]
+        }
+
+        fn validate(&self, cfg: &CollectorConfig) -> Vec<ConfigError> {
+            cfg.devices
+                .iter()
+                .filter_map(|d| match d.settings.get::<Vec<String>>("nodes", "nodes") {
+                    Ok(n) if n.is_empty() => Some(d.settings.error(None, "no nodes")),
+                    Ok(n) => n.iter().position(|n| n.contains("two")).map(|i| {
+                        d.settings
+                            .item_error("nodes", i, format!("bad node {}", n[i]))
+                    }),
+                    Err(e) => Some(e),
+                })
+                .collect()
+        }
+    }
+
     #[test]
     fn loads_defaults_and_devices() {
         let cfg = CollectorConfig::from_yaml(
-            "kafka:\n  brokers: k:9092\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n    interval: 1s\n",
+            "kafka:\n  brokers: k:9092\nplc:\n  speed: 3\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n    interval: 1s\n",
             None,
+            &TestAdapter,
         )
         .unwrap();
         assert_eq!(cfg.kafka.brokers, "k:9092");
         assert_eq!(cfg.workers.permits, 100);
         assert_eq!(cfg.devices.len(), 1);
         assert_eq!(cfg.devices[0].interval, Duration::from_secs(1));
+        assert_eq!(
+            cfg.devices[0].settings.to_json(),
+            serde_json::json!({"nodes": ["ns=2;s=T"]})
+        );
+        assert_eq!(
+            cfg.protocol["plc"].to_json(),
+            serde_json::json!({"speed": 3})
+        );
     }
 
+    /// Settings that say the same thing are equal wherever they are
+    /// written (a device that only moved in its file is unchanged).
     #[test]
-    fn device_security_overrides_the_fleet_defaults() {
-        std::env::set_var("OPC_COLLECTOR_TEST_PW", "pw");
-        let text = "\
-security:
-  policy: basic256sha256
-  user: { username: fleet, password_env: OPC_COLLECTOR_TEST_PW }
-devices:
-  - id: a
-    endpoint: opc.tcp://h:4840
-    nodes: [\"ns=2;s=T\"]
-  - id: b
-    endpoint: opc.tcp://h:4841
-    nodes: [\"ns=2;s=T\"]
-    security:
-      mode: sign
-      server_fingerprint: \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"
-      user_certificate: { cert: Cargo.toml, key: Cargo.toml }
-  - id: c
-    endpoint: opc.tcp://h:4842
-    nodes: [\"ns=2;s=T\"]
-    security:
-      server_fingerprint: nope
-      policy: none
-      mode: sign_and_encrypt
-";
-        let errs = CollectorConfig::from_yaml(text, Some(Path::new("s.yaml"))).unwrap_err();
-        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert_eq!(msgs.len(), 2, "{msgs:?}");
-        assert!(
-            msgs.iter()
-                .all(|m| m.starts_with("s.yaml:15:") && m.contains("device `c`")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("server_fingerprint")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("policy None cannot sign")),
-            "{msgs:?}"
-        );
-
-        let ok = text.split("  - id: c").next().unwrap();
-        let cfg = CollectorConfig::from_yaml(ok, None).unwrap();
-        let (a, b) = (&cfg.devices[0].security, &cfg.devices[1].security);
-        assert_eq!(a.policy, SecurityPolicy::Basic256Sha256);
-        assert_eq!(a.mode, SecurityMode::Auto);
-        assert!(matches!(&a.identity, Identity::UserName { username, .. } if username == "fleet"));
-        assert_eq!(b.policy, SecurityPolicy::Basic256Sha256);
-        assert_eq!(b.mode, SecurityMode::Sign);
-        assert!(matches!(b.identity, Identity::Certificate { .. }));
-        assert_eq!(b.server_fingerprint.unwrap().0[1], 0x11);
+    fn settings_compare_by_content_not_position() {
+        let text = "devices:\n  - id: a\n    endpoint: x://h\n    nodes: [n1]\n";
+        let moved = "devices:\n\n\n  - id: a\n    endpoint: x://h\n    nodes:\n      - n1\n";
+        let a = CollectorConfig::from_yaml(text, None, &TestAdapter).unwrap();
+        let b = CollectorConfig::from_yaml(moved, None, &TestAdapter).unwrap();
+        assert_eq!(a.devices, b.devices);
+        let coded = Device::new("a", "x://h", a.devices[0].interval)
+            .unwrap()
+            .with_settings(Settings::from_json(serde_json::json!({"nodes": ["n1"]})));
+        assert_eq!(a.devices[0], coded);
     }
 
     /// A misspelt backend used to mean the segment log, silently.
     #[test]
     fn an_unknown_spill_backend_is_an_error_with_its_line() {
         let text = "kafka:\n  brokers: k:9092\nspill:\n  backend: sledd\n";
-        let errs = CollectorConfig::from_yaml(text, Some(Path::new("c.yaml"))).unwrap_err();
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("c.yaml")), &TestAdapter).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(msgs[0].starts_with("c.yaml:4:"), "{msgs:?}");
@@ -674,6 +680,7 @@ devices:
         let sled = CollectorConfig::from_yaml(
             "kafka:\n  brokers: k:9092\nspill:\n  backend: sled\n  dir: /tmp/x\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n",
             None,
+            &TestAdapter,
         )
         .unwrap();
         assert_eq!(
@@ -682,6 +689,8 @@ devices:
         );
     }
 
+    /// The core's problems and the adapter's, all at once, each at its line;
+    /// keys neither owns are reported with both lists.
     #[test]
     fn reports_every_problem_with_lines() {
         let text = "\
@@ -706,39 +715,32 @@ devices:
     endpoint: opc.tcp://h:4843
     nodes: [\"ns=2;s=T\"]
     interval: soon
+  - id: e
+    endpoint: not a url
+    nodes: [n]
+    colour: red
+unknown_section: 1
 ";
-        let errs = CollectorConfig::from_yaml(text, Some(Path::new("c.yaml"))).unwrap_err();
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("c.yaml")), &TestAdapter).unwrap_err();
         let lines: Vec<(usize, String)> = errs
             .iter()
             .map(|e| (e.line.unwrap(), e.message.clone()))
             .collect();
-        assert_eq!(errs.0.len(), 5, "{errs}");
-        assert!(
-            lines.iter().any(|(l, m)| *l == 3 && m.contains("bogus")),
-            "{lines:?}"
-        );
-        assert!(
-            lines.iter().any(|(l, m)| *l == 12 && m.contains("ns=two")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|(l, m)| *l == 13 && m.contains("duplicate")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|(l, m)| *l == 16 && m.contains("missing `endpoint`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|(l, m)| *l == 21 && m.contains("invalid duration")),
-            "{lines:?}"
-        );
-        assert!(errs.to_string().contains("c.yaml:3:"));
+        let has =
+            |line: usize, text: &str| lines.iter().any(|(l, m)| *l == line && m.contains(text));
+        assert_eq!(errs.0.len(), 8, "{errs}");
+        assert!(has(3, "bogus"), "{lines:?}");
+        assert!(has(12, "bad node ns=two"), "{lines:?}");
+        assert!(has(13, "duplicate"), "{lines:?}");
+        assert!(has(16, "missing `endpoint`"), "{lines:?}");
+        assert!(has(21, "invalid duration"), "{lines:?}");
+        assert!(has(22, "is not a URL"), "{lines:?}");
+        assert!(has(25, "unknown field `colour`"), "{lines:?}");
+        assert!(has(26, "unknown section `unknown_section`"), "{lines:?}");
+        let text = errs.to_string();
+        assert!(text.contains("c.yaml:3:"), "{text}");
+        assert!(text.contains("id, endpoint, interval, nodes"), "{text}");
+        assert!(text.contains("plc"), "{text}");
     }
 }

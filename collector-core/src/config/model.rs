@@ -2,7 +2,6 @@
 //! documented with its default. `config/default.yaml` in the repository
 //! shows every field with its default value.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,57 +110,6 @@ impl Default for WorkerConfig {
     }
 }
 
-/// `session:` — how device sessions are opened and read.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionConfig {
-    /// Time allowed to open a session (TCP, secure channel, session
-    /// activation, namespace and limit discovery). Default `10s`.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    /// Time allowed for one read request. Default `5s`.
-    #[serde(with = "duration")]
-    pub read_timeout: Duration,
-    /// Session keep-alive period; a dead-but-open connection is detected
-    /// after `max_failed_keep_alives` missed ones. Default `30s`.
-    #[serde(with = "duration")]
-    pub keep_alive_interval: Duration,
-    /// Failed keep-alives before a session is dropped. Default 2.
-    pub max_failed_keep_alives: u32,
-    /// Upper bound on nodes per Read request; the server's own
-    /// MaxNodesPerRead (read at connect) is honoured when smaller. 0 = only
-    /// the server's limit. Default 1000.
-    pub max_nodes_per_read: u32,
-    /// Fleet-wide cap on session attempts per second (all devices
-    /// together), so a mass reconnect never storms the network. Default 50.
-    pub max_connects_per_second: u32,
-    /// Initial delay before reconnecting a failed endpoint; doubles per
-    /// failure, with jitter. Default `1s`.
-    #[serde(with = "duration")]
-    pub reconnect_initial: Duration,
-    /// Upper bound of the reconnect delay. Default `60s`.
-    #[serde(with = "duration")]
-    pub reconnect_max: Duration,
-    /// OPC UA application name presented to servers. Default `opc-collector`.
-    pub application_name: String,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(5),
-            keep_alive_interval: Duration::from_secs(30),
-            max_failed_keep_alives: 2,
-            max_nodes_per_read: 1000,
-            max_connects_per_second: 50,
-            reconnect_initial: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(60),
-            application_name: "opc-collector".to_string(),
-        }
-    }
-}
-
 /// `breaker:` — the per-device circuit breaker.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -219,56 +167,6 @@ impl Default for BatchConfig {
     }
 }
 
-/// `kafka:` — where records go.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated. Default `localhost:9092`.
-    pub brokers: String,
-    /// Topic for records. Default `opc-samples`.
-    pub topic: String,
-    /// `compression.codec`. Default `snappy`.
-    pub compression: String,
-    /// `linger.ms`: how long the producer waits to fill a request. Default 20.
-    pub linger_ms: u32,
-    /// `message.timeout.ms`: when an undelivered record is declared
-    /// failed and spilled. Also bounds how long a batch already handed to
-    /// the producer waits when Kafka goes down (new batches go straight to
-    /// the spill once the outage is detected). Default `30s`.
-    #[serde(with = "duration")]
-    pub message_timeout: Duration,
-    /// `queue.buffering.max.messages`: producer queue bound; a full queue
-    /// is backpressure, not loss. Default 200000.
-    pub queue_max_messages: u32,
-    /// `queue.buffering.max.kbytes`. Default 262144 (256 MiB).
-    pub queue_max_kbytes: u32,
-    /// TLS to the brokers. Default: none (plaintext).
-    pub tls: Option<super::security::KafkaTls>,
-    /// SASL authentication. Default: none.
-    pub sasl: Option<super::security::KafkaSasl>,
-    /// Any other librdkafka property, passed through verbatim; these win
-    /// over the settings above (but may not repeat what `tls`/`sasl` set).
-    /// Values are never logged.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "localhost:9092".to_string(),
-            topic: "opc-samples".to_string(),
-            compression: "snappy".to_string(),
-            linger_ms: 20,
-            message_timeout: Duration::from_secs(30),
-            queue_max_messages: 200_000,
-            queue_max_kbytes: 262_144,
-            tls: None,
-            sasl: None,
-            properties: BTreeMap::new(),
-        }
-    }
-}
-
 /// `http:` — the daemon's metrics and health server.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -293,25 +191,23 @@ impl Default for HttpConfig {
 pub(crate) struct RawDevice {
     pub id: Option<String>,
     pub endpoint: Option<String>,
-    #[serde(default)]
-    pub nodes: Vec<String>,
     #[serde(default, with = "opt_duration")]
     pub interval: Option<Duration>,
-    #[serde(default)]
-    pub security: Option<super::security::RawDeviceSecurity>,
 }
 
 impl RawDevice {
-    /// The keys a device entry may have.
-    pub(crate) const FIELDS: &'static [&'static str] =
-        &["id", "endpoint", "nodes", "interval", "security"];
+    /// The keys of a device entry the core owns; the protocol adapter owns
+    /// the others it declares ([`super::ProtocolConfig::device_keys`]).
+    pub(crate) const FIELDS: &'static [&'static str] = &["id", "endpoint", "interval"];
 }
 
-/// Durations as human-readable strings: `500ms`, `10s`, `1m30s`.
-pub(crate) mod duration {
+/// Durations as human-readable strings: `500ms`, `10s`, `1m30s`, for
+/// `#[serde(with = "duration")]` (adapters use it for their own settings).
+pub mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    /// Deserializes a duration written as `500ms`, `10s`, `1m`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)

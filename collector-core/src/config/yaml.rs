@@ -52,6 +52,34 @@ impl Node {
         }
     }
 
+    /// A tree from a JSON value (no positions: line 0), for settings built
+    /// in code. Strings become quoted scalars, so they stay strings.
+    pub(crate) fn from_json(value: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        let scalar = |text: String, plain: bool| Node::Scalar {
+            text,
+            plain,
+            line: 0,
+        };
+        match value {
+            J::Null => scalar("null".into(), true),
+            J::Bool(b) => scalar(b.to_string(), true),
+            J::Number(n) => scalar(n.to_string(), true),
+            J::String(s) => scalar(s.clone(), false),
+            J::Array(items) => Node::Seq {
+                items: items.iter().map(Node::from_json).collect(),
+                line: 0,
+            },
+            J::Object(map) => Node::Map {
+                entries: map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), 0, Node::from_json(v)))
+                    .collect(),
+                line: 0,
+            },
+        }
+    }
+
     /// Converts to a JSON value for serde, resolving plain scalars the way
     /// YAML 1.2's core schema does.
     pub(crate) fn to_json(&self) -> serde_json::Value {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use collector_core::error::SinkError;
 use collector_core::sink::{DeliveryReport, Message, Sink};
-use collector_core::{Collector, CollectorConfig, Device, Record};
+use collector_core::{Collector, CollectorConfig, Record};
 use collector_opcua::OpcUaProtocol;
 use opc_loadgen::{SimConfig, Simulator};
 
@@ -69,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.batch.interval = Duration::from_secs(1);
     for d in sim.devices() {
         let nodes: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-        config.devices.push(Device::new(
+        config.devices.push(collector_opcua::config::device(
             d.id.as_str(),
             d.endpoint_url.as_str(),
             &nodes,

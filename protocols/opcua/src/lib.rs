@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 mod convert;
 mod reader;
 mod security;
@@ -28,9 +29,12 @@ mod session;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use collector_core::config::{Device, TrustMode};
+use collector_core::config::Device;
+use collector_core::error::ConfigErrors;
 use collector_core::protocol::{DeviceReader, Protocol};
 use collector_core::{CollectorConfig, ReadError};
+
+use config::{OpcUaSettings, TrustMode};
 
 use reader::OpcUaReader;
 use session::Pool;
@@ -53,11 +57,15 @@ pub enum OpcUaError {
     /// The OPC UA client configuration was rejected.
     #[error("OPC UA client configuration: {0}")]
     Client(String),
+    /// The adapter's part of the configuration is invalid.
+    #[error("{0}")]
+    Config(ConfigErrors),
 }
 
 /// The OPC UA protocol: owns the session pool.
 pub struct OpcUaProtocol {
     pool: Arc<Pool>,
+    settings: OpcUaSettings,
 }
 
 impl OpcUaProtocol {
@@ -65,7 +73,9 @@ impl OpcUaProtocol {
     /// no session opens until a device is read, and the client certificate
     /// is generated (or loaded) at the first secure connect.
     pub fn new(cfg: &CollectorConfig) -> Result<Self, OpcUaError> {
-        let pki_dir = cfg
+        let settings =
+            OpcUaSettings::from_config(cfg).map_err(|e| OpcUaError::Config(ConfigErrors(e)))?;
+        let pki_dir = settings
             .security
             .pki_dir
             .clone()
@@ -75,7 +85,10 @@ impl OpcUaProtocol {
             .devices
             .iter()
             .filter(|d| {
-                d.security.trust == TrustMode::AutoAccept && d.security.server_fingerprint.is_none()
+                settings.device(d).is_ok_and(|d| {
+                    d.security.trust == TrustMode::AutoAccept
+                        && d.security.server_fingerprint.is_none()
+                })
             })
             .map(|d| d.id.as_ref())
             .collect();
@@ -86,11 +99,16 @@ impl OpcUaProtocol {
                 "security.trust: auto_accept: these devices accept any server certificate, so a man-in-the-middle goes unnoticed; trust or pin the servers' certificates instead"
             );
         }
-        let clients =
-            security::Clients::new(&cfg.session, &cfg.security, pki_dir, &cfg.collector_id())
-                .map_err(OpcUaError::Client)?;
+        let clients = security::Clients::new(
+            &settings.session,
+            &settings.security,
+            pki_dir,
+            &cfg.collector_id(),
+        )
+        .map_err(OpcUaError::Client)?;
         Ok(Self {
-            pool: Arc::new(Pool::new(clients, cfg.session.clone())),
+            pool: Arc::new(Pool::new(clients, settings.session.clone())),
+            settings,
         })
     }
 }
@@ -98,7 +116,11 @@ impl OpcUaProtocol {
 #[async_trait]
 impl Protocol for OpcUaProtocol {
     fn attach(&self, device: &Device) -> Result<Box<dyn DeviceReader>, ReadError> {
-        Ok(Box::new(OpcUaReader::new(self.pool.clone(), device)?))
+        let opc = self
+            .settings
+            .device(device)
+            .map_err(|e| ReadError::Config(ConfigErrors(e).to_string()))?;
+        Ok(Box::new(OpcUaReader::new(self.pool.clone(), device, opc)?))
     }
 
     fn connected_sessions(&self) -> usize {

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use collector_core::config::{Device, Identifier, Namespace, NodeAddress};
+use collector_core::config::Device;
+
+use crate::config::{Identifier, Namespace, NodeAddress, OpcUaDevice};
 use collector_core::metrics::names;
 use collector_core::protocol::DeviceReader;
 use collector_core::record::Sample;
@@ -38,12 +40,16 @@ pub(crate) struct OpcUaReader {
 }
 
 impl OpcUaReader {
-    pub(crate) fn new(pool: Arc<Pool>, device: &Device) -> Result<Self, ReadError> {
-        let endpoint = pool.endpoint(&device.endpoint, &device.security);
+    pub(crate) fn new(
+        pool: Arc<Pool>,
+        device: &Device,
+        opc: OpcUaDevice,
+    ) -> Result<Self, ReadError> {
+        let endpoint = pool.endpoint(&device.endpoint, &opc.security);
         Ok(Self {
             pool,
             endpoint,
-            nodes: device.nodes.clone(),
+            nodes: opc.nodes,
             resolved: None,
             to_read: Vec::new(),
             released: false,

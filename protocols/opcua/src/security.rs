@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use collector_core::config::{
+use crate::config::{
     DeviceSecurity, Fingerprint, Identity, SecurityMode, SecurityPolicy, SecuritySection,
     SessionConfig, TrustMode,
 };

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use collector_core::config::{DeviceSecurity, Identity, SecurityPolicy, SessionConfig};
+use crate::config::{DeviceSecurity, Identity, SecurityPolicy, SessionConfig};
 use collector_core::metrics::names;
 use collector_core::ReadError;
 use futures::StreamExt;

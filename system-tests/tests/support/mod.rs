@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use collector_core::config::Settings;
 use collector_core::metrics::StatsSnapshot;
 use collector_core::{Collector, CollectorConfig, Device};
 use collector_opcua::OpcUaProtocol;
@@ -31,7 +32,11 @@ pub fn config(bootstrap: &str, devices: Vec<Device>) -> CollectorConfig {
     cfg.kafka.brokers = bootstrap.to_string();
     cfg.kafka.topic = TOPIC.into();
     cfg.batch.interval = Duration::from_millis(500);
-    cfg.session.max_connects_per_second = 1000;
+    // Local simulator: no need to pace connects as for a plant network.
+    cfg.protocol.insert(
+        "session".into(),
+        Settings::from_json(serde_json::json!({ "max_connects_per_second": 1000 })),
+    );
     cfg.devices = devices;
     cfg
 }

@@ -4,6 +4,9 @@
 
 mod delivery;
 mod producer;
+mod properties;
 mod sink;
 
+pub(crate) use properties::conflicting_properties;
+pub use properties::kafka_security_properties;
 pub use sink::KafkaSink;

@@ -121,7 +121,8 @@ impl KafkaSink {
             );
         // TLS/SASL (secrets read now, never logged), then the pass-through
         // properties, which win.
-        let security = crate::config::kafka_security_properties(cfg).map_err(SinkError::Config)?;
+        let security =
+            super::properties::kafka_security_properties(cfg).map_err(SinkError::Config)?;
         for (k, v) in &security {
             cc.set(*k, v);
         }

@@ -1,18 +1,15 @@
-//! Security settings: the OPC UA security policy and mode, user identity
+//! OPC UA security settings: the security policy and mode, user identity
 //! and server trust (fleet-wide in `security:`, overridable per device in a
-//! device's own `security:`), the collector's application certificate, and
-//! Kafka TLS/SASL.
-//!
-//! The configuration never holds a secret itself, only where to read it (an
-//! environment variable or a file, e.g. a mounted Kubernetes Secret); a
-//! secret that has been read is a [`Secret`], whose `Debug` prints `***`, so
-//! it cannot leak into a log line, an error or `/devices` by formatting.
+//! device's own `security:`), and the collector's application certificate.
+//! Passwords are never held here, only where to read them
+//! ([`SecretSource`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use collector_core::config::{duration, SecretSource};
 use serde::Deserialize;
 
 /// OPC UA security policy.
@@ -102,89 +99,6 @@ pub enum TrustMode {
     /// at start: it makes a man-in-the-middle possible.
     #[serde(rename = "auto_accept")]
     AutoAccept,
-}
-
-/// Where a secret is read from.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub enum SecretSource {
-    /// An environment variable (its name).
-    Env(String),
-    /// A file (e.g. a mounted Kubernetes Secret); one trailing newline is
-    /// ignored.
-    File(PathBuf),
-}
-
-impl fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretSource::Env(name) => write!(f, "env:{name}"),
-            SecretSource::File(path) => write!(f, "file:{}", path.display()),
-        }
-    }
-}
-
-impl SecretSource {
-    /// From a `*_env` / `*_file` pair as written; `what` names the field in
-    /// the error (e.g. `user.password`).
-    pub(crate) fn from_pair(
-        env: Option<&str>,
-        file: Option<&PathBuf>,
-        what: &str,
-    ) -> Result<SecretSource, String> {
-        match (env, file) {
-            (Some(e), None) if !e.trim().is_empty() => Ok(SecretSource::Env(e.trim().to_string())),
-            (None, Some(f)) => Ok(SecretSource::File(f.clone())),
-            (Some(_), Some(_)) => Err(format!(
-                "{what}: give either `{what}_env` or `{what}_file`, not both"
-            )),
-            _ => Err(format!(
-                "{what}: missing; give `{what}_env: VARIABLE` or `{what}_file: /path` (secrets are never written inline)"
-            )),
-        }
-    }
-
-    /// Reads the secret now. The error names the variable or file, never
-    /// the value.
-    pub fn read(&self) -> Result<Secret, String> {
-        let value = match self {
-            SecretSource::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable `{name}` is not set"))?,
-            SecretSource::File(path) => {
-                let mut s = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-                if s.ends_with('\n') {
-                    s.pop();
-                    if s.ends_with('\r') {
-                        s.pop();
-                    }
-                }
-                s
-            }
-        };
-        if value.is_empty() {
-            return Err(format!("{self:?} is empty"));
-        }
-        Ok(Secret(value))
-    }
-}
-
-/// A secret value (password, key passphrase). Its `Debug` prints `***`; it
-/// has no `Display`. Call [`Secret::expose`] only to hand it to the library
-/// that needs it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret's text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// A SHA-256 certificate fingerprint (of the DER encoding), written as 64
@@ -337,7 +251,7 @@ pub struct SecuritySection {
     /// operation per side) at 75 % of it. Default `1h`: 2,000 secure
     /// sessions then renew ~0.7 channels/s instead of ~44/s with the
     /// library's 60 s.
-    #[serde(with = "super::model::duration")]
+    #[serde(with = "duration")]
     pub channel_lifetime: Duration,
 }
 
@@ -561,194 +475,6 @@ fn identity(
     }
 }
 
-/// `kafka.tls:` — TLS to the brokers (`security.protocol` SSL, or SASL_SSL
-/// with `kafka.sasl`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaTls {
-    /// CA certificate(s) (PEM) to verify the brokers. Default: the
-    /// system's trust store.
-    pub ca: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    pub certificate: Option<PathBuf>,
-    /// Client private key (PEM) for mutual TLS.
-    pub key: Option<PathBuf>,
-    /// Environment variable holding the key's passphrase, if encrypted.
-    pub key_password_env: Option<String>,
-    /// File holding the key's passphrase, if encrypted.
-    pub key_password_file: Option<PathBuf>,
-    /// Skip broker hostname verification (`ssl.endpoint.identification.algorithm=none`).
-    /// Default false.
-    pub insecure_skip_hostname_verification: bool,
-}
-
-/// `kafka.sasl:` — SASL authentication.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaSasl {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub mechanism: String,
-    /// The user name.
-    pub username: String,
-    /// Environment variable holding the password.
-    pub password_env: Option<String>,
-    /// File holding the password.
-    pub password_file: Option<PathBuf>,
-}
-
-/// The SASL mechanisms accepted in `kafka.sasl.mechanism`.
-pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
-
-/// librdkafka properties that `kafka.tls` / `kafka.sasl` own: setting them
-/// in `kafka.properties` as well is a contradiction, reported.
-const SECURITY_PROPERTIES: &[&str] = &[
-    "security.protocol",
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.key.password",
-    "ssl.endpoint.identification.algorithm",
-    "sasl.mechanism",
-    "sasl.mechanisms",
-    "sasl.username",
-    "sasl.password",
-];
-
-/// Problems with `kafka.tls` / `kafka.sasl`: (field under `kafka`, message).
-pub(crate) fn check_kafka(cfg: &super::KafkaConfig) -> Vec<(&'static str, String)> {
-    let mut errors = Vec::new();
-    if let Some(tls) = &cfg.tls {
-        for (what, p) in [
-            ("ca", &tls.ca),
-            ("certificate", &tls.certificate),
-            ("key", &tls.key),
-        ] {
-            if let Some(p) = p {
-                if !p.is_file() {
-                    errors.push((
-                        "tls",
-                        format!("kafka.tls.{what}: {} is not a readable file", p.display()),
-                    ));
-                }
-            }
-        }
-        if tls.certificate.is_some() != tls.key.is_some() {
-            errors.push((
-                "tls",
-                "kafka.tls: `certificate` and `key` go together (mutual TLS)".to_string(),
-            ));
-        }
-        if tls.key_password_env.is_some() || tls.key_password_file.is_some() {
-            match SecretSource::from_pair(
-                tls.key_password_env.as_deref(),
-                tls.key_password_file.as_ref(),
-                "key_password",
-            )
-            .and_then(|s| s.read())
-            {
-                Ok(_) => {}
-                Err(e) => errors.push(("tls", format!("kafka.tls.{e}"))),
-            }
-        }
-    }
-    if let Some(sasl) = &cfg.sasl {
-        if !SASL_MECHANISMS.contains(&sasl.mechanism.as_str()) {
-            errors.push((
-                "sasl",
-                format!(
-                    "kafka.sasl.mechanism: {:?} is not one of {}",
-                    sasl.mechanism,
-                    SASL_MECHANISMS.join(", ")
-                ),
-            ));
-        }
-        if sasl.username.trim().is_empty() {
-            errors.push(("sasl", "kafka.sasl.username: must not be empty".to_string()));
-        }
-        if let Err(e) = SecretSource::from_pair(
-            sasl.password_env.as_deref(),
-            sasl.password_file.as_ref(),
-            "password",
-        )
-        .and_then(|s| s.read())
-        {
-            errors.push(("sasl", format!("kafka.sasl.{e}")));
-        }
-    }
-    if cfg.tls.is_some() || cfg.sasl.is_some() {
-        for key in cfg.properties.keys() {
-            if SECURITY_PROPERTIES.contains(&key.as_str()) {
-                errors.push((
-                    "properties",
-                    format!(
-                        "kafka.properties.{key}: set by kafka.tls/kafka.sasl; remove one of the two"
-                    ),
-                ));
-            }
-        }
-    }
-    errors
-}
-
-/// The librdkafka properties for `kafka.tls` / `kafka.sasl`, with the
-/// secrets read now (values must not be logged).
-pub fn kafka_security_properties(
-    cfg: &super::KafkaConfig,
-) -> Result<Vec<(&'static str, String)>, String> {
-    let mut out = Vec::new();
-    let protocol = match (&cfg.tls, &cfg.sasl) {
-        (None, None) => return Ok(out),
-        (Some(_), None) => "ssl",
-        (None, Some(_)) => "sasl_plaintext",
-        (Some(_), Some(_)) => "sasl_ssl",
-    };
-    out.push(("security.protocol", protocol.to_string()));
-    if let Some(tls) = &cfg.tls {
-        let path = |p: &PathBuf| p.display().to_string();
-        if let Some(ca) = &tls.ca {
-            out.push(("ssl.ca.location", path(ca)));
-        }
-        if let Some(c) = &tls.certificate {
-            out.push(("ssl.certificate.location", path(c)));
-        }
-        if let Some(k) = &tls.key {
-            out.push(("ssl.key.location", path(k)));
-        }
-        if tls.key_password_env.is_some() || tls.key_password_file.is_some() {
-            let pw = SecretSource::from_pair(
-                tls.key_password_env.as_deref(),
-                tls.key_password_file.as_ref(),
-                "key_password",
-            )
-            .and_then(|s| s.read())
-            .map_err(|e| format!("kafka.tls.{e}"))?;
-            out.push(("ssl.key.password", pw.expose().to_string()));
-        }
-        out.push((
-            "ssl.endpoint.identification.algorithm",
-            if tls.insecure_skip_hostname_verification {
-                "none"
-            } else {
-                "https"
-            }
-            .to_string(),
-        ));
-    }
-    if let Some(sasl) = &cfg.sasl {
-        let pw = SecretSource::from_pair(
-            sasl.password_env.as_deref(),
-            sasl.password_file.as_ref(),
-            "password",
-        )
-        .and_then(|s| s.read())
-        .map_err(|e| format!("kafka.sasl.{e}"))?;
-        out.push(("sasl.mechanisms", sasl.mechanism.clone()));
-        out.push(("sasl.username", sasl.username.clone()));
-        out.push(("sasl.password", pw.expose().to_string()));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,33 +494,13 @@ mod tests {
     }
 
     #[test]
-    fn secrets_do_not_print() {
-        let s = Secret("hunter2".to_string());
-        assert_eq!(format!("{s:?}"), "Secret(***)");
+    fn identities_do_not_print_their_passwords() {
         let id = Identity::UserName {
             username: "op".into(),
             password: SecretSource::Env("PW".into()),
         };
         assert!(!format!("{id:?}").contains("hunter2"));
     }
-
-    #[test]
-    fn secret_files_drop_one_trailing_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("pw");
-        std::fs::write(&f, "s3cret\n").unwrap();
-        assert_eq!(
-            SecretSource::File(f.clone()).read().unwrap().expose(),
-            "s3cret"
-        );
-        std::fs::write(&f, "").unwrap();
-        assert!(SecretSource::File(f).read().is_err());
-        let e = SecretSource::Env("OPC_COLLECTOR_TEST_UNSET_VAR".into())
-            .read()
-            .unwrap_err();
-        assert!(e.contains("OPC_COLLECTOR_TEST_UNSET_VAR"), "{e}");
-    }
-
     #[test]
     fn device_overrides_and_contradictions() {
         let fleet = SecuritySection::default();

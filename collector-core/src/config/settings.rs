@@ -1,0 +1,180 @@
+//! The parts of the configuration a protocol adapter owns: its top-level
+//! sections (for OPC UA `security:` and `session:`) and its keys of each
+//! device entry (for OPC UA `nodes:` and `security:`). The core keeps them
+//! as written, with their file and lines, and never interprets them; the
+//! adapter deserializes and checks them through [`Settings`] and declares
+//! what it owns through [`ProtocolConfig`], so its problems are reported
+//! with `file:line` alongside the core's.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::yaml::Node;
+use super::CollectorConfig;
+use crate::error::ConfigError;
+
+/// Settings as written in the configuration, with their positions.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// A mapping (or nothing, when the entry has none of the adapter's keys).
+    node: Option<Node>,
+    file: Option<PathBuf>,
+    /// The line of the entry or section the settings belong to.
+    line: Option<usize>,
+}
+
+/// Two settings are equal when they say the same thing, wherever they are
+/// written: a device entry that only moved in its file is unchanged.
+impl PartialEq for Settings {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl Settings {
+    pub(crate) fn from_node(node: Node, file: Option<&Path>, line: Option<usize>) -> Self {
+        Self {
+            node: Some(node),
+            file: file.map(Path::to_path_buf),
+            line,
+        }
+    }
+
+    /// Settings built in code (no file, no lines), e.g.
+    /// `serde_json::json!({"nodes": ["ns=2;s=T"]})`.
+    pub fn from_json(value: serde_json::Value) -> Self {
+        Self {
+            node: Some(Node::from_json(&value)),
+            file: None,
+            line: None,
+        }
+    }
+
+    /// The settings as JSON (`null` when there are none).
+    pub fn to_json(&self) -> serde_json::Value {
+        self.node
+            .as_ref()
+            .map_or(serde_json::Value::Null, Node::to_json)
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        match &self.node {
+            None => true,
+            Some(Node::Map { entries, .. }) => entries.is_empty(),
+            Some(_) => false,
+        }
+    }
+
+    /// The keys set, in the order written.
+    pub fn keys(&self) -> Vec<&str> {
+        match &self.node {
+            Some(Node::Map { entries, .. }) => entries.iter().map(|(k, _, _)| k.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Deserializes the whole settings into `T` (missing: `T::default()`);
+    /// an error names the file and the line of the offending field.
+    /// `context` prefixes the message (e.g. `security` or `device plc-1`).
+    pub fn deserialize<T: DeserializeOwned + Default>(
+        &self,
+        context: &str,
+    ) -> Result<T, ConfigError> {
+        match &self.node {
+            None => Ok(T::default()),
+            Some(node) => super::yaml::deserialize(node, context).map_err(|e| self.place(e)),
+        }
+    }
+
+    /// Deserializes the value under `key` into `T` (missing: `T::default()`).
+    pub fn get<T: DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        context: &str,
+    ) -> Result<T, ConfigError> {
+        match self.node.as_ref().and_then(|n| n.get(key)) {
+            None => Ok(T::default()),
+            Some((node, _)) => super::yaml::deserialize(node, context).map_err(|e| self.place(e)),
+        }
+    }
+
+    /// The line of `key`, else of the entry.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.node
+            .as_ref()
+            .and_then(|n| n.get(key))
+            .map(|(_, l)| l)
+            .or(self.line)
+    }
+
+    /// The line of item `index` of the list under `key`, else of `key`.
+    pub fn item_line(&self, key: &str, index: usize) -> Option<usize> {
+        match self.node.as_ref().and_then(|n| n.get(key)) {
+            Some((Node::Seq { items, .. }, _)) => items.get(index).map(Node::line),
+            _ => None,
+        }
+        .or_else(|| self.line_of(key))
+    }
+
+    /// A problem with `key` (or the whole entry), placed at its file and
+    /// line.
+    pub fn error(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        let line = match key {
+            Some(k) => self.line_of(k),
+            None => self.line,
+        };
+        self.place(ConfigError::new(message).at(None, line))
+    }
+
+    /// A problem with item `index` of the list under `key`.
+    pub fn item_error(&self, key: &str, index: usize, message: impl Into<String>) -> ConfigError {
+        self.place(ConfigError::new(message).at(None, self.item_line(key, index)))
+    }
+
+    /// Adds the file (and the entry's line when the error has none);
+    /// settings built in code have no positions to give.
+    fn place(&self, mut e: ConfigError) -> ConfigError {
+        if self.file.is_none() && self.line.is_none() {
+            e.line = None;
+            return e;
+        }
+        e.at(self.file.as_deref(), self.line)
+    }
+}
+
+/// What a protocol adapter owns in the configuration, and how it checks it.
+/// The core loads every section and device entry; the keys it does not own
+/// go to the adapter named here, and anything neither owns is an error.
+pub trait ProtocolConfig {
+    /// Top-level sections the adapter owns (OPC UA: `security`, `session`).
+    fn sections(&self) -> &[&'static str];
+
+    /// Keys of a device entry the adapter owns, besides the core's `id`,
+    /// `endpoint` and `interval` (OPC UA: `nodes`, `security`).
+    fn device_keys(&self) -> &[&'static str];
+
+    /// Every problem with the adapter's sections and devices' settings,
+    /// each placed with [`Settings::error`]. Pure: no network, no sessions.
+    fn validate(&self, cfg: &CollectorConfig) -> Vec<ConfigError>;
+}
+
+/// For collectors whose devices carry no adapter settings (devices built
+/// in code for a protocol that needs none): owns nothing, checks nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProtocolConfig;
+
+impl ProtocolConfig for NoProtocolConfig {
+    fn sections(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn device_keys(&self) -> &[&'static str] {
+        &[]
+    }
+
+    fn validate(&self, _cfg: &CollectorConfig) -> Vec<ConfigError> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,404 @@
+//! The OPC UA adapter's part of the configuration: its sections
+//! (`security:`, `session:`) and each device's `nodes:` and `security:`.
+//! The core hands them over as written ([`Settings`], with positions); this
+//! module parses and checks them, reporting every problem with
+//! `file:line`, through [`OpcUaConfig`] (the adapter's
+//! [`ProtocolConfig`]).
+
+mod node_id;
+mod security;
+mod session;
+
+use std::time::Duration;
+
+use collector_core::config::{ProtocolConfig, Settings};
+use collector_core::error::{ConfigError, ConfigErrors};
+use collector_core::{CollectorConfig, Device};
+use serde::Deserialize;
+
+pub use node_id::{Identifier, Namespace, NodeAddress};
+pub(crate) use security::RawDeviceSecurity;
+pub use security::{
+    DeviceSecurity, Fingerprint, Identity, SecurityMode, SecurityPolicy, SecuritySection,
+    TrustMode, UserCertificate, UserPassword,
+};
+pub use session::SessionConfig;
+
+/// The adapter's sections (`session:` and `security:`), parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpcUaSettings {
+    /// How sessions are opened and read.
+    pub session: SessionConfig,
+    /// Fleet-wide security defaults and the client certificate.
+    pub security: SecuritySection,
+}
+
+/// One device's OPC UA settings, resolved against the fleet defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpcUaDevice {
+    /// Nodes read on every tick, in this order.
+    pub nodes: Vec<NodeAddress>,
+    /// Security policy, mode, trust and identity.
+    pub security: DeviceSecurity,
+}
+
+/// A device's OPC UA keys as written.
+#[derive(Debug, Default, Deserialize)]
+struct RawOpcUaDevice {
+    #[serde(default)]
+    nodes: Vec<String>,
+    #[serde(default)]
+    security: Option<RawDeviceSecurity>,
+}
+
+const DOCS_HINT: &str = "see docs/security.md";
+
+impl OpcUaSettings {
+    /// Parses the adapter's sections of `cfg`, reporting every problem.
+    pub fn from_config(cfg: &CollectorConfig) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let empty = Settings::default();
+        let session_settings = cfg.protocol.get("session").unwrap_or(&empty);
+        let security_settings = cfg.protocol.get("security").unwrap_or(&empty);
+        let session: SessionConfig = session_settings.deserialize("session").unwrap_or_else(|e| {
+            errors.push(e);
+            SessionConfig::default()
+        });
+        let security: SecuritySection =
+            security_settings
+                .deserialize("security")
+                .unwrap_or_else(|e| {
+                    errors.push(e);
+                    SecuritySection::default()
+                });
+        let mut check = |ok: bool, field: &str, msg: &str| {
+            if !ok {
+                errors.push(session_settings.error(Some(field), format!("session.{field}: {msg}")));
+            }
+        };
+        check(
+            !session.connect_timeout.is_zero(),
+            "connect_timeout",
+            "must be > 0",
+        );
+        check(
+            !session.read_timeout.is_zero(),
+            "read_timeout",
+            "must be > 0",
+        );
+        check(
+            session.max_connects_per_second >= 1,
+            "max_connects_per_second",
+            "must be at least 1",
+        );
+        check(
+            session.reconnect_initial <= session.reconnect_max,
+            "reconnect_initial",
+            "must not exceed reconnect_max",
+        );
+        for msg in security.check() {
+            let field = msg
+                .strip_prefix("security.")
+                .and_then(|m| m.split([':', '.']).next())
+                .unwrap_or("");
+            errors.push(
+                security_settings
+                    .error(Some(field), msg.clone())
+                    .hint(DOCS_HINT),
+            );
+        }
+        if errors.is_empty() {
+            Ok(Self { session, security })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// A device's OPC UA settings, resolved against these defaults; every
+    /// problem, each at its line.
+    pub fn device(&self, device: &Device) -> Result<OpcUaDevice, Vec<ConfigError>> {
+        let id = &device.id;
+        let s = &device.settings;
+        let mut errors = Vec::new();
+        if let Some((scheme, _)) = device.endpoint.split_once("://") {
+            if scheme != "opc.tcp" {
+                errors.push(
+                    s.error(
+                        None,
+                        format!(
+                            "device `{id}`: endpoint {:?} is not an opc.tcp:// URL",
+                            device.endpoint
+                        ),
+                    )
+                    .hint("write e.g. opc.tcp://plc-1.example:4840"),
+                );
+            }
+        }
+        let raw: RawOpcUaDevice = match s.deserialize(&format!("device `{id}`")) {
+            Ok(raw) => raw,
+            Err(e) => return Err(vec![e]),
+        };
+        if raw.nodes.is_empty() {
+            errors.push(
+                s.error(None, format!("device `{id}`: no `nodes` to read"))
+                    .hint("add `nodes: [\"ns=2;s=Tag1\"]`"),
+            );
+        }
+        let mut nodes = Vec::with_capacity(raw.nodes.len());
+        for (i, text) in raw.nodes.iter().enumerate() {
+            match text.parse::<NodeAddress>() {
+                Ok(n) => nodes.push(n),
+                Err(msg) => errors.push(
+                    s.item_error("nodes", i, format!("device `{id}`: {msg}"))
+                        .hint("node ids look like `ns=2;s=Name`, `ns=3;i=1001` or `nsu=urn:vendor:ns;s=Name`"),
+                ),
+            }
+        }
+        let security = match self.security.resolve(raw.security.as_ref()) {
+            Ok(sec) => sec,
+            Err(msgs) => {
+                for m in msgs {
+                    errors.push(
+                        s.error(Some("security"), format!("device `{id}`: {m}"))
+                            .hint(DOCS_HINT),
+                    );
+                }
+                DeviceSecurity::default()
+            }
+        };
+        if errors.is_empty() {
+            Ok(OpcUaDevice { nodes, security })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// What the OPC UA adapter owns in the configuration (`security:`,
+/// `session:`, and each device's `nodes:` and `security:`). Pass it to
+/// [`CollectorConfig::load`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpcUaConfig;
+
+impl ProtocolConfig for OpcUaConfig {
+    fn sections(&self) -> &[&'static str] {
+        &["security", "session"]
+    }
+
+    fn device_keys(&self) -> &[&'static str] {
+        &["nodes", "security"]
+    }
+
+    fn validate(&self, cfg: &CollectorConfig) -> Vec<ConfigError> {
+        let (fleet, mut errors) = match OpcUaSettings::from_config(cfg) {
+            Ok(fleet) => (fleet, Vec::new()),
+            Err(errors) => (OpcUaSettings::default(), errors),
+        };
+        for d in &cfg.devices {
+            if let Err(e) = fleet.device(d) {
+                errors.extend(e);
+            }
+        }
+        errors
+    }
+}
+
+/// An OPC UA device built in code: the core's part and `nodes`, with the
+/// default security (policy `auto`, anonymous). Checked as the YAML loader
+/// checks a device entry.
+pub fn device(
+    id: &str,
+    endpoint: &str,
+    nodes: &[&str],
+    interval: Duration,
+) -> Result<Device, ConfigErrors> {
+    let device = Device::new(id, endpoint, interval)?
+        .with_settings(Settings::from_json(serde_json::json!({ "nodes": nodes })));
+    OpcUaSettings::default()
+        .device(&device)
+        .map_err(ConfigErrors)?;
+    Ok(device)
+}
+
+/// Total nodes over `cfg`'s devices (for `opc-collector validate`).
+pub fn node_count(cfg: &CollectorConfig) -> usize {
+    let fleet = OpcUaSettings::from_config(cfg).unwrap_or_default();
+    cfg.devices
+        .iter()
+        .filter_map(|d| fleet.device(d).ok())
+        .map(|d| d.nodes.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn loads_a_device_with_its_nodes_and_default_security() {
+        let cfg = CollectorConfig::from_yaml(
+            "kafka:\n  brokers: k:9092\nsession:\n  read_timeout: 2s\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n    interval: 1s\n",
+            None,
+            &OpcUaConfig,
+        )
+        .unwrap();
+        let fleet = OpcUaSettings::from_config(&cfg).unwrap();
+        assert_eq!(fleet.session.read_timeout, Duration::from_secs(2));
+        let d = fleet.device(&cfg.devices[0]).unwrap();
+        assert_eq!(d.nodes.len(), 1);
+        assert_eq!(d.security, DeviceSecurity::default());
+        assert_eq!(node_count(&cfg), 1);
+    }
+
+    #[test]
+    fn devices_built_in_code_are_checked_like_entries() {
+        let d = device(
+            "a",
+            "opc.tcp://h:4840",
+            &["ns=2;s=T"],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(d.settings.to_json()["nodes"][0], "ns=2;s=T");
+        let e = device(
+            "b",
+            "opc.tcp://h:4840",
+            &["ns=two;s=T"],
+            Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("device `b`") && e.contains("ns=two"), "{e}");
+        assert!(
+            !e.contains("line"),
+            "code-built settings have no lines: {e}"
+        );
+        let e = device("c", "http://h", &["ns=2;s=T"], Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an opc.tcp:// URL"), "{e}");
+    }
+
+    #[test]
+    fn device_security_overrides_the_fleet_defaults() {
+        std::env::set_var("OPC_COLLECTOR_TEST_PW", "pw");
+        let text = "\
+security:
+  policy: basic256sha256
+  user: { username: fleet, password_env: OPC_COLLECTOR_TEST_PW }
+devices:
+  - id: a
+    endpoint: opc.tcp://h:4840
+    nodes: [\"ns=2;s=T\"]
+  - id: b
+    endpoint: opc.tcp://h:4841
+    nodes: [\"ns=2;s=T\"]
+    security:
+      mode: sign
+      server_fingerprint: \"sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"
+      user_certificate: { cert: Cargo.toml, key: Cargo.toml }
+  - id: c
+    endpoint: opc.tcp://h:4842
+    nodes: [\"ns=2;s=T\"]
+    security:
+      server_fingerprint: nope
+      policy: none
+      mode: sign_and_encrypt
+";
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("s.yaml")), &OpcUaConfig).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        // At the device's `security:` key (line 18), not just its entry.
+        assert!(
+            msgs.iter()
+                .all(|m| m.starts_with("s.yaml:18:") && m.contains("device `c`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("server_fingerprint")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter().any(|m| m.contains("policy None cannot sign")),
+            "{msgs:?}"
+        );
+
+        let ok = text.split("  - id: c").next().unwrap();
+        let cfg = CollectorConfig::from_yaml(ok, None, &OpcUaConfig).unwrap();
+        let fleet = OpcUaSettings::from_config(&cfg).unwrap();
+        let a = fleet.device(&cfg.devices[0]).unwrap().security;
+        let b = fleet.device(&cfg.devices[1]).unwrap().security;
+        let (a, b) = (&a, &b);
+        assert_eq!(a.policy, SecurityPolicy::Basic256Sha256);
+        assert_eq!(a.mode, SecurityMode::Auto);
+        assert!(matches!(&a.identity, Identity::UserName { username, .. } if username == "fleet"));
+        assert_eq!(b.policy, SecurityPolicy::Basic256Sha256);
+        assert_eq!(b.mode, SecurityMode::Sign);
+        assert!(matches!(b.identity, Identity::Certificate { .. }));
+        assert_eq!(b.server_fingerprint.unwrap().0[1], 0x11);
+    }
+
+    #[test]
+    fn reports_every_problem_with_lines() {
+        let text = "\
+kafka:
+  brokers: k:9092
+  bogus: 1
+devices:
+  - id: a
+    endpoint: opc.tcp://h:4840
+    nodes: [\"ns=2;s=T\"]
+  - id: b
+    endpoint: opc.tcp://h:4841
+    nodes:
+      - ns=2;s=ok
+      - ns=two;s=T
+  - id: a
+    endpoint: opc.tcp://h:4842
+    nodes: [\"ns=2;s=T\"]
+  - id: c
+    nodes: [\"ns=2;s=T\"]
+  - id: d
+    endpoint: opc.tcp://h:4843
+    nodes: [\"ns=2;s=T\"]
+    interval: soon
+";
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("c.yaml")), &OpcUaConfig).unwrap_err();
+        let lines: Vec<(usize, String)> = errs
+            .iter()
+            .map(|e| (e.line.unwrap(), e.message.clone()))
+            .collect();
+        assert_eq!(errs.0.len(), 5, "{errs}");
+        assert!(
+            lines.iter().any(|(l, m)| *l == 3 && m.contains("bogus")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|(l, m)| *l == 12 && m.contains("ns=two")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 13 && m.contains("duplicate")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 16 && m.contains("missing `endpoint`")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|(l, m)| *l == 21 && m.contains("invalid duration")),
+            "{lines:?}"
+        );
+        assert!(errs.to_string().contains("c.yaml:3:"));
+    }
+}

@@ -1,0 +1,57 @@
+//! `session:` — how OPC UA sessions are opened and read.
+
+use std::time::Duration;
+
+use collector_core::config::duration;
+use serde::Deserialize;
+
+/// `session:` — how device sessions are opened and read.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Time allowed to open a session (TCP, secure channel, session
+    /// activation, namespace and limit discovery). Default `10s`.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one read request. Default `5s`.
+    #[serde(with = "duration")]
+    pub read_timeout: Duration,
+    /// Session keep-alive period; a dead-but-open connection is detected
+    /// after `max_failed_keep_alives` missed ones. Default `30s`.
+    #[serde(with = "duration")]
+    pub keep_alive_interval: Duration,
+    /// Failed keep-alives before a session is dropped. Default 2.
+    pub max_failed_keep_alives: u32,
+    /// Upper bound on nodes per Read request; the server's own
+    /// MaxNodesPerRead (read at connect) is honoured when smaller. 0 = only
+    /// the server's limit. Default 1000.
+    pub max_nodes_per_read: u32,
+    /// Fleet-wide cap on session attempts per second (all devices
+    /// together), so a mass reconnect never storms the network. Default 50.
+    pub max_connects_per_second: u32,
+    /// Initial delay before reconnecting a failed endpoint; doubles per
+    /// failure, with jitter. Default `1s`.
+    #[serde(with = "duration")]
+    pub reconnect_initial: Duration,
+    /// Upper bound of the reconnect delay. Default `60s`.
+    #[serde(with = "duration")]
+    pub reconnect_max: Duration,
+    /// OPC UA application name presented to servers. Default `opc-collector`.
+    pub application_name: String,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
+            keep_alive_interval: Duration::from_secs(30),
+            max_failed_keep_alives: 2,
+            max_nodes_per_read: 1000,
+            max_connects_per_second: 50,
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            application_name: "opc-collector".to_string(),
+        }
+    }
+}
