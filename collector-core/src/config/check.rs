@@ -1,0 +1,116 @@
+//! Checks of the core's sections that serde cannot express (ranges,
+//! relations between fields), each placed at the line of its field.
+
+use std::path::Path;
+
+use super::device::MIN_INTERVAL;
+use super::yaml::Node;
+use super::{kafka, CollectorConfig};
+use crate::error::{ConfigError, ConfigErrors};
+
+pub(crate) fn check_sections(
+    cfg: &CollectorConfig,
+    path: Option<&Path>,
+    root: &Node,
+    errors: &mut ConfigErrors,
+) {
+    let line_of = |section: &str, field: &str| {
+        root.get(section)
+            .and_then(|(n, l)| n.get(field).map(|(_, fl)| fl).or(Some(l)))
+    };
+    let mut check = |cond: bool, section: &str, field: &str, msg: &str| {
+        if !cond {
+            errors.push(
+                ConfigError::new(format!("{section}.{field}: {msg}"))
+                    .at(path, line_of(section, field)),
+            );
+        }
+    };
+    check(
+        cfg.schedule.interval >= MIN_INTERVAL,
+        "schedule",
+        "interval",
+        "must be at least 10ms",
+    );
+    check(
+        cfg.workers.permits >= 1,
+        "workers",
+        "permits",
+        "must be at least 1",
+    );
+    check(
+        !cfg.batch.interval.is_zero(),
+        "batch",
+        "interval",
+        "must be > 0",
+    );
+    check(
+        cfg.batch.max_records >= 1,
+        "batch",
+        "max_records",
+        "must be at least 1",
+    );
+    check(
+        cfg.batch.max_bytes >= 1024,
+        "batch",
+        "max_bytes",
+        "must be at least 1KiB",
+    );
+    check(
+        cfg.batch.max_in_flight >= 1,
+        "batch",
+        "max_in_flight",
+        "must be at least 1",
+    );
+    check(
+        cfg.batch.queue_capacity >= 1,
+        "batch",
+        "queue_capacity",
+        "must be at least 1",
+    );
+    check(
+        !cfg.kafka.brokers.trim().is_empty(),
+        "kafka",
+        "brokers",
+        "must name at least one broker",
+    );
+    check(
+        !cfg.kafka.topic.is_empty()
+            && cfg.kafka.topic.len() <= 249
+            && cfg
+                .kafka
+                .topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "kafka",
+        "topic",
+        "must be 1-249 characters of [a-zA-Z0-9._-]",
+    );
+    check(
+        ["none", "gzip", "snappy", "lz4", "zstd"].contains(&cfg.kafka.compression.as_str()),
+        "kafka",
+        "compression",
+        "must be one of none, gzip, snappy, lz4, zstd",
+    );
+    check(
+        !cfg.kafka.message_timeout.is_zero(),
+        "kafka",
+        "message_timeout",
+        "must be > 0",
+    );
+    if let Some(id) = &cfg.collector.id {
+        check(
+            !id.trim().is_empty(),
+            "collector",
+            "id",
+            "must not be empty",
+        );
+    }
+    for (field, msg) in kafka::check_kafka(&cfg.kafka) {
+        errors.push(
+            ConfigError::new(msg)
+                .at(path, line_of("kafka", field))
+                .hint("see docs/security.md"),
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! Loading: the configuration file and the device files it names, parsed
+//! into positioned YAML, split between the core's sections and the
+//! adapter's, and validated, every problem reported with `file:line`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::check::check_sections;
+use super::device::validate_device;
+use super::model::RawDevice;
+use super::yaml::{self, Node};
+use super::{CollectorConfig, ProtocolConfig, Settings};
+use crate::error::{ConfigError, ConfigErrors};
+
+impl CollectorConfig {
+    /// Loads and validates a YAML configuration file (and the device files
+    /// it names), reporting every problem found, the adapter's included.
+    pub fn load(
+        path: &Path,
+        adapter: &dyn ProtocolConfig,
+    ) -> Result<CollectorConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![
+                ConfigError::new(format!("cannot read config: {e}")).at(Some(path), None)
+            ])
+        })?;
+        Self::from_yaml(&text, Some(path), adapter)
+    }
+
+    /// Parses and validates YAML text; `path` (if any) names the file in
+    /// errors and anchors relative `device_files`.
+    pub fn from_yaml(
+        text: &str,
+        path: Option<&Path>,
+        adapter: &dyn ProtocolConfig,
+    ) -> Result<CollectorConfig, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let root = match yaml::parse(text) {
+            Ok(root) => root,
+            Err(errs) => {
+                return Err(ConfigErrors(
+                    errs.into_iter().map(|e| e.at(path, None)).collect(),
+                ));
+            }
+        };
+        let mut cfg = CollectorConfig::default();
+        let mut raw_devices: Vec<RawEntry> = Vec::new();
+        let owned = Owned {
+            device_keys: adapter.device_keys(),
+        };
+
+        let Node::Map { entries, .. } = &root else {
+            errors.push(
+                ConfigError::new("the configuration must be a mapping of sections")
+                    .at(path, Some(root.line()))
+                    .hint("see config/default.yaml"),
+            );
+            return Err(errors);
+        };
+        for (key, line, node) in entries {
+            let at = |e: ConfigError| e.at(path, None);
+            macro_rules! section {
+                ($field:expr) => {
+                    match yaml::deserialize(node, key) {
+                        Ok(v) => $field = v,
+                        Err(e) => errors.push(at(e)),
+                    }
+                };
+            }
+            match key.as_str() {
+                "collector" => section!(cfg.collector),
+                "schedule" => section!(cfg.schedule),
+                "workers" => section!(cfg.workers),
+                "breaker" => section!(cfg.breaker),
+                "batch" => section!(cfg.batch),
+                "kafka" => section!(cfg.kafka),
+                "spill" => section!(cfg.spill),
+                "http" => section!(cfg.http),
+                "devices" => collect_devices(node, path, &owned, &mut raw_devices, &mut errors),
+                "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
+                    Ok(files) => {
+                        for f in files {
+                            let full = match path.and_then(Path::parent) {
+                                Some(dir) if f.is_relative() => dir.join(&f),
+                                _ => f.clone(),
+                            };
+                            load_device_file(&full, &owned, &mut raw_devices, &mut errors);
+                        }
+                    }
+                    Err(e) => errors.push(at(e)),
+                },
+                other if adapter.sections().contains(&other) => {
+                    cfg.protocol.insert(
+                        other.to_string(),
+                        Settings::from_node(node.clone(), path, Some(*line)),
+                    );
+                }
+                other => {
+                    let mut sections = CORE_SECTIONS.to_vec();
+                    sections.extend_from_slice(adapter.sections());
+                    errors.push(
+                        ConfigError::new(format!("unknown section `{other}`"))
+                            .at(path, Some(*line))
+                            .hint(format!("sections are {}", sections.join(", "))),
+                    )
+                }
+            }
+        }
+
+        check_sections(&cfg, path, &root, &mut errors);
+
+        let default_interval = cfg.schedule.interval;
+        let mut seen: HashMap<Arc<str>, (Option<PathBuf>, usize)> = HashMap::new();
+        for RawEntry {
+            raw,
+            line,
+            file,
+            node,
+            settings,
+        } in raw_devices
+        {
+            let file_ref = file.as_deref();
+            let before = errors.0.len();
+            let device = validate_device(raw, default_interval, Some(line), &mut errors)
+                .map(|d| d.with_settings(settings));
+            for e in &mut errors.0[before..] {
+                if e.file.is_none() {
+                    e.file = file.clone();
+                }
+                if e.line.is_none() {
+                    e.line = Some(line);
+                }
+            }
+            if let Some(device) = device {
+                if let Some((first_file, first_line)) = seen.get(&device.id) {
+                    let first = match first_file {
+                        Some(f) => format!("{}:{first_line}", f.display()),
+                        None => format!("line {first_line}"),
+                    };
+                    errors.push(
+                        ConfigError::new(format!(
+                            "duplicate device id `{}` (first defined at {first})",
+                            device.id
+                        ))
+                        .at(file_ref, node.get("id").map(|(_, l)| l).or(Some(line)))
+                        .hint("device ids must be unique across all device files"),
+                    );
+                    continue;
+                }
+                seen.insert(device.id.clone(), (file.clone(), line));
+                cfg.devices.push(device);
+            }
+        }
+        // Devices the core found problems with are still checked by the
+        // adapter (every problem at once); the result is an error anyway.
+        errors.0.extend(adapter.validate(&cfg));
+        if cfg.devices.is_empty() && errors.is_empty() {
+            errors.push(
+                ConfigError::new("no devices configured")
+                    .at(path, None)
+                    .hint("add a `devices:` list or `device_files:` (opc-loadgen serve --write-devices makes one)"),
+            );
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            errors.0.sort_by_key(|e| (e.file.clone(), e.line));
+            Err(errors)
+        }
+    }
+}
+
+/// The sections the core owns.
+const CORE_SECTIONS: &[&str] = &[
+    "collector",
+    "schedule",
+    "workers",
+    "breaker",
+    "batch",
+    "kafka",
+    "spill",
+    "http",
+    "devices",
+    "device_files",
+];
+
+/// What the adapter owns of a device entry.
+struct Owned<'a> {
+    device_keys: &'a [&'static str],
+}
+
+/// One device entry as read: the core's part, where it was, and the
+/// adapter's part.
+struct RawEntry {
+    raw: RawDevice,
+    line: usize,
+    file: Option<PathBuf>,
+    node: Node,
+    settings: Settings,
+}
+
+fn collect_devices(
+    node: &Node,
+    file: Option<&Path>,
+    owned: &Owned<'_>,
+    out: &mut Vec<RawEntry>,
+    errors: &mut ConfigErrors,
+) {
+    let Node::Seq { items, .. } = node else {
+        errors.push(
+            ConfigError::new("`devices` must be a list")
+                .at(file, Some(node.line()))
+                .hint("write `devices:` followed by `- id: ...` entries"),
+        );
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let mut adapter_entries = Vec::new();
+        if let Node::Map { entries, .. } = item {
+            for (key, line, value) in entries {
+                if owned.device_keys.contains(&key.as_str()) {
+                    adapter_entries.push((key.clone(), *line, value.clone()));
+                } else if !RawDevice::FIELDS.contains(&key.as_str()) {
+                    let mut fields = RawDevice::FIELDS.to_vec();
+                    fields.extend_from_slice(owned.device_keys);
+                    errors.push(
+                        ConfigError::new(format!("devices[{i}]: unknown field `{key}`"))
+                            .at(file, Some(*line))
+                            .hint(format!("device fields are {}", fields.join(", "))),
+                    );
+                }
+            }
+        }
+        let settings = Settings::from_node(
+            Node::Map {
+                entries: adapter_entries,
+                line: item.line(),
+            },
+            file,
+            Some(item.line()),
+        );
+        match yaml::deserialize::<RawDevice>(item, &format!("devices[{i}]")) {
+            Ok(raw) => out.push(RawEntry {
+                raw,
+                line: item.line(),
+                file: file.map(Path::to_path_buf),
+                node: item.clone(),
+                settings,
+            }),
+            Err(e) => errors.push(e.at(file, None)),
+        }
+    }
+}
+
+fn load_device_file(
+    path: &Path,
+    owned: &Owned<'_>,
+    out: &mut Vec<RawEntry>,
+    errors: &mut ConfigErrors,
+) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(
+                ConfigError::new(format!("cannot read device file: {e}")).at(Some(path), None),
+            );
+            return;
+        }
+    };
+    match yaml::parse(&text) {
+        Err(errs) => errors
+            .0
+            .extend(errs.into_iter().map(|e| e.at(Some(path), None))),
+        Ok(root) => match root.get("devices") {
+            Some((node, _)) => collect_devices(node, Some(path), owned, out, errors),
+            None => errors.push(
+                ConfigError::new("a device file must have a top-level `devices:` list")
+                    .at(Some(path), Some(root.line())),
+            ),
+        },
+    }
+}
