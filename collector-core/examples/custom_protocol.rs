@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use collector_core::device_status::BreakerState;
 use collector_core::error::{ReadError, SinkError};
 use collector_core::protocol::{DeviceReader, Protocol};
 use collector_core::record::{Sample, Status, Value};
@@ -162,10 +163,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run(tokio::time::sleep(Duration::from_secs(3)))
         .await?;
     let (_, devices) = board.page(|_| true, 0, 10);
-    for d in devices.iter().filter(|d| d.breaker != "closed") {
+    for d in devices.iter().filter(|d| d.breaker != BreakerState::Closed) {
         println!(
             "breaker: {} is {} after {} consecutive failures",
-            d.id, d.breaker, d.consecutive_failures
+            d.id,
+            d.breaker.label(),
+            d.consecutive_failures
         );
     }
     println!(

@@ -17,7 +17,8 @@ use tokio::time::Instant;
 use crate::config::BreakerConfig;
 
 /// The breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Reads go ahead.
     Closed,

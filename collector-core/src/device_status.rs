@@ -10,7 +10,9 @@ use parking_lot::{Mutex, RwLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::breaker::BreakerState;
 use crate::histogram::LatencyHistogram;
+use crate::protocol::SessionState;
 
 /// One device's state, as served by `/devices`.
 #[derive(Debug, Clone, Serialize)]
@@ -19,11 +21,10 @@ pub struct DeviceStatus {
     pub id: Arc<str>,
     /// Endpoint URL.
     pub endpoint: String,
-    /// `closed`, `open` or `half_open`.
-    pub breaker: &'static str,
-    /// The session as the protocol adapter sees it (`connected`,
-    /// `disconnected`, `backoff`, `unknown`).
-    pub session: &'static str,
+    /// The device's circuit breaker (`closed`, `open`, `half_open`).
+    pub breaker: BreakerState,
+    /// The session as the protocol adapter sees it.
+    pub session: SessionState,
     /// When the last successful read started.
     pub last_success: Option<DateTime<Utc>>,
     /// When the last read failed, and why.
@@ -60,8 +61,8 @@ impl DeviceBoard {
         let entry = Arc::new(Mutex::new(DeviceStatus {
             id,
             endpoint: endpoint.to_string(),
-            breaker: "closed",
-            session: "unknown",
+            breaker: BreakerState::Closed,
+            session: SessionState::Unknown,
             last_success: None,
             last_error_at: None,
             last_error: None,

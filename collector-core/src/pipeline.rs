@@ -24,6 +24,9 @@ use crate::device_status::DeviceBoard;
 use crate::dispatcher::{run_dispatcher, Dispatch};
 use crate::error::CollectorError;
 use crate::health::Health;
+use crate::internal_events::lifecycle::{
+    CollectorStarted, CollectorStopped, ShutdownGraceExceeded, ShutdownStarted,
+};
 use crate::metrics::{Stats, StatsSnapshot};
 use crate::protocol::Protocol;
 use crate::reconcile::Reconciler;
@@ -284,20 +287,17 @@ impl Collector {
         tracker.spawn(reconciler.follow(source));
         tracker.close();
         self.health.set_started();
-        tracing::info!(
-            devices = attached,
-            rejected = applied.rejected,
-            collector_id = %cfg.collector_id(),
-            "collector started"
-        );
+        CollectorStarted {
+            devices: attached,
+            rejected: applied.rejected,
+            collector_id: &cfg.collector_id(),
+        }
+        .emit();
 
         shutdown.await;
         let grace = cfg.collector.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
-        tracing::info!(
-            ?grace,
-            "shutting down: stopping schedules, finishing in-flight reads"
-        );
+        ShutdownStarted { grace }.emit();
         self.health.set_stopping();
         schedules_stop.cancel();
 
@@ -324,14 +324,11 @@ impl Collector {
             let give_up =
                 tokio::time::Instant::now().max(deadline - grace.mul_f64(1.0 - DRAIN_UNTIL));
             if tokio::time::timeout_at(give_up, &mut drain).await.is_err() {
-                let s = self.stats.snapshot();
-                tracing::error!(
-                    ?grace,
-                    read = s.reads_ok,
-                    delivered = s.records_delivered,
-                    spilled = s.records_spilled,
-                    "shutdown grace exceeded; records read but neither acknowledged nor spilled are lost"
-                );
+                ShutdownGraceExceeded {
+                    grace,
+                    totals: self.stats.snapshot(),
+                }
+                .emit();
             }
         }
         replay_stop.cancel();
@@ -365,17 +362,8 @@ impl Collector {
             );
         }
         self.stop.cancel();
-        let s = self.stats.snapshot();
-        tracing::info!(
-            reads_ok = s.reads_ok,
-            reads_failed = s.reads_failed,
-            delivered = s.records_delivered,
-            failed = s.records_failed,
-            spilled = s.records_spilled,
-            replayed = s.records_replayed,
-            undelivered = s.records_undelivered,
-            "collector stopped"
-        );
-        Ok(s)
+        let totals = self.stats.snapshot();
+        CollectorStopped { totals }.emit();
+        Ok(totals)
     }
 }

@@ -42,9 +42,25 @@ pub trait DeviceReader: Send {
     /// Releases this device's hold on its session.
     async fn close(&mut self);
 
-    /// The session as seen for `/devices`: `connected`, `disconnected`,
-    /// `backoff`, or `unknown` (the default).
-    fn session_state(&self) -> &'static str {
-        "unknown"
+    /// The session as seen for `/devices`; default [`SessionState::Unknown`].
+    fn session_state(&self) -> SessionState {
+        SessionState::Unknown
     }
+}
+
+/// A device's session (or connection) as its adapter sees it, for
+/// `/devices` (serialized in snake case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The adapter does not say.
+    Unknown,
+    /// Being opened now.
+    Connecting,
+    /// Open and alive.
+    Connected,
+    /// Failed; the next attempt waits for its backoff.
+    Backoff,
+    /// Not open.
+    Disconnected,
 }

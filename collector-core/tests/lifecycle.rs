@@ -5,6 +5,8 @@
 //! changed in a running pipeline start, stop and restart while the others
 //! keep their reader (session) and `seq`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

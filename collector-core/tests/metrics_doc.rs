@@ -3,6 +3,8 @@
 //! metric is declared. (That the daemon exports nothing outside the table
 //! is checked by the daemon's HTTP test against a real scrape.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::BTreeMap;
 
 use collector_core::metrics::ALL;

@@ -3,6 +3,8 @@
 //! segment log must give the space back; sled's figures are printed for
 //! `docs/spill.md` (run with `--nocapture`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::path::Path;
 
 use collector_core::spill::{self, NewBatch, SpillBackend, SpillConfig};

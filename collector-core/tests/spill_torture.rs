@@ -11,6 +11,8 @@
 //! `SPILL_TORTURE_CYCLES` overrides the cycle count (both backends).
 //! Run with `--nocapture` to see the figures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -15,18 +15,27 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
-    /// The default quiets async-opcua's per-connection chatter (our own
-    /// session events are logged by the collector) and its complaint that a
-    /// security-None channel has no certificate.
-    #[arg(
-        long,
-        global = true,
-        default_value = "info,opcua_server=warn,opcua_client=error,opcua_core=warn,opcua_core::comms::secure_channel=off"
-    )]
-    pub log_level: String,
+    /// Default for `run`: info, with async-opcua's per-connection chatter
+    /// quieted (our own session events are logged by the collector) and
+    /// its complaint that a security-None channel has no certificate off.
+    /// Default for `demo`: only our own warnings and errors (the demo
+    /// prints its own progress); a real problem still shows.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The log filter of `run` and `validate` (see `--log-level`).
+pub(crate) const DEFAULT_LOG_FILTER: &str =
+    "info,opcua_server=warn,opcua_client=error,opcua_core=warn,opcua_core::comms::secure_channel=off";
+
+/// The log filter of `demo`: the demo's screen is its own lines. Warnings
+/// and errors of the collector and the simulator still show; async-opcua's
+/// (a security-None simulator and client have no certificates, on purpose)
+/// do not: the collector reports what matters of them itself.
+pub(crate) const DEMO_LOG_FILTER: &str =
+    "warn,opcua_core=off,opcua_crypto=off,opcua_server=off,opcua_client=off";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {

@@ -34,17 +34,25 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
     })
     .await
     .context("starting the simulator")?;
+    // A state dir of its own (the spill, the seq floor), removed at exit, so
+    // the demo runs with the delivery promise of a production collector.
+    let state = tempfile::Builder::new()
+        .prefix("opc-collector-demo-")
+        .tempdir()
+        .context("creating the demo's temporary state dir")?;
     println!(
-        "demo: {} simulated devices x {} tags every {:?} for {:?}; Kafka (in-process) at {}",
+        "demo: {} simulated devices x {} tags every {:?} for {:?}; Kafka (in-process) at {}; state in {} (removed at exit)",
         args.devices,
         args.tags,
         args.interval,
         args.duration,
-        kafka.bootstrap_servers()
+        kafka.bootstrap_servers(),
+        state.path().display()
     );
 
     let mut cfg = CollectorConfig::default();
     cfg.collector.id = Some("opc-collector-demo".into());
+    cfg.collector.state_dir = Some(state.path().to_path_buf());
     cfg.kafka.brokers = kafka.bootstrap_servers().to_string();
     cfg.kafka.topic = TOPIC.into();
     // The demo shows delivery within a second; production batches default to 10 s.

@@ -119,7 +119,7 @@ async fn devices(State(s): State<AppState>, Query(q): Query<DevicesQuery>) -> Js
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
     let (total, devices) = s.devices.page(
         |d| {
-            q.breaker.as_deref().is_none_or(|b| d.breaker == b)
+            q.breaker.as_deref().is_none_or(|b| d.breaker.label() == b)
                 && q.failing.is_none_or(|f| (d.consecutive_failures > 0) == f)
                 && q.id_prefix.as_deref().is_none_or(|p| d.id.starts_with(p))
         },

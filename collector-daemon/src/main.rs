@@ -46,7 +46,14 @@ fn main() -> ExitCode {
         std::env::set_var("OPCUA_TRACE_LOCKS", "1");
     }
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format, &cli.log_level);
+    let default_filter = match cli.command {
+        Command::Demo(_) => cli::DEMO_LOG_FILTER,
+        _ => cli::DEFAULT_LOG_FILTER,
+    };
+    telemetry::init_logging(
+        cli.log_format,
+        cli.log_level.as_deref().unwrap_or(default_filter),
+    );
     let outcome = match cli.command {
         Command::Validate { config } => run::validate(&config),
         Command::Run { config, http_addr } => {

@@ -147,6 +147,19 @@ fn demo_delivers_and_prints_a_schema_valid_record() {
 
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with("demo totals:"), "{stdout}");
+    // A healthy run's screen is the demo's own lines: no warning or error
+    // from the libraries (a security-None simulator and client have no
+    // certificates on purpose) or about a state dir.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let noisy: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "warnings or errors on a healthy demo run:\n{}",
+        noisy.join("\n")
+    );
     let pct: f64 = last
         .split('(')
         .nth(1)

@@ -26,6 +26,7 @@
 //! run's (docs/record-format.md), which is how the runs are told apart.
 
 #![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod support;
 

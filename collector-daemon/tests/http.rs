@@ -2,8 +2,8 @@
 //! `/healthz`, `/startupz`, `/readyz` (503 while Kafka is unreachable, 200
 //! when it is), `/metrics`, and a clean exit 0 on SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,23 +17,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A minimal HTTP/1.1 GET: (status, body), or None if nothing answers.
+/// GET on the daemon's port: (status, body), or None if nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    collector_testkit::http::get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path).ok()
 }
 
 fn wait_for(port: u16, path: &str, status: u16, within: Duration) -> String {

@@ -6,6 +6,8 @@
 //! passwords, the client's private key, the Kafka SASL password) appears in
 //! the logs, `/devices` or `/metrics`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -31,7 +33,7 @@ fn start_asyncua(dir: &Path, password_file: &Path) -> (Proc, Json) {
         .status();
     assert!(
         matches!(probe, Ok(s) if s.success()),
-        "the interop test needs Python's asyncua: python3 -m pip install asyncua (.ci/test installs it)"
+        "the interop test needs Python's asyncua on PATH: run it through .ci/test, which installs it in target/test-deps/venv"
     );
     let port = free_port();
     let mut proc = Proc::spawn(

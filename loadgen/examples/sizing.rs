@@ -24,7 +24,7 @@ fn env_u32(name: &str, default: u32) -> u32 {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let devices = env_u32("LOADGEN_SCALE_DEVICES", 1000);
     let tags = env_u32("LOADGEN_SCALE_TAGS", 20);
     let before = vm_rss_kib();
@@ -34,8 +34,7 @@ async fn main() {
         tags,
         ..Default::default()
     })
-    .await
-    .expect("simulator start");
+    .await?;
     let started = t0.elapsed();
     let after = vm_rss_kib();
     let yaml = sim.device_file_yaml();
@@ -55,4 +54,5 @@ async fn main() {
         "scale: shutdown in {:.0} ms",
         t1.elapsed().as_secs_f64() * 1000.0
     );
+    Ok(())
 }

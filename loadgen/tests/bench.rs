@@ -4,6 +4,7 @@
 //! sane values, and that no record was lost. Timings are not asserted.
 
 #![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! Fault injection, restarts and per-endpoint counters, observed with the async-opcua
 //! client: every fault shows on its device and leaves the healthy devices alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::{
     str::FromStr,
     sync::Arc,

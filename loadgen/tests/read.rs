@@ -1,5 +1,7 @@
 //! End-to-end: start a few simulated devices and read them with the async-opcua client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use opc_loadgen::{

@@ -1,6 +1,8 @@
 //! Devices that cannot be reached fail alone: the others deliver every
 //! scheduled read, and the failures are counted in the metrics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! no session to spare is not stormed, and a server that restarts with its
 //! namespaces renumbered is read correctly again, without wrong values.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::sync::Arc;

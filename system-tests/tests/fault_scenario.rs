@@ -7,6 +7,8 @@
 //! - connection attempts stay under the global cap x duration;
 //! - no endpoint ever sees more than one session; none is left open.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::HashSet;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector_core::config::Settings;
+use collector_core::device_status::BreakerState;
 use collector_core::histogram::LatencyHistogram;
 use collector_core::{Collector, Device};
 use collector_opcua::OpcUaProtocol;
@@ -133,7 +136,7 @@ async fn run(kafka: &EmbeddedKafka, topic: &str, faults: Vec<FaultSpec>) -> Outc
             "healthy device {} failed: {:?}",
             d.id, d.last_error
         );
-        assert_eq!(d.breaker, "closed", "{}", d.id);
+        assert_eq!(d.breaker, BreakerState::Closed, "{}", d.id);
         assert!(
             d.reads_ok >= 25,
             "{}: only {} reads in 60 s at 2 s",

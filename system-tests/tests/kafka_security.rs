@@ -5,6 +5,8 @@
 //! mock cluster and tansu speak plaintext only), so delivery over TLS is
 //! not exercised end to end.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::path::Path;
 
 use base64::Engine;

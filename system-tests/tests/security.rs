@@ -6,6 +6,8 @@
 //! restart; a wrong password fails that device alone, under the breaker and
 //! the backoff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::path::{Path, PathBuf};

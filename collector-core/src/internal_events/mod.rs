@@ -7,7 +7,9 @@
 //!
 //! - [`schedule`]: ticks, reads and breaker transitions of one device
 //!   (hot path: metric handles are registered once per device);
-//! - [`delivery`]: records delivered, failed, spilled, replayed and lost.
+//! - [`delivery`]: records delivered, failed, spilled, replayed and lost;
+//! - [`lifecycle`]: the collector started, shutting down, stopped.
 
 pub(crate) mod delivery;
+pub(crate) mod lifecycle;
 pub(crate) mod schedule;

@@ -13,6 +13,7 @@ use crate::breaker::BreakerState;
 use crate::device_status::DeviceStatus;
 use crate::error::ReadError;
 use crate::metrics::{names, Stats};
+use crate::protocol::SessionState;
 use crate::record::{Quality, Sample};
 
 /// One device's recording handles: metric handles registered once (no
@@ -98,7 +99,7 @@ impl TickSkipped<'_> {
 pub(crate) struct AfterRead {
     pub(crate) breaker: BreakerState,
     pub(crate) consecutive_failures: u32,
-    pub(crate) session: &'static str,
+    pub(crate) session: SessionState,
     /// Seconds the read started after its scheduled time.
     pub(crate) lateness: f64,
     /// Seconds the read took.
@@ -110,7 +111,7 @@ impl AfterRead {
         device.lateness.record(self.lateness);
         device.duration.record(self.duration);
         st.lateness.record(self.lateness);
-        st.breaker = self.breaker.label();
+        st.breaker = self.breaker;
         st.session = self.session;
         st.consecutive_failures = self.consecutive_failures;
     }

@@ -11,7 +11,7 @@ use collector_core::config::Device;
 
 use crate::config::{Identifier, Namespace, NodeAddress, OpcUaDevice};
 use collector_core::metrics::names;
-use collector_core::protocol::DeviceReader;
+use collector_core::protocol::{DeviceReader, SessionState};
 use collector_core::record::Sample;
 use collector_core::ReadError;
 use opcua::types::{ByteString, Guid, NodeId, ReadValueId, StatusCode, TimestampsToReturn};
@@ -166,8 +166,8 @@ impl DeviceReader for OpcUaReader {
         Ok(samples)
     }
 
-    fn session_state(&self) -> &'static str {
-        self.endpoint.state_label()
+    fn session_state(&self) -> SessionState {
+        self.endpoint.state()
     }
 
     async fn close(&mut self) {

@@ -2,6 +2,7 @@
 //! Kafka cluster, and checks of what arrives on the topic.
 
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,98 @@
+//! The OPC UA clients sessions are built from: the options they share, the
+//! client for security None, and the secure clients (one per trust mode)
+//! created on the first secure connect.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{SecuritySection, SessionConfig};
+use opcua::client::{Client, ClientBuilder};
+
+use crate::{MAX_ARRAY_LENGTH, MAX_MESSAGE_SIZE, SEND_CHUNK_SIZE};
+
+use super::SecurityError;
+
+/// The clients sessions are built from: one for security None (needs no
+/// certificate), and, created on the first secure connect, one per trust
+/// mode sharing the application certificate.
+pub(crate) struct Clients {
+    plain: Client,
+    pub(super) session: SessionConfig,
+    pub(super) settings: SecuritySection,
+    pub(super) pki_dir: PathBuf,
+    pub(super) default_application_uri: String,
+    /// Created on the first secure connect; a failure is retried at the
+    /// next one (e.g. once the PKI directory is writable).
+    secure: Mutex<Option<Arc<SecureClients>>>,
+}
+
+pub(super) struct SecureClients {
+    pub(super) strict: Client,
+    pub(super) pinned: Client,
+    pub(super) auto_accept: Client,
+}
+
+/// Options every client shares: limits, timeouts, our own reconnects.
+pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> ClientBuilder {
+    ClientBuilder::new()
+        .application_name(cfg.application_name.clone())
+        .product_uri("urn:opc-collector")
+        // We own reconnects (see `session`): the library tries once.
+        .session_retry_limit(0)
+        .keep_alive_interval(cfg.keep_alive_interval)
+        .max_failed_keep_alive_count(u64::from(cfg.max_failed_keep_alives))
+        .request_timeout(cfg.read_timeout)
+        .max_array_length(MAX_ARRAY_LENGTH)
+        .max_message_size(MAX_MESSAGE_SIZE)
+        .max_chunk_count(0)
+        .max_chunk_size(SEND_CHUNK_SIZE)
+        .channel_lifetime(u32::try_from(settings.channel_lifetime.as_millis()).unwrap_or(u32::MAX))
+}
+
+impl Clients {
+    /// `pki_dir`: resolved by the caller (`security.pki_dir`, else
+    /// `<state_dir>/pki`, else `./pki`).
+    pub(crate) fn new(
+        session: &SessionConfig,
+        settings: &SecuritySection,
+        pki_dir: PathBuf,
+        collector_id: &str,
+    ) -> Result<Self, String> {
+        // Security None needs no PKI: point it at a scratch dir it may
+        // create or not, never at the real one.
+        let plain = base_builder(session, settings)
+            .application_uri("urn:opc-collector")
+            .create_sample_keypair(false)
+            .trust_server_certs(false)
+            .pki_dir(std::env::temp_dir().join("opc-collector-pki-none"))
+            .client()
+            .map_err(|errs| errs.join("; "))?;
+        Ok(Self {
+            plain,
+            session: session.clone(),
+            settings: settings.clone(),
+            pki_dir,
+            default_application_uri: format!("urn:opc-collector:{collector_id}"),
+            secure: Mutex::new(None),
+        })
+    }
+
+    /// The client for security None (also used for discovery).
+    pub(crate) fn plain(&self) -> &Client {
+        &self.plain
+    }
+
+    /// The secure clients, creating the application certificate on first
+    /// use (blocking: call from the blocking pool).
+    pub(super) fn secure(&self) -> Result<Arc<SecureClients>, SecurityError> {
+        let mut slot = self.secure.lock();
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let created = Arc::new(self.create_secure().map_err(SecurityError::Setup)?);
+        *slot = Some(created.clone());
+        Ok(created)
+    }
+}

@@ -1,0 +1,214 @@
+//! Opening one session: endpoint discovery (GetEndpoints, cached), the
+//! session build off the executor, the event loop task with reconnects
+//! off, and an actionable reason when the server refuses it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::{DeviceSecurity, Identity, SecurityPolicy};
+use collector_core::ReadError;
+use futures::StreamExt;
+use opcua::client::SessionPollResult;
+use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenPolicy};
+
+use crate::security::{identity_token, SecurityError};
+
+use super::endpoint::{Endpoint, Live, LoopTask};
+use super::namespaces::discover;
+use super::Pool;
+
+impl Pool {
+    pub(super) async fn connect(
+        &self,
+        ep: &Endpoint,
+        generation: u64,
+        offered_cache: &mut Option<Vec<EndpointDescription>>,
+    ) -> Result<Live, ReadError> {
+        let url = ep.url.as_str();
+        let connect_err = |reason: String| ReadError::Connect {
+            endpoint: url.to_string(),
+            reason,
+        };
+        let security_err = |reason: String| ReadError::Security {
+            endpoint: url.to_string(),
+            reason,
+        };
+        let sec = ep.security.clone();
+        // Without security and user there is nothing to choose: skip
+        // discovery. Otherwise ask the server what it offers (GetEndpoints
+        // on an unsecured channel, as every OPC UA client does).
+        let offered: Option<Vec<EndpointDescription>> =
+            if sec.policy == SecurityPolicy::None && sec.identity == Identity::Anonymous {
+                None
+            } else if let Some(cached) = offered_cache {
+                Some(cached.clone())
+            } else {
+                let eps = self
+                    .clients
+                    .plain()
+                    .get_server_endpoints_from_url(url)
+                    .await
+                    .map_err(|e| connect_err(format!("GetEndpoints: {e}")))?;
+                *offered_cache = Some(eps.clone());
+                Some(eps)
+            };
+        // Building a session reads the certificate store from disk (and the
+        // first secure one may generate the client certificate): keep that
+        // blocking work off the executor threads the schedules run on.
+        let clients = self.clients.clone();
+        let endpoint_url = url.to_string();
+        let build_sec = sec.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let prepared = match offered {
+                None => None,
+                Some(eps) => Some(
+                    clients
+                        .prepare(&endpoint_url, &build_sec, &eps)
+                        .map_err(BuildError::Security)?,
+                ),
+            };
+            let (client, endpoint) = match &prepared {
+                None => (
+                    clients.plain(),
+                    EndpointDescription::from((
+                        endpoint_url.as_str(),
+                        opcua::types::constants::SECURITY_POLICY_NONE_URI,
+                        MessageSecurityMode::None,
+                        UserTokenPolicy::anonymous(),
+                    )),
+                ),
+                Some(p) => (p.client(clients.plain()), p.endpoint.clone()),
+            };
+            let chosen = format!(
+                "{}/{:?}",
+                opcua::crypto::SecurityPolicy::from_uri(endpoint.security_policy_uri.as_ref()),
+                endpoint.security_mode
+            );
+            let token = identity_token(&build_sec.identity).map_err(BuildError::Security)?;
+            client
+                .session_builder()
+                .connect_to_endpoint_directly(endpoint)
+                .and_then(|b| {
+                    b.user_identity_token(token)
+                        .build(client.certificate_store().clone())
+                })
+                .map(|(session, event_loop)| (session, event_loop, chosen))
+                .map_err(|e| BuildError::Other(e.to_string()))
+        })
+        .await;
+        let (session, event_loop, chosen) = match built {
+            Ok(Ok(v)) => v,
+            Ok(Err(BuildError::Security(e))) => return Err(security_err(e.to_string())),
+            Ok(Err(BuildError::Other(e))) => return Err(connect_err(e)),
+            Err(e) => return Err(connect_err(format!("session build task: {e}"))),
+        };
+        // We own reconnects: when this session's transport ends, its loop ends.
+        session.disable_reconnects();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), StatusCode>>();
+        let loop_alive = alive.clone();
+        let loop_url = url.to_string();
+        let loop_task = LoopTask(tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let stream = event_loop.enter();
+            futures::pin_mut!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(SessionPollResult::Reconnected(_)) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Ok(SessionPollResult::ConnectionLost(code)) => {
+                        tracing::debug!(endpoint = %loop_url, %code, "connection lost");
+                    }
+                    Ok(_) => {}
+                    Err(code) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(Err(code));
+                        }
+                        break;
+                    }
+                }
+            }
+            loop_alive.store(false, Ordering::Relaxed);
+        }));
+        let abort_on_err = |e: ReadError| {
+            loop_task.abort();
+            e
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(code)) => {
+                let e = match rejection_hint(code, &sec, &chosen) {
+                    Some(reason) => security_err(reason),
+                    None => connect_err(code.to_string()),
+                };
+                return Err(abort_on_err(e));
+            }
+            Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
+        }
+        let (namespace_array, server_max) = match discover(&session).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = session.disconnect().await;
+                return Err(abort_on_err(e));
+            }
+        };
+        let cap = self.cfg.max_nodes_per_read as usize;
+        let max_nodes_per_read = match (server_max, cap) {
+            (0, 0) => usize::MAX,
+            (0, c) => c,
+            (s, 0) => s,
+            (s, c) => s.min(c),
+        };
+        tracing::debug!(endpoint = %url, security = %chosen, identity = %sec.identity.describe(), max_nodes_per_read, "session connected");
+        let remap = ep.remap(&namespace_array);
+        let namespaces = namespace_array
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, uri)| u16::try_from(i).ok().map(|i| (uri, i)))
+            .collect();
+        Ok(Live {
+            session,
+            alive,
+            loop_task,
+            namespaces,
+            remap,
+            max_nodes_per_read,
+            generation,
+        })
+    }
+}
+
+/// Why a session could not be built.
+enum BuildError {
+    Security(SecurityError),
+    Other(String),
+}
+
+/// An actionable reason for a session the server refused on security
+/// grounds, or None for other failures.
+fn rejection_hint(code: StatusCode, sec: &DeviceSecurity, chosen: &str) -> Option<String> {
+    let name = format!("{code}");
+    if code == StatusCode::BadUserAccessDenied
+        || code == StatusCode::BadIdentityTokenInvalid
+        || code == StatusCode::BadIdentityTokenRejected
+    {
+        return Some(format!(
+            "authentication failed for {} ({name}): check the user name and password (or user certificate)",
+            sec.identity.describe()
+        ));
+    }
+    if name.starts_with("BadCertificate")
+        || code == StatusCode::BadNoValidCertificates
+        || code == StatusCode::BadSecurityChecksFailed
+        || code == StatusCode::BadSecurityPolicyRejected
+        || code == StatusCode::BadSecurityModeRejected
+    {
+        return Some(format!(
+            "the {chosen} channel failed its certificate checks ({name}): the server may not trust the collector's client certificate yet (add it to the server's trust list), the server's certificate may have changed, or a check failed (validity dates, hostname, application URI)"
+        ));
+    }
+    None
+}

@@ -1,0 +1,23 @@
+//! The session pool: at most one OPC UA session per endpoint, opened on
+//! first use, shared by every device on that endpoint, re-opened by us (not
+//! by the library's hidden retry loop) with exponential backoff and jitter,
+//! under a fleet-wide connect rate limit.
+//!
+//! The library's event loop is driven here with reconnects disabled: when
+//! the transport drops, or keep-alives fail, the loop ends, the session is
+//! marked dead and the next read opens a new one after its backoff. So
+//! every connection attempt passes through one place that counts it.
+//!
+//! Split by concept: `endpoint` (one endpoint's session slot and the live
+//! session in it), `pool` (the pool, its gauges and the connect/backoff
+//! state machine), `connect` (opening one session), `namespaces` (the
+//! server's namespace array and configured `ns=` indexes) and `backoff`.
+
+mod backoff;
+mod connect;
+mod endpoint;
+mod namespaces;
+mod pool;
+
+pub(crate) use endpoint::{Endpoint, Live};
+pub(crate) use pool::Pool;
