@@ -49,15 +49,7 @@ impl Sink for JsonLinesSink {
     /// The record format documented in `docs/record-format.md`, so what is
     /// spilled and replayed is byte for byte what the file gets.
     fn encode(&self, record: &Record) -> Result<Message, SinkError> {
-        let mut payload = Vec::with_capacity(record.estimated_bytes());
-        record
-            .encode_json("custom-sink-example", &mut payload)
-            .map_err(|e| SinkError::Delivery(format!("encode: {e}")))?;
-        Ok(Message {
-            key: record.device_id.to_string(),
-            payload,
-            read_time_us: record.read_time.timestamp_micros(),
-        })
+        Message::json(record, "custom-sink-example")
     }
 
     /// Acknowledges only what reached the disk: a batch whose write or

@@ -207,15 +207,7 @@ mod tests {
     impl Sink for FailingSink {
         fn encode(&self, record: &Record) -> Result<Message, SinkError> {
             self.encodes.fetch_add(1, Ordering::SeqCst);
-            let mut payload = Vec::new();
-            record
-                .encode_json("t", &mut payload)
-                .map_err(|e| SinkError::Delivery(e.to_string()))?;
-            Ok(Message {
-                key: record.device_id.to_string(),
-                payload,
-                read_time_us: 0,
-            })
+            Message::json(record, "t")
         }
 
         async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {

@@ -100,7 +100,7 @@ impl CollectorBuilder {
     /// (recovering what a previous run left there: file reads and fsyncs,
     /// done on the blocking pool). Does not contact devices; the Kafka
     /// producer connects in the background.
-    pub async fn build(self) -> Result<Collector, CollectorError> {
+    pub async fn build(mut self) -> Result<Collector, CollectorError> {
         self.config.validate()?;
         let protocol = self.protocol.ok_or_else(|| {
             CollectorError::Startup("no protocol adapter given (CollectorBuilder::protocol)".into())
@@ -152,7 +152,9 @@ impl CollectorBuilder {
         self.health.attach(sink.clone(), spill.is_some());
         let source = match self.source {
             Some(s) => s,
-            None => Box::new(StaticSource::new(self.config.devices.clone())),
+            // The source owns the list from here (the collector keeps no
+            // second copy of 2,000 devices' settings).
+            None => Box::new(StaticSource::new(std::mem::take(&mut self.config.devices))),
         };
         Ok(Collector {
             source: Some(source),

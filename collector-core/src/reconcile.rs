@@ -31,7 +31,8 @@ use crate::source::DeviceSource;
 
 /// A device's running schedule.
 struct Running {
-    device: Device,
+    /// Shared with the schedule task: one copy of the device per device.
+    device: Arc<Device>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -118,7 +119,7 @@ impl Reconciler {
         for device in ordered {
             let id = device.id.clone();
             match self.running.get(&id) {
-                Some(r) if r.device == device => {}
+                Some(r) if *r.device == device => {}
                 Some(_) => {
                     if let Some(old) = self.running.remove(&id) {
                         old.stop.cancel();
@@ -168,6 +169,7 @@ impl Reconciler {
         // Registered here, not in the task, so `/devices` lists devices in
         // the order of the set.
         let status = ctx.board.register(device.id.clone(), &device.endpoint);
+        let device = Arc::new(device);
         let (d, s) = (device.clone(), stop.clone());
         let task = self.tracker.spawn(async move {
             if let Some(previous) = previous {

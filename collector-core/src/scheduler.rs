@@ -85,7 +85,7 @@ pub(crate) struct ScheduleContext {
 /// finished (and its record queued) before returning. Records take their
 /// `seq` from `seq`, which outlives this schedule (see `reconcile`).
 pub(crate) async fn run_device(
-    device: Device,
+    device: Arc<Device>,
     mut reader: Box<dyn DeviceReader>,
     ctx: Arc<ScheduleContext>,
     status: Arc<Mutex<DeviceStatus>>,

@@ -240,18 +240,57 @@ fn collect_devices(
             file,
             Some(item.line()),
         );
-        match yaml::deserialize::<RawDevice>(item, &format!("devices[{i}]")) {
-            Ok(raw) => out.push(RawEntry {
-                raw,
-                line: item.line(),
-                file: file.map(Path::to_path_buf),
-                node: item.clone(),
-                settings,
-            }),
-            Err(e) => errors.push(e.at(file, None)),
+        let context = format!("devices[{i}]");
+        if !matches!(item, Node::Map { .. }) {
+            match yaml::deserialize::<RawDevice>(item, &context) {
+                Ok(_) => errors.push(
+                    ConfigError::new(format!("{context}: a device must be a mapping"))
+                        .at(file, Some(item.line())),
+                ),
+                Err(e) => errors.push(e.at(file, None)),
+            }
+            continue;
         }
+        // Field by field, so that a type error in one (`interval: soon`)
+        // neither hides the others nor keeps the adapter from checking the
+        // rest of the entry: every problem at once.
+        let mut raw = RawDevice::default();
+        let field = |key: &str| -> Option<Node> { item.get(key).map(|(n, _)| n.clone()) };
+        let mut push = |e: ConfigError| errors.push(e.at(file, None));
+        if let Some(n) = field("id") {
+            match yaml::deserialize::<Option<String>>(&n, &format!("{context}.id")) {
+                Ok(v) => raw.id = v,
+                Err(e) => push(e),
+            }
+        }
+        if let Some(n) = field("endpoint") {
+            match yaml::deserialize::<Option<String>>(&n, &format!("{context}.endpoint")) {
+                Ok(v) => raw.endpoint = v,
+                Err(e) => push(e),
+            }
+        }
+        // A device whose interval did not parse is still checked (the load
+        // fails on the error anyway).
+        if let Some(n) = field("interval") {
+            match yaml::deserialize::<IntervalField>(&n, &format!("{context}.interval")) {
+                Ok(v) => raw.interval = v.0,
+                Err(e) => push(e),
+            }
+        }
+        out.push(RawEntry {
+            raw,
+            line: item.line(),
+            file: file.map(Path::to_path_buf),
+            node: item.clone(),
+            settings,
+        });
     }
 }
+
+/// A device's `interval` on its own (`10s`, `500ms`).
+#[derive(Default, serde::Deserialize)]
+#[serde(transparent)]
+struct IntervalField(#[serde(with = "super::model::opt_duration")] Option<std::time::Duration>);
 
 fn load_device_file(
     path: &Path,

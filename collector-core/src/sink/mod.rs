@@ -31,6 +31,23 @@ pub struct Message {
     pub read_time_us: i64,
 }
 
+impl Message {
+    /// `record` in the documented JSON format (`docs/record-format.md`),
+    /// keyed by its device id, stamped with `collector_id`: what the Kafka
+    /// sink sends, for any sink that stores the same bytes.
+    pub fn json(record: &Record, collector_id: &str) -> Result<Message, SinkError> {
+        let mut payload = Vec::with_capacity(record.estimated_bytes());
+        record
+            .encode_json(collector_id, &mut payload)
+            .map_err(|e| SinkError::Delivery(format!("encode: {e}")))?;
+        Ok(Message {
+            key: record.device_id.to_string(),
+            payload,
+            read_time_us: record.read_time.timestamp_micros(),
+        })
+    }
+}
+
 /// Why the batcher flushed a batch (the `reason` label of
 /// `collector_batches_flushed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,15 +28,7 @@ struct PrintSink;
 #[async_trait]
 impl Sink for PrintSink {
     fn encode(&self, record: &Record) -> Result<Message, SinkError> {
-        let mut payload = Vec::new();
-        record
-            .encode_json("embedded-example", &mut payload)
-            .map_err(|e| SinkError::Delivery(e.to_string()))?;
-        Ok(Message {
-            key: record.device_id.to_string(),
-            payload,
-            read_time_us: record.read_time.timestamp_micros(),
-        })
+        Message::json(record, "embedded-example")
     }
 
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {

@@ -198,15 +198,7 @@ fn redact(msg: &str) -> String {
 #[async_trait]
 impl Sink for KafkaSink {
     fn encode(&self, record: &Record) -> Result<Message, SinkError> {
-        let mut payload = Vec::with_capacity(record.estimated_bytes());
-        record
-            .encode_json(&self.collector_id, &mut payload)
-            .map_err(|e| SinkError::Delivery(format!("encode: {e}")))?;
-        Ok(Message {
-            key: record.device_id.to_string(),
-            payload,
-            read_time_us: record.read_time.timestamp_micros(),
-        })
+        Message::json(record, &self.collector_id)
     }
 
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
