@@ -99,7 +99,16 @@ impl Dispatch {
             return;
         }
         let report = self.sink.deliver_messages(&messages).await;
-        let failed = report.failed.len();
+        // Whatever order a sink reports its failures in (repeats and
+        // out-of-range indexes ignored), each message is either delivered
+        // or failed, never both or neither.
+        let mut is_failed = vec![false; messages.len()];
+        for &j in &report.failed {
+            if let Some(f) = is_failed.get_mut(j) {
+                *f = true;
+            }
+        }
+        let failed = is_failed.iter().filter(|&&f| f).count();
         RecordsDelivered {
             stats: &self.stats,
             count: messages.len() - failed,
@@ -115,19 +124,16 @@ impl Dispatch {
             flushed_by: batch.reason.label(),
         }
         .emit();
-        let first = report
-            .failed
-            .first()
-            .and_then(|&j| index.get(j))
+        let first = is_failed
+            .iter()
+            .position(|&f| f)
+            .and_then(|j| index.get(j))
             .and_then(|&i| batch.records.get(i));
-        let mut failed_messages = Vec::with_capacity(failed);
-        let mut wanted = report.failed.iter().peekable();
-        for (j, m) in messages.into_iter().enumerate() {
-            if wanted.peek() == Some(&&j) {
-                wanted.next();
-                failed_messages.push(m);
-            }
-        }
+        let failed_messages: Vec<Message> = messages
+            .into_iter()
+            .zip(is_failed)
+            .filter_map(|(m, f)| f.then_some(m))
+            .collect();
         self.spill_messages(failed_messages, first, SpillReason::DeliveryFailed)
             .await;
     }
@@ -262,6 +268,52 @@ mod tests {
         };
         d.handle(batch(5)).await;
         (sink.encodes.load(Ordering::SeqCst), stats, store, dir)
+    }
+
+    /// A sink that reports failures out of order, twice, or out of range
+    /// still has each record counted delivered or spilled, exactly once.
+    #[tokio::test]
+    async fn any_order_of_reported_failures_is_settled_exactly() {
+        struct Messy;
+        #[async_trait]
+        impl Sink for Messy {
+            fn encode(&self, record: &Record) -> Result<Message, SinkError> {
+                Message::json(record, "t")
+            }
+            async fn deliver_messages(&self, _messages: &[Message]) -> DeliveryReport {
+                DeliveryReport {
+                    failed: vec![3, 1, 3, 99],
+                    error: None,
+                }
+            }
+            async fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SpillStore> =
+            Arc::from(crate::spill::open(&SpillConfig::new(dir.path())).unwrap());
+        let stats = Arc::new(Stats::default());
+        let d = Dispatch {
+            sink: Arc::new(Messy),
+            spill: Some(store.clone()),
+            stats: stats.clone(),
+        };
+        d.handle(batch(5)).await;
+        let s = stats.snapshot();
+        assert_eq!((s.records_delivered, s.records_failed), (3, 2));
+        assert_eq!((s.records_spilled, s.records_undelivered), (2, 0));
+        let spilled = store.oldest(10).unwrap();
+        let messages = crate::spill::payload::decode(&spilled[0].payload).unwrap();
+        let seqs: Vec<u64> = messages
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 3]);
     }
 
     /// A failed delivery spills the bytes of the first encoding: each

@@ -26,8 +26,9 @@
 //!
 //! Every fact along the way (a read, a skipped tick, a breaker transition,
 //! records delivered, spilled, replayed or lost) is an internal event that
-//! updates its metric, the in-process [`metrics::Stats`] and the device's
-//! `/devices` entry together, and logs where it should.
+//! updates its metric (where it has one), the in-process
+//! [`metrics::Stats`] and the device's `/devices` entry together, and logs
+//! where it should.
 //!
 //! # Modules
 //!

@@ -45,8 +45,8 @@ use crate::worker::WorkerPool;
 /// while there is time to write them.
 pub const ABORT_PENDING_AT: f64 = 0.6;
 /// Fraction of the grace after which the drain gives up; what is still in
-/// flight then is counted and reported as lost. The rest of the grace is
-/// for stopping the replay, flushing and closing sessions.
+/// flight then is lost, and the error log says so with the totals so far.
+/// The rest of the grace is for flushing and closing sessions.
 pub const DRAIN_UNTIL: f64 = 0.9;
 /// The longest a flush of the sink at shutdown may take, whatever is left
 /// of the grace.
@@ -333,9 +333,13 @@ impl Collector {
                 .emit();
             }
         }
+        // The replay gets until the drain's give-up point, so a replayed
+        // batch in flight cannot eat the time sessions need to close.
         replay_stop.cancel();
         if let Some(replay) = replay {
-            let _ = tokio::time::timeout_at(deadline, replay).await;
+            let until =
+                tokio::time::Instant::now().max(deadline - grace.mul_f64(1.0 - DRAIN_UNTIL));
+            let _ = tokio::time::timeout_at(until, replay).await;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(e) = self.sink.flush(left.min(MAX_SINK_FLUSH)).await {

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Device;
 use crate::metrics::{names, Stats};
-use crate::protocol::Protocol;
+use crate::protocol::{DeviceReader, Protocol};
 use crate::scheduler::{run_device, ScheduleContext};
 use crate::source::DeviceSource;
 
@@ -121,24 +121,28 @@ impl Reconciler {
             match self.running.get(&id) {
                 Some(r) if *r.device == device => {}
                 Some(_) => {
+                    // Attach the new version first: if the adapter rejects
+                    // it, the running version keeps reading.
+                    let Some(reader) = self.attach(&device) else {
+                        tracing::error!(device = %id, "changed device rejected; the running version keeps its schedule");
+                        applied.rejected += 1;
+                        continue;
+                    };
                     if let Some(old) = self.running.remove(&id) {
                         old.stop.cancel();
-                        if self.start(device, Some(old.task)) {
-                            tracing::info!(device = %id, "device changed: restarting its schedule");
-                            applied.changed += 1;
-                        } else {
-                            applied.rejected += 1;
-                        }
+                        self.spawn(device, reader, Some(old.task));
+                        tracing::info!(device = %id, "device changed: restarting its schedule");
+                        applied.changed += 1;
                     }
                 }
-                None => {
-                    let previous = self.retiring.remove(&id);
-                    if self.start(device, previous) {
+                None => match self.attach(&device) {
+                    Some(reader) => {
+                        let previous = self.retiring.remove(&id);
+                        self.spawn(device, reader, previous);
                         applied.added += 1;
-                    } else {
-                        applied.rejected += 1;
                     }
-                }
+                    None => applied.rejected += 1,
+                },
             }
         }
         Stats::set(&self.ctx.stats.devices, self.running.len() as u64);
@@ -146,19 +150,26 @@ impl Reconciler {
         applied
     }
 
-    /// Attaches and schedules `device`, after `previous` (its old schedule)
-    /// has finished. False if the protocol rejected it.
-    fn start(&mut self, device: Device, previous: Option<JoinHandle<()>>) -> bool {
-        let reader = match self.protocol.attach(&device) {
-            Ok(reader) => reader,
+    /// The adapter's reader for `device`, or `None` (logged) if it
+    /// rejects it.
+    fn attach(&self, device: &Device) -> Option<Box<dyn DeviceReader>> {
+        match self.protocol.attach(device) {
+            Ok(reader) => Some(reader),
             Err(e) => {
                 tracing::error!(device = %device.id, error = %e, "device rejected by the protocol adapter; not scheduled");
-                if let Some(previous) = previous {
-                    self.retiring.insert(device.id.clone(), previous);
-                }
-                return false;
+                None
             }
-        };
+        }
+    }
+
+    /// Schedules `device` with `reader`, after `previous` (its old
+    /// schedule) has finished.
+    fn spawn(
+        &mut self,
+        device: Device,
+        reader: Box<dyn DeviceReader>,
+        previous: Option<JoinHandle<()>>,
+    ) {
         let seq = self
             .seqs
             .entry(device.id.clone())
@@ -184,7 +195,6 @@ impl Reconciler {
         });
         self.running
             .insert(device.id.clone(), Running { device, stop, task });
-        true
     }
 
     /// Applies every new version from `source` until the pipeline stops.

@@ -70,6 +70,12 @@ impl DeviceReader for CounterReader {
 #[async_trait]
 impl Protocol for Counter {
     fn attach(&self, device: &Device) -> Result<Box<dyn DeviceReader>, ReadError> {
+        if device.endpoint.contains("reject") {
+            return Err(ReadError::Config(format!(
+                "{} is not served",
+                device.endpoint
+            )));
+        }
         *self
             .attached
             .lock()
@@ -218,6 +224,16 @@ async fn devices_added_removed_and_changed_on_a_running_pipeline() {
         sink.seqs("a").len() >= a_before + 3
     })
     .await;
+
+    // A change the adapter rejects leaves the running version reading.
+    let c_before = sink.seqs("c").len();
+    let rejected = Device::new("c", "counter://reject", Duration::from_millis(50)).unwrap();
+    assert!(set.send(vec![device("a", 40), rejected]));
+    until("c keeps delivering after a rejected change", || {
+        sink.seqs("c").len() >= c_before + 3
+    })
+    .await;
+    assert_eq!(protocol.closes("c"), 0, "c's running reader was kept");
 
     stop_tx.send(()).unwrap();
     let totals = run.await.unwrap().unwrap();

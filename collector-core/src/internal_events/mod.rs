@@ -1,7 +1,9 @@
 //! Internal events, in the style of Vector's `internal_events`: one small
 //! type per thing that happens, whose `emit()` records the fact everywhere
-//! it is recorded (the metric, the in-process [`Stats`](crate::metrics::Stats),
-//! the device board) and logs it where it should. Code that makes a fact
+//! it is recorded (its metric where it has one, the in-process
+//! [`Stats`](crate::metrics::Stats), the device board) and logs it where it
+//! should. (Records delivered and failed have no core metric: the Kafka
+//! sink counts its own acknowledgements; a custom sink's are in `Stats`.) Code that makes a fact
 //! happen emits its event and does nothing else about it, so a counter and
 //! its log line cannot drift apart.
 //!

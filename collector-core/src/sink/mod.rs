@@ -140,7 +140,8 @@ impl Encoded {
 /// - [`Sink::encode`] once per record, on the blocking pool (never twice:
 ///   a record that fails delivery is spilled from its first encoding);
 /// - [`Sink::deliver_messages`] for each batch and each replayed spill
-///   entry, at most `batch.max_in_flight` at a time;
+///   entry: at most `batch.max_in_flight` live batches at a time, plus one
+///   replayed entry;
 /// - [`Sink::reachability`] before each batch (down: straight to the
 ///   spill) and for `/readyz`;
 /// - at shutdown, [`Sink::abort_pending`] (on the blocking pool) if the

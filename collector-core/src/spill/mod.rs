@@ -73,15 +73,7 @@ mod segment;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The spill's metric names (declared with every other metric in
-/// [`crate::metrics`]; see also `docs/spill.md`).
-pub(crate) mod names {
-    pub(crate) use crate::metrics::names::{
-        SPILL_BATCHES as BATCHES, SPILL_BATCHES_WRITTEN as BATCHES_WRITTEN, SPILL_BYTES as BYTES,
-        SPILL_CORRUPT as CORRUPT, SPILL_EVICTED as EVICTED, SPILL_EXPIRED as EXPIRED,
-        SPILL_OLDEST_AGE as OLDEST_AGE, SPILL_RECORDS as RECORDS,
-    };
-}
+use crate::metrics::names;
 
 /// Which engine stores the spill (`spill.backend`: `segment_log` or
 /// `sled`; anything else is a configuration error naming the line).
@@ -342,7 +334,7 @@ pub trait SpillStore: Send + Sync {
     /// (all when `None`), in append order. Reading does not remove: a
     /// replayer with several batches in flight passes the last id it handed
     /// out. A batch that fails its checksum is dropped, counted
-    /// ([`names::CORRUPT`]) and logged at error, and is not returned.
+    /// ([`names::SPILL_CORRUPT`]) and logged at error, and is not returned.
     fn oldest_after(
         &self,
         after: Option<SpillId>,
@@ -360,7 +352,7 @@ pub trait SpillStore: Send + Sync {
     fn delete(&self, ids: &[SpillId]) -> Result<(), SpillError>;
 
     /// Drops batches older than the TTL at `now` and the oldest data above
-    /// the size cap; counts them in [`names::EXPIRED`] / [`names::EVICTED`],
+    /// the size cap; counts them in [`names::SPILL_EXPIRED`] / [`names::SPILL_EVICTED`],
     /// logs at warn, and returns what was dropped.
     fn enforce_limits(&self, now: SystemTime) -> Result<Dropped, SpillError>;
 
@@ -397,16 +389,16 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
 
 /// Publishes the gauges of a store.
 pub(crate) fn publish(stats: &SpillStats) {
-    metrics::gauge!(names::BYTES).set(stats.disk_bytes as f64);
-    metrics::gauge!(names::RECORDS).set(stats.records as f64);
-    metrics::gauge!(names::BATCHES).set(stats.batches as f64);
-    metrics::gauge!(names::OLDEST_AGE).set(stats.oldest_age(SystemTime::now()).as_secs_f64());
+    metrics::gauge!(names::SPILL_BYTES).set(stats.disk_bytes as f64);
+    metrics::gauge!(names::SPILL_RECORDS).set(stats.records as f64);
+    metrics::gauge!(names::SPILL_BATCHES).set(stats.batches as f64);
+    metrics::gauge!(names::SPILL_OLDEST_AGE).set(stats.oldest_age(SystemTime::now()).as_secs_f64());
 }
 
 /// Counts and logs dropped data: never a silent loss.
 pub(crate) fn report_dropped(backend: SpillBackend, dropped: &Dropped) {
     if !dropped.expired.is_empty() {
-        metrics::counter!(names::EXPIRED).increment(dropped.expired.records);
+        metrics::counter!(names::SPILL_EXPIRED).increment(dropped.expired.records);
         tracing::warn!(
             backend = backend.label(),
             batches = dropped.expired.batches,
@@ -416,7 +408,7 @@ pub(crate) fn report_dropped(backend: SpillBackend, dropped: &Dropped) {
         );
     }
     if !dropped.evicted.is_empty() {
-        metrics::counter!(names::EVICTED).increment(dropped.evicted.records);
+        metrics::counter!(names::SPILL_EVICTED).increment(dropped.evicted.records);
         tracing::warn!(
             backend = backend.label(),
             batches = dropped.evicted.batches,

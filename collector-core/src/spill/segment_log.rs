@@ -358,7 +358,7 @@ impl SpillStore for SegmentLog {
         );
         let last = ids.last().map_or(0, |i| i.0);
         self.wait_durable(last)?;
-        metrics::counter!(super::names::BATCHES_WRITTEN).increment(ids.len() as u64);
+        metrics::counter!(crate::metrics::names::SPILL_BATCHES_WRITTEN).increment(ids.len() as u64);
         publish(&stats);
         Ok(ids)
     }
@@ -418,7 +418,7 @@ impl SpillStore for SegmentLog {
                     "corrupt spilled batch dropped"
                 );
             }
-            metrics::counter!(super::names::CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
             let mut inner = self.lock();
             inner.corrupt += corrupt.len() as u64;
             let to_sync =
@@ -510,7 +510,7 @@ fn recover(dir: &Path) -> Result<Inner, SpillError> {
                 let aside = path.with_extension("corrupt");
                 tracing::error!(file = %path.display(), "spill segment header corrupt; moved aside");
                 std::fs::rename(&path, &aside).map_err(|e| SpillError::io(&path, e))?;
-                metrics::counter!(super::names::CORRUPT).increment(1);
+                metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(1);
                 inner.corrupt += 1;
             }
             changed = true;
@@ -532,7 +532,7 @@ fn recover(dir: &Path) -> Result<Inner, SpillError> {
                     reason,
                     "spill: corrupt data in a sealed segment cut; batches after it are lost"
                 );
-                metrics::counter!(super::names::CORRUPT).increment(1);
+                metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(1);
                 inner.corrupt += 1;
             }
             inner.torn_bytes += scan.bad_tail;

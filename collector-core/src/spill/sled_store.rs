@@ -151,7 +151,7 @@ impl SledStore {
             db.remove(k)?;
         }
         if !corrupt.is_empty() {
-            metrics::counter!(super::names::CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
             st.corrupt += corrupt.len() as u64;
             db.flush()?;
         }
@@ -270,7 +270,7 @@ impl SpillStore for SledStore {
             },
         );
         self.wait_durable(id - 1)?;
-        metrics::counter!(super::names::BATCHES_WRITTEN).increment(ids.len() as u64);
+        metrics::counter!(crate::metrics::names::SPILL_BATCHES_WRITTEN).increment(ids.len() as u64);
         publish(&self.stats());
         Ok(ids)
     }
@@ -304,7 +304,7 @@ impl SpillStore for SledStore {
         }
         if !corrupt.is_empty() {
             tracing::error!(ids = ?corrupt, "corrupt spilled batches dropped (sled)");
-            metrics::counter!(super::names::CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
             let mut st = self.lock();
             st.corrupt += corrupt.len() as u64;
             self.remove_ids(&mut st, corrupt, |_, _| {})?;

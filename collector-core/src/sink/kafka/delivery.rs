@@ -1,6 +1,6 @@
 //! Delivery tracking: each message carries a [`Pending`] opaque back
 //! through librdkafka's delivery callback, which settles it in its batch's
-//! [`BatchAck`]; the batch's `deliver()` wakes when the last one settles.
+//! [`BatchAck`]; [`BatchAck::wait`] returns when the last one settles.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use collector_core::config::{ProtocolConfig, Settings};
 use collector_core::error::{ConfigError, ConfigErrors};
 use collector_core::{CollectorConfig, Device};
-use serde::Deserialize;
 
 pub use node_id::{Identifier, Namespace, NodeAddress};
 pub(crate) use security::RawDeviceSecurity;
@@ -40,15 +39,6 @@ pub struct OpcUaDevice {
     pub nodes: Vec<NodeAddress>,
     /// Security policy, mode, trust and identity.
     pub security: DeviceSecurity,
-}
-
-/// A device's OPC UA keys as written.
-#[derive(Debug, Default, Deserialize)]
-struct RawOpcUaDevice {
-    #[serde(default)]
-    nodes: Vec<String>,
-    #[serde(default)]
-    security: Option<RawDeviceSecurity>,
 }
 
 const DOCS_HINT: &str = "see docs/security.md";
@@ -134,18 +124,32 @@ impl OpcUaSettings {
                 );
             }
         }
-        let raw: RawOpcUaDevice = match s.deserialize(&format!("device `{id}`")) {
-            Ok(raw) => raw,
-            Err(e) => return Err(vec![e]),
+        // Key by key: a type error in one hides nothing of the other.
+        let context = format!("device `{id}`");
+        let texts: Option<Vec<String>> = match s.get("nodes", &format!("{context} nodes")) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
         };
-        if raw.nodes.is_empty() {
+        let raw_security: Option<RawDeviceSecurity> =
+            match s.get("security", &format!("{context} security")) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            };
+        if texts.as_ref().is_some_and(Vec::is_empty) {
             errors.push(
                 s.error(None, format!("device `{id}`: no `nodes` to read"))
                     .hint("add `nodes: [\"ns=2;s=Tag1\"]`"),
             );
         }
-        let mut nodes = Vec::with_capacity(raw.nodes.len());
-        for (i, text) in raw.nodes.iter().enumerate() {
+        let texts = texts.unwrap_or_default();
+        let mut nodes = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
             match text.parse::<NodeAddress>() {
                 Ok(n) => nodes.push(n),
                 Err(msg) => errors.push(
@@ -154,7 +158,7 @@ impl OpcUaSettings {
                 ),
             }
         }
-        let security = match self.security.resolve(raw.security.as_ref()) {
+        let security = match self.security.resolve(raw_security.as_ref()) {
             Ok(sec) => sec,
             Err(msgs) => {
                 for m in msgs {
@@ -368,6 +372,12 @@ devices:
       policy: none
       mode: sign
     interval: soon
+  - id: e
+    endpoint: opc.tcp://h:4844
+    nodes: 7
+    security:
+      policy: none
+      mode: sign
 ";
         let errs =
             CollectorConfig::from_yaml(text, Some(Path::new("c.yaml")), &OpcUaConfig).unwrap_err();
@@ -377,7 +387,7 @@ devices:
             .collect();
         let has =
             |line: usize, text: &str| lines.iter().any(|(l, m)| *l == line && m.contains(text));
-        assert_eq!(errs.0.len(), 6, "{errs}");
+        assert_eq!(errs.0.len(), 8, "{errs}");
         assert!(has(4, "session.read_timeout"), "{lines:?}");
         assert!(has(10, "ns=two"), "{lines:?}");
         assert!(has(11, "not an opc.tcp:// URL"), "{lines:?}");
@@ -385,5 +395,8 @@ devices:
         assert!(has(17, "policy None cannot sign"), "{lines:?}");
         // The core's own problem in the same file, reported alongside.
         assert!(has(20, "invalid duration"), "{lines:?}");
+        // A type error in `nodes` does not hide the `security` problem.
+        assert!(has(23, "nodes"), "{lines:?}");
+        assert!(has(24, "policy None cannot sign"), "{lines:?}");
     }
 }
