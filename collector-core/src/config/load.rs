@@ -13,6 +13,43 @@ use super::yaml::{self, Node};
 use super::{CollectorConfig, ProtocolConfig, Settings};
 use crate::error::{ConfigError, ConfigErrors};
 
+/// The largest configuration or device file read, checked before reading
+/// it (a Kubernetes ConfigMap holds at most 1 MiB; a fleet's 1.2 M devices
+/// belong in a registry, not a file).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// The most device entries one file may hold.
+pub const MAX_DEVICES_PER_FILE: usize = 250_000;
+
+/// Reads a configuration or device file within [`MAX_FILE_BYTES`].
+fn read_bounded(path: &Path, what: &str) -> Result<String, ConfigError> {
+    let too_big = |len: u64| {
+        ConfigError::new(format!(
+            "{what} is {len} bytes; the limit is {MAX_FILE_BYTES} ({} MiB)",
+            MAX_FILE_BYTES >> 20
+        ))
+        .at(Some(path), None)
+        .hint("split the devices over several device_files, or use a device registry")
+    };
+    let file = std::fs::File::open(path)
+        .map_err(|e| ConfigError::new(format!("cannot read {what}: {e}")).at(Some(path), None))?;
+    if let Ok(meta) = file.metadata() {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(too_big(meta.len()));
+        }
+    }
+    // Read at most one byte past the limit, in case the file grew.
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+        &mut text,
+    )
+    .map_err(|e| ConfigError::new(format!("cannot read {what}: {e}")).at(Some(path), None))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
+    Ok(text)
+}
+
 impl CollectorConfig {
     /// Loads and validates a YAML configuration file (and the device files
     /// it names), reporting every problem found, the adapter's included.
@@ -20,11 +57,7 @@ impl CollectorConfig {
         path: &Path,
         adapter: &dyn ProtocolConfig,
     ) -> Result<CollectorConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![
-                ConfigError::new(format!("cannot read config: {e}")).at(Some(path), None)
-            ])
-        })?;
+        let text = read_bounded(path, "config").map_err(|e| ConfigErrors(vec![e]))?;
         Self::from_yaml(&text, Some(path), adapter)
     }
 
@@ -215,6 +248,17 @@ fn collect_devices(
         );
         return;
     };
+    if items.len() > MAX_DEVICES_PER_FILE {
+        errors.push(
+            ConfigError::new(format!(
+                "{} devices in one list; the limit is {MAX_DEVICES_PER_FILE}",
+                items.len()
+            ))
+            .at(file, Some(node.line()))
+            .hint("split the devices over several device_files, or use a device registry"),
+        );
+        return;
+    }
     for (i, item) in items.iter().enumerate() {
         let mut adapter_entries = Vec::new();
         if let Node::Map { entries, .. } = item {
@@ -298,12 +342,10 @@ fn load_device_file(
     out: &mut Vec<RawEntry>,
     errors: &mut ConfigErrors,
 ) {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_bounded(path, "device file") {
         Ok(t) => t,
         Err(e) => {
-            errors.push(
-                ConfigError::new(format!("cannot read device file: {e}")).at(Some(path), None),
-            );
+            errors.push(e);
             return;
         }
     };

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 pub use device::Device;
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
+pub use load::{MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
     duration, BatchConfig, BreakerConfig, CollectorSection, HttpConfig, ScheduleConfig,
     SpillSection, WorkerConfig,
@@ -178,6 +179,41 @@ mod tests {
             .unwrap()
             .with_settings(Settings::from_json(serde_json::json!({"nodes": ["n1"]})));
         assert_eq!(a.devices[0], coded);
+    }
+
+    /// A file over the size limit is refused before it is read (a sparse
+    /// file: nothing is written or read).
+    #[test]
+    fn an_oversized_file_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.yaml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let errs = CollectorConfig::load(&path, &TestAdapter).unwrap_err();
+        let msg = errs.to_string();
+        assert!(
+            msg.contains("huge.yaml") && msg.contains("the limit is"),
+            "{msg}"
+        );
+    }
+
+    /// An alias bomb in a configuration is a config error with its file.
+    #[test]
+    fn an_alias_bomb_is_a_config_error() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        text.push_str("devices: *a8\n");
+        let errs = CollectorConfig::from_yaml(&text, Some(Path::new("bomb.yaml")), &TestAdapter)
+            .unwrap_err();
+        assert!(errs.to_string().starts_with("bomb.yaml:"), "{errs}");
+        assert!(errs.to_string().contains("alias bomb"), "{errs}");
     }
 
     /// A misspelt backend used to mean the segment log, silently.

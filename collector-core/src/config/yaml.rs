@@ -170,9 +170,18 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
+/// How many nodes YAML aliases may add to a document in all. An alias is a
+/// copy of its anchor's subtree, so nested aliases grow exponentially (the
+/// "billion laughs": 12 lines that expand to 9^9 nodes); past this budget
+/// the document is refused with the line of the alias that crossed it. A
+/// million nodes is ~100 MB at most, and far beyond what a real file's
+/// shared `security:` blocks need.
+pub(crate) const MAX_ALIAS_NODES: usize = 1_000_000;
+
 /// Parses a YAML document. `${VAR}` and `${VAR:-default}` in scalars are
 /// replaced from the environment; `$$` is a literal `$`. Every expansion
-/// error is reported; a syntax error stops parsing.
+/// error is reported; a syntax error stops parsing. Aliases are expanded
+/// within [`MAX_ALIAS_NODES`].
 pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
@@ -206,14 +215,33 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     root: Option<Node>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's subtree and its node count.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes added by aliases so far (see [`MAX_ALIAS_NODES`]).
+    alias_nodes: usize,
+    /// Set once the alias budget is spent: later aliases are not expanded.
+    alias_budget_spent: bool,
     errors: Vec<ConfigError>,
+}
+
+impl Node {
+    /// Nodes in this subtree (itself included).
+    fn count(&self) -> usize {
+        match self {
+            Node::Scalar { .. } => 1,
+            Node::Seq { items, .. } => 1 + items.iter().map(Node::count).sum::<usize>(),
+            Node::Map { entries, .. } => {
+                1 + entries.iter().map(|(_, _, n)| 1 + n.count()).sum::<usize>()
+            }
+        }
+    }
 }
 
 impl Builder {
     fn push_node(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = node.count();
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => {
@@ -278,12 +306,37 @@ impl MarkedEventReceiver for Builder {
                     self.push_node(Node::Map { entries, line }, anchor);
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(node) => self.push_node(node, 0),
-                None => self
-                    .errors
-                    .push(ConfigError::new("unknown YAML alias").at(None, Some(line))),
-            },
+            Event::Alias(id) => {
+                let placeholder = Node::Scalar {
+                    text: String::new(),
+                    plain: true,
+                    line,
+                };
+                match self.anchors.get(&id) {
+                    None => {
+                        self.errors
+                            .push(ConfigError::new("unknown YAML alias").at(None, Some(line)));
+                        self.push_node(placeholder, 0);
+                    }
+                    Some(_) if self.alias_budget_spent => self.push_node(placeholder, 0),
+                    Some((_, size)) if self.alias_nodes + size > MAX_ALIAS_NODES => {
+                        self.alias_budget_spent = true;
+                        self.errors.push(
+                            ConfigError::new(format!(
+                                "YAML aliases expand to more than {MAX_ALIAS_NODES} nodes; refused (an alias bomb?)"
+                            ))
+                            .at(None, Some(line))
+                            .hint("write the repeated parts out, or use fewer nested aliases"),
+                        );
+                        self.push_node(placeholder, 0);
+                    }
+                    Some((node, size)) => {
+                        self.alias_nodes += size;
+                        let node = node.clone();
+                        self.push_node(node, 0);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -329,6 +382,35 @@ fn expand_env(text: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    /// The "billion laughs": 9 aliases of 9 aliases, 9 levels deep (9^9
+    /// nodes if expanded). Refused at the alias that crosses the budget,
+    /// without building the tree (it used to take 21 GB).
+    #[test]
+    fn an_alias_bomb_is_refused_at_its_line() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        text.push_str("devices: *a8\n");
+        let errs = super::parse(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("alias bomb"), "{errs:?}");
+        let line = errs[0].line.unwrap();
+        assert!((2..=10).contains(&line), "{errs:?}");
+    }
+
+    /// Aliases within the budget still work (a shared block reused).
+    #[test]
+    fn modest_aliases_expand() {
+        let text = "base: &b {policy: none}\ndevices:\n  - security: *b\n  - security: *b\n";
+        let root = super::parse(text).unwrap();
+        let json = root.to_json();
+        assert_eq!(json["devices"][1]["security"]["policy"], "none");
+    }
+
     use super::*;
 
     #[test]
