@@ -202,14 +202,7 @@ mod tests {
     /// An alias bomb in a configuration is a config error with its file.
     #[test]
     fn an_alias_bomb_is_a_config_error() {
-        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
-        for i in 1..9 {
-            let p = i - 1;
-            text.push_str(&format!(
-                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
-            ));
-        }
-        text.push_str("devices: *a8\n");
+        let text = yaml::alias_bomb();
         let errs = CollectorConfig::from_yaml(&text, Some(Path::new("bomb.yaml")), &TestAdapter)
             .unwrap_err();
         assert!(errs.to_string().starts_with("bomb.yaml:"), "{errs}");
