@@ -32,6 +32,7 @@ fn record(tags: usize) -> Record {
         seq: 1_795_000_000_000_000,
         read_time: now,
         samples,
+        part: None,
     }
 }
 

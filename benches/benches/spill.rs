@@ -40,6 +40,7 @@ fn record(seq: u64) -> Record {
         seq,
         read_time: now,
         samples,
+        part: None,
     }
 }
 

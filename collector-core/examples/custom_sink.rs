@@ -75,6 +75,7 @@ impl Sink for JsonLinesSink {
             Err(e) => DeliveryReport {
                 failed: (0..messages.len()).collect(),
                 error: Some(SinkError::Delivery(format!("{}: {e}", self.path.display()))),
+                ..DeliveryReport::default()
             },
         }
     }

@@ -86,6 +86,7 @@ mod tests {
             seq,
             read_time: chrono::Utc::now(),
             samples: Vec::new(),
+            part: None,
         }
     }
 

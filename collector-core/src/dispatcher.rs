@@ -1,21 +1,24 @@
 //! Sends flushed batches to the sink, at most `batch.max_in_flight` at a
 //! time, and settles each one: delivered records are counted; records the
-//! sink could not deliver go to the spill. While the sink is known to be
-//! down, batches go straight to the spill, so memory stays bounded during
-//! an outage of any length. Only when there is no spill (or it fails) is a
-//! record lost, and then it is counted and logged.
+//! sink could not deliver go to the spill, and those it refused for good
+//! (or too large to send at all) to the dead letters. While the sink is
+//! known to be down, batches go straight to the spill, so memory stays
+//! bounded during an outage of any length. Only when there is no spill or
+//! dead-letter store (or it fails) is a record lost, and then it is
+//! counted and logged.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::deadletter::{self, Refused};
 use crate::internal_events::delivery::{
     DeliveryFailed, RecordsDelivered, RecordsLost, RecordsSpilled, RecordsUnencodable, SpillReason,
 };
 use crate::metrics::Stats;
 use crate::record::Record;
-use crate::sink::{Batch, Encoded, Message, Sink};
+use crate::sink::{Batch, Encoded, Message, RejectCause, Sink};
 use crate::spill::{payload, SpillStore};
 
 /// Where batches go and what happens to failures.
@@ -23,6 +26,8 @@ use crate::spill::{payload, SpillStore};
 pub(crate) struct Dispatch {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) spill: Option<Arc<dyn SpillStore>>,
+    /// Where refused records go.
+    pub(crate) dead_letters: Option<Arc<dyn SpillStore>>,
     pub(crate) stats: Arc<Stats>,
 }
 
@@ -80,7 +85,19 @@ impl Dispatch {
             index,
             failed: unencodable,
             error: encode_error,
+            too_large,
         } = encoded;
+        if !too_large.is_empty() {
+            let refused = too_large
+                .into_iter()
+                .map(|(_, message, detail)| Refused {
+                    message,
+                    cause: RejectCause::TooLarge,
+                    detail,
+                })
+                .collect();
+            self.dead_letter(refused).await;
+        }
         if !unencodable.is_empty() {
             // Never deliverable, so not worth spilling: counted and logged.
             RecordsUnencodable {
@@ -100,20 +117,22 @@ impl Dispatch {
         }
         let report = self.sink.deliver_messages(&messages).await;
         // Whatever order a sink reports its failures in (repeats and
-        // out-of-range indexes ignored), each message is either delivered
-        // or failed, never both or neither.
-        let mut is_failed = vec![false; messages.len()];
-        for &j in &report.failed {
-            if let Some(f) = is_failed.get_mut(j) {
-                *f = true;
-            }
-        }
-        let failed = is_failed.iter().filter(|&&f| f).count();
+        // out-of-range indexes ignored), each message is delivered, failed
+        // or rejected, exactly one of them.
+        let outcome = Outcome::settle(messages.len(), &report);
         RecordsDelivered {
             stats: &self.stats,
-            count: messages.len() - failed,
+            count: outcome.delivered(),
         }
         .emit();
+        let mut messages: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
+        let refused = outcome.take_rejected(&mut messages);
+        if !refused.is_empty() {
+            Stats::add(&self.stats.records_failed, refused.len() as u64);
+            self.dead_letter(refused).await;
+        }
+        let is_failed = outcome.failed;
+        let failed = is_failed.iter().filter(|&&f| f).count();
         if failed == 0 {
             return;
         }
@@ -132,7 +151,7 @@ impl Dispatch {
         let failed_messages: Vec<Message> = messages
             .into_iter()
             .zip(is_failed)
-            .filter_map(|(m, f)| f.then_some(m))
+            .filter_map(|(m, f)| if f { m } else { None })
             .collect();
         self.spill_messages(failed_messages, first, SpillReason::DeliveryFailed)
             .await;
@@ -179,6 +198,26 @@ impl Dispatch {
         }
     }
 
+    /// Stores refused messages in the dead letters; counts them as lost
+    /// when there is no dead-letter store or it fails.
+    async fn dead_letter(&self, refused: Vec<Refused>) {
+        let n = refused.len();
+        let why = match &self.dead_letters {
+            Some(store) => match deadletter::store(store, &self.stats, refused).await {
+                Ok(()) => return,
+                Err(e) => e,
+            },
+            None => {
+                let first = refused
+                    .first()
+                    .map(|r| r.detail.clone())
+                    .unwrap_or_default();
+                format!("refused by the sink and no dead-letter store configured: {first}")
+            }
+        };
+        self.lost(n, None, &why);
+    }
+
     fn lost(&self, count: usize, first: Option<&Record>, why: &str) {
         RecordsLost {
             stats: &self.stats,
@@ -187,6 +226,60 @@ impl Dispatch {
             why,
         }
         .emit();
+    }
+}
+
+/// How each message of a delivery ended.
+pub(crate) struct Outcome {
+    /// Failed for a reason that may pass: spill.
+    pub(crate) failed: Vec<bool>,
+    /// Refused for good, with why: dead letters.
+    pub(crate) rejected: Vec<Option<(RejectCause, String)>>,
+}
+
+impl Outcome {
+    /// Reads a sink's report for `n` messages (repeats and out-of-range
+    /// indexes ignored; rejected wins over failed).
+    pub(crate) fn settle(n: usize, report: &crate::sink::DeliveryReport) -> Outcome {
+        let mut failed = vec![false; n];
+        let mut rejected = vec![None; n];
+        for &j in &report.failed {
+            if let Some(f) = failed.get_mut(j) {
+                *f = true;
+            }
+        }
+        for r in &report.rejected {
+            if let (Some(slot), Some(f)) = (rejected.get_mut(r.index), failed.get_mut(r.index)) {
+                *slot = Some((r.cause, r.detail.clone()));
+                *f = false;
+            }
+        }
+        Outcome { failed, rejected }
+    }
+
+    /// Messages delivered.
+    pub(crate) fn delivered(&self) -> usize {
+        self.failed
+            .iter()
+            .zip(&self.rejected)
+            .filter(|(f, r)| !**f && r.is_none())
+            .count()
+    }
+
+    /// Takes the rejected messages out of `messages`.
+    pub(crate) fn take_rejected(&self, messages: &mut [Option<Message>]) -> Vec<Refused> {
+        self.rejected
+            .iter()
+            .zip(messages.iter_mut())
+            .filter_map(|(r, m)| {
+                let (cause, detail) = r.clone()?;
+                Some(Refused {
+                    message: m.take()?,
+                    cause,
+                    detail,
+                })
+            })
+            .collect()
     }
 }
 
@@ -220,6 +313,7 @@ mod tests {
             DeliveryReport {
                 failed: (0..messages.len()).collect(),
                 error: Some(SinkError::Delivery("Local: Message timed out".into())),
+                ..DeliveryReport::default()
             }
         }
 
@@ -244,6 +338,7 @@ mod tests {
                     seq,
                     read_time: chrono::Utc::now(),
                     samples: Vec::new(),
+                    part: None,
                 })
                 .collect(),
             reason: FlushReason::Count,
@@ -264,6 +359,7 @@ mod tests {
         let d = Dispatch {
             sink: sink.clone(),
             spill: Some(store.clone()),
+            dead_letters: None,
             stats: stats.clone(),
         };
         d.handle(batch(5)).await;
@@ -284,6 +380,7 @@ mod tests {
                 DeliveryReport {
                     failed: vec![3, 1, 3, 99],
                     error: None,
+                    ..DeliveryReport::default()
                 }
             }
             async fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
@@ -297,6 +394,7 @@ mod tests {
         let d = Dispatch {
             sink: Arc::new(Messy),
             spill: Some(store.clone()),
+            dead_letters: None,
             stats: stats.clone(),
         };
         d.handle(batch(5)).await;

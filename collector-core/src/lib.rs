@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod deadletter;
 pub mod device_status;
 pub mod error;
 pub mod health;

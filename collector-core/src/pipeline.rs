@@ -30,7 +30,7 @@ use crate::internal_events::lifecycle::{
 use crate::metrics::{Stats, StatsSnapshot};
 use crate::protocol::Protocol;
 use crate::reconcile::Reconciler;
-use crate::replay::run_replay;
+use crate::replay::{run_replay, Replay};
 use crate::scheduler::ScheduleContext;
 use crate::seq::SeqBase;
 #[cfg(feature = "kafka")]
@@ -126,22 +126,26 @@ impl CollectorBuilder {
         // From here on `stop` ends the probe if this function fails.
         let stop_probe_on_error = stop.clone().drop_guard();
         let spill_cfg = self.config.spill_config();
+        let dead_cfg = self.config.dead_letter_config();
         let state_dir = self.config.collector.state_dir.clone();
-        let (spill, seq) = tokio::task::spawn_blocking(move || {
-            let spill = match spill_cfg {
+        let (spill, dead_letters, seq) = tokio::task::spawn_blocking(move || {
+            let open = |cfg: Option<spill::SpillConfig>| match cfg {
                 Some(cfg) => {
                     let store = spill::open(&cfg).map_err(|e| {
                         CollectorError::Startup(format!(
-                            "opening the spill in {}: {e}",
+                            "opening the {} in {}: {e}",
+                            cfg.role.label(),
                             cfg.dir.display()
                         ))
                     })?;
-                    Some(Arc::<dyn SpillStore>::from(store))
+                    Ok(Some(Arc::<dyn SpillStore>::from(store)))
                 }
-                None => None,
+                None => Ok::<_, CollectorError>(None),
             };
+            let spill = open(spill_cfg)?;
+            let dead_letters = open(dead_cfg)?;
             let seq = SeqBase::reserve(state_dir.as_deref())?;
-            Ok::<_, CollectorError>((spill, seq))
+            Ok::<_, CollectorError>((spill, dead_letters, seq))
         })
         .await
         .map_err(|e| CollectorError::Startup(format!("opening the state dir: {e}")))??;
@@ -163,6 +167,7 @@ impl CollectorBuilder {
             protocol,
             sink,
             spill,
+            dead_letters,
             stats: Arc::new(Stats::default()),
             board: self.board,
             seq,
@@ -179,6 +184,7 @@ pub struct Collector {
     sink: Arc<dyn Sink>,
     source: Option<Box<dyn DeviceSource>>,
     spill: Option<Arc<dyn SpillStore>>,
+    dead_letters: Option<Arc<dyn SpillStore>>,
     stats: Arc<Stats>,
     board: DeviceBoard,
     health: Health,
@@ -228,6 +234,11 @@ impl Collector {
         self.spill.clone()
     }
 
+    /// The dead-letter store, when configured (see [`crate::deadletter`]).
+    pub fn dead_letters(&self) -> Option<Arc<dyn SpillStore>> {
+        self.dead_letters.clone()
+    }
+
     /// The protocol adapter (e.g. for its session count).
     pub fn protocol(&self) -> Arc<dyn Protocol> {
         self.protocol.clone()
@@ -246,16 +257,20 @@ impl Collector {
         let dispatch = Dispatch {
             sink: self.sink.clone(),
             spill: self.spill.clone(),
+            dead_letters: self.dead_letters.clone(),
             stats: self.stats.clone(),
         };
         let dispatcher = tokio::spawn(run_dispatcher(batch_rx, dispatch, cfg.batch.max_in_flight));
         let replay_stop = CancellationToken::new();
         let replay = self.spill.clone().map(|store| {
             tokio::spawn(run_replay(
-                store,
-                self.sink.clone(),
+                Replay {
+                    store,
+                    dead_letters: self.dead_letters.clone(),
+                    sink: self.sink.clone(),
+                    stats: self.stats.clone(),
+                },
                 cfg.spill.replay_batches_per_second,
-                self.stats.clone(),
                 replay_stop.clone(),
             ))
         });
@@ -349,7 +364,10 @@ impl Collector {
         if let Err(e) = tokio::task::spawn_blocking(move || sink.close()).await {
             tracing::warn!(error = %e, "sink close task");
         }
-        if let Some(store) = self.spill.clone() {
+        for store in [self.spill.clone(), self.dead_letters.clone()]
+            .into_iter()
+            .flatten()
+        {
             match tokio::task::spawn_blocking(move || store.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "spill flush at shutdown"),

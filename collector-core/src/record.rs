@@ -24,8 +24,25 @@ pub struct Record {
     pub seq: u64,
     /// When the read request was sent (collector clock).
     pub read_time: DateTime<Utc>,
-    /// One sample per configured node, in configuration order.
+    /// One sample per configured node, in configuration order (of this
+    /// part, when the read was split).
     pub samples: Vec<Sample>,
+    /// Set when one read was split into several records because its
+    /// encoding exceeded what the sink accepts (see [`RecordPart`]);
+    /// `None` for a whole read.
+    pub part: Option<RecordPart>,
+}
+
+/// Which part of a split read a record is: parts share `device_id`, `seq`
+/// and `read_time`, and their samples, concatenated in `index` order, are
+/// the read's samples in configuration order. Consumers deduplicate on
+/// `(device_id, seq, part)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPart {
+    /// 0-based index of this part.
+    pub index: u32,
+    /// How many parts the read was split into.
+    pub count: u32,
 }
 
 /// One node's value as the server returned it.
@@ -192,6 +209,38 @@ impl Value {
 }
 
 impl Record {
+    /// A whole read (not a part).
+    pub fn new(
+        device_id: Arc<str>,
+        seq: u64,
+        read_time: DateTime<Utc>,
+        samples: Vec<Sample>,
+    ) -> Record {
+        Record {
+            device_id,
+            seq,
+            read_time,
+            samples,
+            part: None,
+        }
+    }
+
+    /// The samples in `range` as part `part` of this read (same device,
+    /// `seq` and read time).
+    pub fn part(&self, range: std::ops::Range<usize>, part: RecordPart) -> Record {
+        Record {
+            device_id: self.device_id.clone(),
+            seq: self.seq,
+            read_time: self.read_time,
+            samples: self
+                .samples
+                .get(range)
+                .map(<[Sample]>::to_vec)
+                .unwrap_or_default(),
+            part: Some(part),
+        }
+    }
+
     /// A rough size of the encoded record in bytes, used by the batcher's
     /// byte limit without encoding twice.
     pub fn estimated_bytes(&self) -> usize {
@@ -199,7 +248,7 @@ impl Record {
             + self
                 .samples
                 .iter()
-                .map(|s| 150 + s.node_id.len() + s.value.estimated_bytes())
+                .map(Sample::estimated_bytes)
                 .sum::<usize>()
     }
 
@@ -221,6 +270,12 @@ impl Record {
         push_str(out, &self.device_id)?;
         out.extend_from_slice(b",\"seq\":");
         push_display(out, self.seq);
+        if let Some(part) = &self.part {
+            out.extend_from_slice(b",\"part\":");
+            push_display(out, part.index);
+            out.extend_from_slice(b",\"parts\":");
+            push_display(out, part.count);
+        }
         out.extend_from_slice(b",\"collector_id\":");
         push_str(out, collector_id)?;
         let mut times = TimeCache::default();
@@ -239,6 +294,11 @@ impl Record {
 }
 
 impl Sample {
+    /// A rough size of the encoded sample in bytes.
+    pub(crate) fn estimated_bytes(&self) -> usize {
+        150 + self.node_id.len() + self.value.estimated_bytes()
+    }
+
     fn encode_json(
         &self,
         out: &mut Vec<u8>,
@@ -470,6 +530,7 @@ mod tests {
                     Status::GOOD,
                 ),
             ],
+            part: None,
         };
         let mut out = Vec::new();
         record.encode_json("c-1", &mut out).unwrap();
@@ -505,6 +566,7 @@ mod tests {
                 source_timestamp: None,
                 server_timestamp: None,
             }],
+            part: None,
         };
         let mut out = Vec::new();
         record.encode_json("c\"x", &mut out).unwrap();

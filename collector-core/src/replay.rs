@@ -1,59 +1,124 @@
 //! Replays the spill to the sink, oldest first, whenever the sink is
 //! healthy, at a bounded pace (governor) so live traffic keeps its latency.
-//! A spilled batch is deleted only after every message in it is
-//! acknowledged; if any fails, the batch stays and is retried whole later
-//! (consumers dedupe the repeats by `(device_id, seq)`). Also applies the
-//! spill's TTL and size cap periodically.
+//!
+//! A spilled batch is deleted once every message in it is settled:
+//! delivered, or refused for good and moved to the dead letters
+//! ([`crate::deadletter`]). A batch whose delivery fails for a reason that
+//! may pass is set aside with a growing backoff (kept in memory) and the
+//! batches behind it go on, so no batch can stall the replay; when only
+//! part of it failed, that part is spilled again as a new batch and the
+//! original deleted, so what was delivered is not sent twice. Two failing
+//! batches in a row mean the sink is in trouble, not the batch: the replay
+//! then pauses. Consumers dedupe the repeats a retry can cause by
+//! `(device_id, seq, part)`. Also applies the TTL and size cap of the
+//! spill and the dead letters.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::internal_events::delivery::{BatchReplayed, RecordsLost, ReplayFailed};
+use crate::deadletter;
+use crate::dispatcher::Outcome;
+use crate::internal_events::delivery::{BatchReplayed, RecordsLost, ReplayDeferred};
 use crate::metrics::Stats;
-use crate::sink::Sink;
-use crate::spill::{self, payload, SpillStore};
+use crate::sink::{Message, Sink};
+use crate::spill::{self, payload, SpillId, SpillStore, SpilledBatch};
 
 /// How often TTL and size cap are applied.
 const LIMITS_EVERY: Duration = Duration::from_secs(10);
 /// Pause when there is nothing to do (sink down, spill empty).
 const IDLE: Duration = Duration::from_secs(1);
-/// Pause after a failed replay delivery.
+/// Pause when the sink fails batch after batch, or the store fails.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// First wait before a set-aside batch is tried again; doubles per attempt.
+const SET_ASIDE_FIRST: Duration = Duration::from_secs(5);
+/// Longest wait before a set-aside batch is tried again.
+const SET_ASIDE_MAX: Duration = Duration::from_secs(300);
+/// Set-aside batches remembered; with more, the replay pauses instead.
+const MAX_SET_ASIDE: usize = 1024;
+/// Failing batches in a row after which the replay pauses.
+const FAILURES_IN_A_ROW: usize = 2;
 /// Spilled batches read per visit to the store.
 const READ_AHEAD: usize = 4;
 
-pub(crate) async fn run_replay(
-    store: Arc<dyn SpillStore>,
-    sink: Arc<dyn Sink>,
-    batches_per_second: u32,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
+/// What the replay works with.
+pub(crate) struct Replay {
+    pub(crate) store: Arc<dyn SpillStore>,
+    pub(crate) dead_letters: Option<Arc<dyn SpillStore>>,
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// A batch whose replay failed, and when to try it again.
+#[derive(Debug, Clone, Copy)]
+struct SetAside {
+    attempts: u32,
+    until: Instant,
+}
+
+impl SetAside {
+    fn next(attempts: u32) -> SetAside {
+        let wait = SET_ASIDE_FIRST
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+            .min(SET_ASIDE_MAX);
+        SetAside {
+            attempts,
+            until: Instant::now() + wait,
+        }
+    }
+}
+
+/// Where the replay is in the spill, across passes.
+#[derive(Default)]
+struct Cursor {
+    /// The last batch looked at in this round (None: start from the oldest).
+    after: Option<SpillId>,
+    /// Batches set aside, by id.
+    set_aside: HashMap<SpillId, SetAside>,
+    /// Set-aside batches met in this round (the others are gone: pruned
+    /// when the round ends).
+    met: Vec<SpillId>,
+}
+
+/// What became of one batch.
+enum Settled {
+    /// Every message delivered or dead-lettered; the batch is deleted.
+    Done,
+    /// Some messages failed; the batch (or its failed part) is set aside.
+    SetAside,
+}
+
+pub(crate) async fn run_replay(replay: Replay, batches_per_second: u32, stop: CancellationToken) {
     let limiter = RateLimiter::direct(Quota::per_second(
         NonZeroU32::new(batches_per_second).unwrap_or(NonZeroU32::MIN),
     ));
-    let mut next_limits = tokio::time::Instant::now();
+    let mut next_limits = Instant::now();
+    let mut cursor = Cursor::default();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        if tokio::time::Instant::now() >= next_limits {
+        if Instant::now() >= next_limits {
             next_limits += LIMITS_EVERY;
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.enforce_limits(SystemTime::now())).await {
-                Ok(Err(e)) => tracing::error!(error = %e, "spill limits"),
-                Err(e) => tracing::error!(error = %e, "spill limits task"),
-                Ok(Ok(_)) => {}
+            for store in std::iter::once(&replay.store).chain(&replay.dead_letters) {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.enforce_limits(SystemTime::now())).await
+                {
+                    Ok(Err(e)) => tracing::error!(error = %e, "spill limits"),
+                    Err(e) => tracing::error!(error = %e, "spill limits task"),
+                    Ok(Ok(_)) => {}
+                }
             }
         }
-        let pause = if !sink.reachability().is_up() {
+        let pause = if !replay.sink.reachability().is_up() {
             Some(IDLE)
         } else {
-            replay_some(&store, &sink, &limiter, &stats, &stop).await
+            replay.pass(&limiter, &mut cursor, &stop).await
         };
         if let Some(pause) = pause {
             tokio::select! {
@@ -64,77 +129,181 @@ pub(crate) async fn run_replay(
     }
 }
 
-/// Replays up to [`READ_AHEAD`] batches; returns how long to pause, if at all.
-async fn replay_some(
-    store: &Arc<dyn SpillStore>,
-    sink: &Arc<dyn Sink>,
-    limiter: &governor::DefaultDirectRateLimiter,
-    stats: &Stats,
-    stop: &CancellationToken,
-) -> Option<Duration> {
-    let s = store.clone();
-    let batches = match tokio::task::spawn_blocking(move || s.oldest(READ_AHEAD)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading the spill");
-            return Some(RETRY_AFTER);
+impl Replay {
+    /// Replays up to [`READ_AHEAD`] batches from the cursor on; returns
+    /// how long to pause, if at all.
+    async fn pass(
+        &self,
+        limiter: &governor::DefaultDirectRateLimiter,
+        cursor: &mut Cursor,
+        stop: &CancellationToken,
+    ) -> Option<Duration> {
+        let s = self.store.clone();
+        let after = cursor.after;
+        let batches =
+            match tokio::task::spawn_blocking(move || s.oldest_after(after, READ_AHEAD)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the spill");
+                    return Some(RETRY_AFTER);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spill read task");
+                    return Some(RETRY_AFTER);
+                }
+            };
+        if batches.is_empty() {
+            // End of a round: forget set-aside batches that are gone, and
+            // start again from the oldest.
+            let met: std::collections::HashSet<SpillId> = cursor.met.drain(..).collect();
+            cursor.set_aside.retain(|id, _| met.contains(id));
+            let whole_round = cursor.after.is_none();
+            cursor.after = None;
+            return whole_round.then_some(IDLE);
         }
-        Err(e) => {
-            tracing::error!(error = %e, "spill read task");
-            return Some(RETRY_AFTER);
+        let mut failures = 0;
+        for batch in batches {
+            cursor.after = Some(batch.id);
+            let earlier = cursor.set_aside.get(&batch.id).copied();
+            if let Some(a) = earlier {
+                cursor.met.push(batch.id);
+                if Instant::now() < a.until {
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = limiter.until_ready() => {}
+            }
+            match self.replay_batch(batch, earlier, cursor).await {
+                Settled::Done => failures = 0,
+                Settled::SetAside => {
+                    failures += 1;
+                    if failures >= FAILURES_IN_A_ROW || cursor.set_aside.len() >= MAX_SET_ASIDE {
+                        return Some(RETRY_AFTER);
+                    }
+                }
+            }
         }
-    };
-    if batches.is_empty() {
-        return Some(IDLE);
+        None
     }
-    for batch in batches {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = limiter.until_ready() => {}
-        }
+
+    /// Delivers one spilled batch and settles it.
+    async fn replay_batch(
+        &self,
+        batch: SpilledBatch,
+        earlier: Option<SetAside>,
+        cursor: &mut Cursor,
+    ) -> Settled {
+        let id = batch.id;
         let messages = match payload::decode(&batch.payload) {
             Ok(m) => m,
             Err(e) => {
                 // Passed the store's checksum yet does not decode: a bug, not
-                // bit rot. Keeping it would block the replay forever.
+                // bit rot. Keeping it would only fail again.
                 RecordsLost {
-                    stats,
+                    stats: &self.stats,
                     count: batch.records as usize,
                     first: None,
-                    why: &format!("spilled batch {} does not decode: {e}", batch.id),
+                    why: &format!("spilled batch {id} does not decode: {e}"),
                 }
                 .emit();
-                delete(store, batch.id).await;
-                continue;
+                self.delete(id).await;
+                return Settled::Done;
             }
         };
-        let report = sink.deliver_messages(&messages).await;
-        if !report.failed.is_empty() {
-            ReplayFailed {
-                spill_id: batch.id,
-                failed: report.failed.len(),
-                error: report.error.map(|e| e.to_string()),
+        let report = self.sink.deliver_messages(&messages).await;
+        let outcome = Outcome::settle(messages.len(), &report);
+        let delivered = outcome.delivered();
+        let mut slots: Vec<Option<Message>> = messages.into_iter().map(Some).collect();
+        let refused = outcome.take_rejected(&mut slots);
+        let refused_n = refused.len();
+        let attempts = earlier.map_or(0, |a| a.attempts) + 1;
+        let error = report.error.map(|e| e.to_string());
+        if !refused.is_empty() {
+            let stored = match &self.dead_letters {
+                Some(store) => deadletter::store(store, &self.stats, refused).await,
+                None => Err("no dead-letter store configured".to_string()),
+            };
+            if let Err(e) = stored {
+                // Kept in the spill: retried (and refused) again later.
+                tracing::error!(spill_id = %id, error = %e, "cannot store refused records in the dead letters; the batch stays in the spill");
+                return self.set_aside(id, refused_n, attempts, Some(e), cursor);
+            }
+        }
+        let failed: Vec<Message> = slots
+            .into_iter()
+            .zip(&outcome.failed)
+            .filter_map(|(m, &f)| if f { m } else { None })
+            .collect();
+        if failed.is_empty() {
+            self.delete(id).await;
+            cursor.set_aside.remove(&id);
+            BatchReplayed {
+                stats: &self.stats,
+                count: delivered,
             }
             .emit();
-            return Some(RETRY_AFTER);
+            return Settled::Done;
         }
-        delete(store, batch.id).await;
-        BatchReplayed {
-            stats,
-            count: messages.len(),
+        if delivered + refused_n == 0 {
+            return self.set_aside(id, failed.len(), attempts, error, cursor);
+        }
+        // Part of it went: spill the rest anew (behind the others) and
+        // drop the original, so the delivered part is not sent again.
+        let n = failed.len();
+        let s = self.store.clone();
+        let respilled = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            payload::encode(&failed, &mut buf);
+            s.append(&buf, n as u32)
+        })
+        .await;
+        match respilled {
+            Ok(Ok(new_id)) => {
+                self.delete(id).await;
+                cursor.set_aside.remove(&id);
+                BatchReplayed {
+                    stats: &self.stats,
+                    count: delivered,
+                }
+                .emit();
+                self.set_aside(new_id, n, attempts, error, cursor)
+            }
+            Ok(Err(e)) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
+            Err(e) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
+        }
+    }
+
+    fn set_aside(
+        &self,
+        id: SpillId,
+        failed: usize,
+        attempts: u32,
+        error: Option<String>,
+        cursor: &mut Cursor,
+    ) -> Settled {
+        let next = SetAside::next(attempts);
+        cursor.set_aside.insert(id, next);
+        ReplayDeferred {
+            spill_id: id,
+            failed,
+            attempts,
+            retry_in: next.until.saturating_duration_since(Instant::now()),
+            error,
         }
         .emit();
+        Settled::SetAside
     }
-    None
-}
 
-async fn delete(store: &Arc<dyn SpillStore>, id: spill::SpillId) {
-    let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.delete(&[id])).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(spill_id = %id, error = %e, "deleting a replayed batch (it will be replayed again)")
+    async fn delete(&self, id: spill::SpillId) {
+        let s = self.store.clone();
+        match tokio::task::spawn_blocking(move || s.delete(&[id])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(spill_id = %id, error = %e, "deleting a replayed batch (it will be replayed again)")
+            }
+            Err(e) => tracing::error!(spill_id = %id, error = %e, "spill delete task"),
         }
-        Err(e) => tracing::error!(spill_id = %id, error = %e, "spill delete task"),
     }
 }

@@ -166,6 +166,7 @@ pub(crate) async fn run_device(
                     seq: crate::reconcile::next_seq(&seq),
                     read_time,
                     samples,
+                    part: None,
                 })
             }
             Err(error) => {

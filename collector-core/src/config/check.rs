@@ -98,6 +98,24 @@ pub(crate) fn check_sections(
         "message_timeout",
         "must be > 0",
     );
+    check(
+        cfg.kafka.max_record_bytes() >= 4096,
+        "kafka",
+        "max_record_bytes",
+        "must be at least 4KiB (also when derived from properties.message.max.bytes, less 1KiB)",
+    );
+    check(
+        cfg.dead_letters.max_bytes >= 1 << 20,
+        "dead_letters",
+        "max_bytes",
+        "must be at least 1MiB",
+    );
+    check(
+        !cfg.dead_letters.ttl.is_zero(),
+        "dead_letters",
+        "ttl",
+        "must be > 0",
+    );
     if let Some(id) = &cfg.collector.id {
         check(
             !id.trim().is_empty(),

@@ -34,6 +34,16 @@ pub struct KafkaConfig {
     pub queue_max_messages: u32,
     /// `queue.buffering.max.kbytes`. Default 262144 (256 MiB).
     pub queue_max_kbytes: u32,
+    /// The largest record (key plus JSON value) sent as one message; a
+    /// read whose record is larger is split into parts
+    /// (`docs/record-format.md`), and a part that cannot be made small
+    /// enough goes to the dead letters. Default: the producer's
+    /// `message.max.bytes` (`properties.message.max.bytes`, else
+    /// librdkafka's 1000000) less 1KiB for the message's framing. Keep it
+    /// below the topic's `max.message.bytes` too (the broker's default is
+    /// 1048588).
+    #[serde(deserialize_with = "super::model::opt_byte_size")]
+    pub max_record_bytes: Option<u64>,
     /// TLS to the brokers. Default: none (plaintext).
     pub tls: Option<KafkaTls>,
     /// SASL authentication. Default: none.
@@ -54,10 +64,31 @@ impl Default for KafkaConfig {
             message_timeout: Duration::from_secs(30),
             queue_max_messages: 200_000,
             queue_max_kbytes: 262_144,
+            max_record_bytes: None,
             tls: None,
             sasl: None,
             properties: BTreeMap::new(),
         }
+    }
+}
+
+/// librdkafka's default `message.max.bytes`.
+const PRODUCER_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+/// What a message's framing inside a produce request may add to its key
+/// and value (record headers, lengths, timestamps).
+const MESSAGE_FRAMING: u64 = 1024;
+
+impl KafkaConfig {
+    /// `max_record_bytes`, or its default derived from the producer's
+    /// `message.max.bytes`.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_record_bytes.unwrap_or_else(|| {
+            self.properties
+                .get("message.max.bytes")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(PRODUCER_MESSAGE_MAX_BYTES)
+                .saturating_sub(MESSAGE_FRAMING)
+        })
     }
 }
 

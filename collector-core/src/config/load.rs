@@ -109,6 +109,7 @@ impl CollectorConfig {
                 "batch" => section!(cfg.batch),
                 "kafka" => section!(cfg.kafka),
                 "spill" => section!(cfg.spill),
+                "dead_letters" => section!(cfg.dead_letters),
                 "http" => section!(cfg.http),
                 "devices" => collect_devices(node, path, &owned, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
@@ -213,6 +214,7 @@ const CORE_SECTIONS: &[&str] = &[
     "batch",
     "kafka",
     "spill",
+    "dead_letters",
     "http",
     "devices",
     "device_files",

@@ -24,8 +24,8 @@ pub use device::Device;
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
-    duration, BatchConfig, BreakerConfig, CollectorSection, HttpConfig, ScheduleConfig,
-    SpillSection, WorkerConfig,
+    duration, BatchConfig, BreakerConfig, CollectorSection, DeadLetterSection, HttpConfig,
+    ScheduleConfig, SpillSection, WorkerConfig,
 };
 pub use secret::{Secret, SecretSource};
 pub use settings::{NoProtocolConfig, ProtocolConfig, Settings};
@@ -51,6 +51,8 @@ pub struct CollectorConfig {
     pub kafka: KafkaConfig,
     /// The disk spill.
     pub spill: SpillSection,
+    /// Records the sink refused for good.
+    pub dead_letters: DeadLetterSection,
     /// The daemon's HTTP server.
     pub http: HttpConfig,
     /// The protocol adapter's own top-level sections, as written (for OPC
@@ -95,6 +97,35 @@ impl CollectorConfig {
         c.ttl = self.spill.ttl;
         c.segment_bytes = self.spill.segment_bytes;
         c.backend = self.spill.backend;
+        Some(c)
+    }
+
+    /// The dead-letter store's settings, or None when no directory is
+    /// configured (see [`DeadLetterSection::dir`]).
+    pub fn dead_letter_config(&self) -> Option<crate::spill::SpillConfig> {
+        let dir = self
+            .dead_letters
+            .dir
+            .clone()
+            .or_else(|| {
+                self.collector
+                    .state_dir
+                    .as_ref()
+                    .map(|d| d.join("dead-letters"))
+            })
+            .or_else(|| {
+                self.spill.dir.as_ref().map(|d| {
+                    let mut name = d.as_os_str().to_owned();
+                    name.push(".dead-letters");
+                    std::path::PathBuf::from(name)
+                })
+            })?;
+        let mut c = crate::spill::SpillConfig::new(dir);
+        c.max_bytes = self.dead_letters.max_bytes;
+        c.ttl = self.dead_letters.ttl;
+        c.segment_bytes = (self.dead_letters.max_bytes / 4).min(self.spill.segment_bytes);
+        c.backend = crate::spill::SpillBackend::SegmentLog;
+        c.role = crate::spill::StoreRole::DeadLetters;
         Some(c)
     }
 

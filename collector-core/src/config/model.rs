@@ -78,6 +78,38 @@ impl Default for SpillSection {
     }
 }
 
+/// `dead_letters:` — where records the sink refused for good are kept
+/// (too large, not authorised, invalid: see `docs/delivery.md`) until an
+/// operator fixes the cause and runs `opc-collector deadletter requeue`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterSection {
+    /// Directory. Default: `<collector.state_dir>/dead-letters`, else
+    /// `<spill.dir>.dead-letters`; with neither there are no dead letters
+    /// (refused records are counted as undelivered and logged).
+    pub dir: Option<PathBuf>,
+    /// Size cap on disk; above it the oldest dead letters are dropped,
+    /// counted (`collector_deadletter_evicted_total`) and logged. Default
+    /// `1GiB`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_bytes: u64,
+    /// Dead letters older than this are dropped, counted
+    /// (`collector_deadletter_expired_total`) and logged. Default `7d`
+    /// (a week for someone to look).
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for DeadLetterSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: 1 << 30,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// `schedule:` — when devices are read.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -245,6 +277,13 @@ fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Raw::N(n) => Ok(n),
         Raw::S(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
     }
+}
+
+/// [`byte_size`] for an optional field (absent: `None`).
+pub(crate) fn opt_byte_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    byte_size(d).map(Some)
 }
 
 pub(crate) fn parse_byte_size(s: &str) -> Result<u64, String> {

@@ -3,6 +3,7 @@
 
 use crate::metrics::{names, Stats};
 use crate::record::Record;
+use crate::sink::RejectCause;
 use crate::spill::SpillId;
 
 /// The sink acknowledged `count` records of a live batch.
@@ -130,21 +131,56 @@ impl BatchReplayed<'_> {
     }
 }
 
-/// A replayed batch was not (wholly) delivered; it stays in the spill and
-/// is retried later.
-pub(crate) struct ReplayFailed {
+/// `count` records the sink refused for good were stored in the dead
+/// letters.
+pub(crate) struct RecordsDeadLettered<'a> {
+    pub(crate) stats: &'a Stats,
+    pub(crate) count: usize,
+    pub(crate) cause: RejectCause,
+    /// The first record's device.
+    pub(crate) device: Option<&'a str>,
+    /// How many devices the records belong to.
+    pub(crate) devices: usize,
+    /// What the sink said.
+    pub(crate) detail: &'a str,
+}
+
+impl RecordsDeadLettered<'_> {
+    pub(crate) fn emit(self) {
+        let n = self.count as u64;
+        Stats::add(&self.stats.records_dead_lettered, n);
+        metrics::counter!(names::RECORDS_DEAD_LETTERED, "cause" => self.cause.label()).increment(n);
+        tracing::error!(
+            records = self.count,
+            device = self.device,
+            devices = self.devices,
+            cause = self.cause.label(),
+            detail = self.detail,
+            "records refused by the sink for good: kept in the dead letters (fix the cause, then `opc-collector deadletter requeue`)"
+        );
+    }
+}
+
+/// A replayed batch failed (transiently) and was set aside, with backoff,
+/// so the batches behind it go on.
+pub(crate) struct ReplayDeferred {
     pub(crate) spill_id: SpillId,
     pub(crate) failed: usize,
+    pub(crate) attempts: u32,
+    pub(crate) retry_in: std::time::Duration,
     pub(crate) error: Option<String>,
 }
 
-impl ReplayFailed {
+impl ReplayDeferred {
     pub(crate) fn emit(self) {
+        metrics::counter!(names::REPLAY_DEFERRED).increment(1);
         tracing::warn!(
             spill_id = %self.spill_id,
             failed = self.failed,
+            attempts = self.attempts,
+            retry_in = ?self.retry_in,
             error = self.error,
-            "replay delivery failed; will retry"
+            "replay of a spilled batch failed; set aside, the batches behind it go on"
         );
     }
 }

@@ -150,6 +150,26 @@ metric_table! {
     SPILL_CORRUPT: Counter = "collector_spill_corrupt_batches_total", "Spilled batches dropped for a bad checksum";
     /// Age of the oldest batch in the spill (0 when empty).
     SPILL_OLDEST_AGE: Gauge(Seconds) = "collector_spill_oldest_age_seconds", "Age of the oldest batch in the spill (0 when empty)";
+    /// Spilled batches whose replay failed and that were set aside, with backoff, so the batches behind them go on.
+    REPLAY_DEFERRED: Counter = "collector_replay_deferred_batches_total", "Spilled batches whose replay failed and that were set aside, with backoff, so the batches behind them go on";
+    /// Records the sink refused for good, moved to the dead letters (`cause`: too_large, not_authorized, invalid, unknown_topic, rejected).
+    RECORDS_DEAD_LETTERED: Counter = "collector_records_dead_lettered_total", "Records the sink refused for good, moved to the dead letters (`cause`: too_large, not_authorized, invalid, unknown_topic, rejected)";
+    /// Bytes the dead letters occupy on disk.
+    DEADLETTER_BYTES: Gauge(Bytes) = "collector_deadletter_bytes", "Bytes the dead letters occupy on disk";
+    /// Records waiting in the dead letters.
+    DEADLETTER_RECORDS: Gauge = "collector_deadletter_records", "Records waiting in the dead letters";
+    /// Batches waiting in the dead letters.
+    DEADLETTER_BATCHES: Gauge = "collector_deadletter_batches", "Batches waiting in the dead letters";
+    /// Batches appended (durably) to the dead letters.
+    DEADLETTER_BATCHES_WRITTEN: Counter = "collector_deadletter_batches_written_total", "Batches appended (durably) to the dead letters";
+    /// Dead-lettered records dropped by the TTL.
+    DEADLETTER_EXPIRED: Counter = "collector_deadletter_expired_total", "Dead-lettered records dropped by the TTL";
+    /// Dead-lettered records dropped by the size cap.
+    DEADLETTER_EVICTED: Counter = "collector_deadletter_evicted_total", "Dead-lettered records dropped by the size cap";
+    /// Dead-letter batches dropped for a bad checksum.
+    DEADLETTER_CORRUPT: Counter = "collector_deadletter_corrupt_batches_total", "Dead-letter batches dropped for a bad checksum";
+    /// Age of the oldest batch in the dead letters (0 when empty).
+    DEADLETTER_OLDEST_AGE: Gauge(Seconds) = "collector_deadletter_oldest_age_seconds", "Age of the oldest batch in the dead letters (0 when empty)";
     /// Build information (`version`); always 1.
     BUILD_INFO: Gauge = "collector_build_info", "Build information (`version`); always 1";
 }

@@ -19,6 +19,7 @@ pub struct Stats {
     pub(crate) records_spilled: AtomicU64,
     pub(crate) records_replayed: AtomicU64,
     pub(crate) records_undelivered: AtomicU64,
+    pub(crate) records_dead_lettered: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -54,6 +55,8 @@ pub struct StatsSnapshot {
     /// Records neither delivered nor spilled (no spill configured, or the
     /// spill failed): lost, and logged.
     pub records_undelivered: u64,
+    /// Records the sink refused for good, kept in the dead letters.
+    pub records_dead_lettered: u64,
 }
 
 impl StatsSnapshot {
@@ -82,6 +85,7 @@ impl Stats {
             records_spilled: l(&self.records_spilled),
             records_replayed: l(&self.records_replayed),
             records_undelivered: l(&self.records_undelivered),
+            records_dead_lettered: l(&self.records_dead_lettered),
         }
     }
 

@@ -6,6 +6,7 @@
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod reachability;
+mod split;
 
 pub use reachability::Reachability;
 #[cfg(feature = "kafka")]
@@ -86,17 +87,78 @@ pub(crate) struct Batch {
 /// The outcome of delivering one batch.
 #[derive(Debug, Default)]
 pub struct DeliveryReport {
-    /// Indexes (into the delivered messages) of those that were not delivered.
+    /// Indexes (into the delivered messages) of those that were not
+    /// delivered for a reason that may pass (timeout, broker down, leader
+    /// change, full queue): they are spilled and retried.
     pub failed: Vec<usize>,
     /// The first error seen, for the log.
     pub error: Option<SinkError>,
+    /// Messages the destination will never accept as they are (too large,
+    /// not authorised, invalid): they go to the dead letters instead of
+    /// being retried. An index both here and in `failed` counts as rejected.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A message the destination refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its index in the delivered messages.
+    pub index: usize,
+    /// The class of the refusal (the metric label).
+    pub cause: RejectCause,
+    /// What the destination said, for the log and `deadletter inspect`.
+    pub detail: String,
+}
+
+/// Why a destination refused a message for good: the explicit list of
+/// permanent failures. Everything else is transient (spill and replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectCause {
+    /// Larger than the destination accepts (and not splittable further).
+    TooLarge,
+    /// The collector's identity may not write there.
+    NotAuthorized,
+    /// The destination judged the record invalid (timestamp, format, policy).
+    Invalid,
+    /// The topic does not exist and will not be created.
+    UnknownTopic,
+    /// Any other refusal the sink knows to be permanent.
+    Rejected,
+}
+
+impl RejectCause {
+    /// Every cause, in label order.
+    pub const ALL: [RejectCause; 5] = [
+        RejectCause::TooLarge,
+        RejectCause::NotAuthorized,
+        RejectCause::Invalid,
+        RejectCause::UnknownTopic,
+        RejectCause::Rejected,
+    ];
+
+    /// The `cause` label of `collector_records_dead_lettered_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectCause::TooLarge => "too_large",
+            RejectCause::NotAuthorized => "not_authorized",
+            RejectCause::Invalid => "invalid",
+            RejectCause::UnknownTopic => "unknown_topic",
+            RejectCause::Rejected => "rejected",
+        }
+    }
+
+    /// The cause with this label.
+    pub fn from_label(label: &str) -> Option<RejectCause> {
+        RejectCause::ALL.into_iter().find(|c| c.label() == label)
+    }
 }
 
 /// A batch encoded by its sink, so that encoding (milliseconds for a large
 /// batch) can run apart from delivery, off the executor threads.
 #[derive(Debug)]
 pub(crate) struct Encoded {
-    /// The messages to deliver.
+    /// The messages to deliver (a read too large for the sink is split
+    /// into several, see [`split`]).
     pub(crate) messages: Vec<Message>,
     /// For each message, the index of its record in the batch.
     pub(crate) index: Vec<usize>,
@@ -104,22 +166,33 @@ pub(crate) struct Encoded {
     pub(crate) failed: Vec<usize>,
     /// The first encoding error.
     pub(crate) error: Option<SinkError>,
+    /// Parts that stay above the sink's size limit however the read is
+    /// split (one huge value): dead letters, with their record's index.
+    pub(crate) too_large: Vec<(usize, Message, String)>,
 }
 
 impl Encoded {
-    /// Encodes every record of `batch` with `sink`.
+    /// Encodes every record of `batch` with `sink`, splitting those whose
+    /// encoding exceeds [`Sink::max_message_bytes`].
     pub(crate) fn new<S: Sink + ?Sized>(sink: &S, batch: &Batch) -> Encoded {
+        let max = sink.max_message_bytes();
         let mut encoded = Encoded {
             messages: Vec::with_capacity(batch.records.len()),
             index: Vec::with_capacity(batch.records.len()),
             failed: Vec::new(),
             error: None,
+            too_large: Vec::new(),
         };
         for (i, r) in batch.records.iter().enumerate() {
-            match sink.encode(r) {
-                Ok(m) => {
-                    encoded.messages.push(m);
-                    encoded.index.push(i);
+            match split::encode_within(sink, r, max) {
+                Ok(fitted) => {
+                    for m in fitted.messages {
+                        encoded.messages.push(m);
+                        encoded.index.push(i);
+                    }
+                    for (m, why) in fitted.too_large {
+                        encoded.too_large.push((i, m, why));
+                    }
                 }
                 Err(e) => {
                     encoded.failed.push(i);
@@ -152,8 +225,17 @@ pub trait Sink: Send + Sync + 'static {
     fn encode(&self, record: &Record) -> Result<Message, SinkError>;
 
     /// Delivers messages; resolves once every one is acknowledged or has
-    /// definitely failed. `DeliveryReport::failed` indexes `messages`.
+    /// definitely failed. `DeliveryReport::failed` and `rejected` index
+    /// `messages`.
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport;
+
+    /// The largest message (key plus payload, in bytes) the destination
+    /// accepts. A read whose encoding is larger is split into parts
+    /// ([`crate::record::RecordPart`]); a part that stays larger (one huge
+    /// value) goes to the dead letters. Default: no limit.
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
 
     /// Whether the destination can take records, as last observed. `Up`
     /// makes `/readyz` pass and lets the replay run; `Down` sends new

@@ -108,6 +108,66 @@ pub enum Compression {
     Lz4,
 }
 
+/// What a store holds, which decides the metrics it publishes: the same
+/// engine keeps the spill and the dead letters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreRole {
+    /// Records waiting for the sink to come back (`collector_spill_*`).
+    #[default]
+    Spill,
+    /// Records the sink refused for good (`collector_deadletter_*`, see
+    /// [`crate::deadletter`]).
+    DeadLetters,
+}
+
+/// The metric names one store role publishes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoleNames {
+    pub(crate) bytes: &'static str,
+    pub(crate) records: &'static str,
+    pub(crate) batches: &'static str,
+    pub(crate) oldest_age: &'static str,
+    pub(crate) written: &'static str,
+    pub(crate) expired: &'static str,
+    pub(crate) evicted: &'static str,
+    pub(crate) corrupt: &'static str,
+}
+
+impl StoreRole {
+    pub(crate) fn names(self) -> RoleNames {
+        match self {
+            StoreRole::Spill => RoleNames {
+                bytes: names::SPILL_BYTES,
+                records: names::SPILL_RECORDS,
+                batches: names::SPILL_BATCHES,
+                oldest_age: names::SPILL_OLDEST_AGE,
+                written: names::SPILL_BATCHES_WRITTEN,
+                expired: names::SPILL_EXPIRED,
+                evicted: names::SPILL_EVICTED,
+                corrupt: names::SPILL_CORRUPT,
+            },
+            StoreRole::DeadLetters => RoleNames {
+                bytes: names::DEADLETTER_BYTES,
+                records: names::DEADLETTER_RECORDS,
+                batches: names::DEADLETTER_BATCHES,
+                oldest_age: names::DEADLETTER_OLDEST_AGE,
+                written: names::DEADLETTER_BATCHES_WRITTEN,
+                expired: names::DEADLETTER_EXPIRED,
+                evicted: names::DEADLETTER_EVICTED,
+                corrupt: names::DEADLETTER_CORRUPT,
+            },
+        }
+    }
+
+    /// A short name for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreRole::Spill => "spill",
+            StoreRole::DeadLetters => "dead letters",
+        }
+    }
+}
+
 /// Where and how much to spill.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpillConfig {
@@ -128,6 +188,9 @@ pub struct SpillConfig {
     pub segment_bytes: u64,
     /// Compression of batches. Default LZ4.
     pub compression: Compression,
+    /// What the store holds (its metric names). Default
+    /// [`StoreRole::Spill`].
+    pub role: StoreRole,
 }
 
 /// 1 GiB.
@@ -143,6 +206,7 @@ impl SpillConfig {
             backend: SpillBackend::default(),
             segment_bytes: 64 << 20,
             compression: Compression::default(),
+            role: StoreRole::Spill,
         }
     }
 
@@ -388,33 +452,37 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
 }
 
 /// Publishes the gauges of a store.
-pub(crate) fn publish(stats: &SpillStats) {
-    metrics::gauge!(names::SPILL_BYTES).set(stats.disk_bytes as f64);
-    metrics::gauge!(names::SPILL_RECORDS).set(stats.records as f64);
-    metrics::gauge!(names::SPILL_BATCHES).set(stats.batches as f64);
-    metrics::gauge!(names::SPILL_OLDEST_AGE).set(stats.oldest_age(SystemTime::now()).as_secs_f64());
+pub(crate) fn publish(role: StoreRole, stats: &SpillStats) {
+    let n = role.names();
+    metrics::gauge!(n.bytes).set(stats.disk_bytes as f64);
+    metrics::gauge!(n.records).set(stats.records as f64);
+    metrics::gauge!(n.batches).set(stats.batches as f64);
+    metrics::gauge!(n.oldest_age).set(stats.oldest_age(SystemTime::now()).as_secs_f64());
 }
 
 /// Counts and logs dropped data: never a silent loss.
-pub(crate) fn report_dropped(backend: SpillBackend, dropped: &Dropped) {
+pub(crate) fn report_dropped(role: StoreRole, backend: SpillBackend, dropped: &Dropped) {
+    let n = role.names();
     if !dropped.expired.is_empty() {
-        metrics::counter!(names::SPILL_EXPIRED).increment(dropped.expired.records);
+        metrics::counter!(n.expired).increment(dropped.expired.records);
         tracing::warn!(
+            store = role.label(),
             backend = backend.label(),
             batches = dropped.expired.batches,
             records = dropped.expired.records,
             bytes = dropped.expired.bytes,
-            "spilled records older than the TTL dropped"
+            "records older than the TTL dropped"
         );
     }
     if !dropped.evicted.is_empty() {
-        metrics::counter!(names::SPILL_EVICTED).increment(dropped.evicted.records);
+        metrics::counter!(n.evicted).increment(dropped.evicted.records);
         tracing::warn!(
+            store = role.label(),
             backend = backend.label(),
             batches = dropped.evicted.batches,
             records = dropped.evicted.records,
             bytes = dropped.evicted.bytes,
-            "spill full: oldest records evicted"
+            "store full: oldest records evicted"
         );
     }
 }

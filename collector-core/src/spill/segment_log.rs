@@ -58,6 +58,7 @@ use super::segment::{self, read_exact_at, write_all_at, Segment, Slot};
 use super::{
     from_unix_ms, publish, report_dropped, unix_ms, Compression, DropCount, Dropped, NewBatch,
     SpillBackend, SpillConfig, SpillError, SpillId, SpillStats, SpillStore, SpilledBatch,
+    StoreRole,
 };
 
 /// The segment log (see the module documentation).
@@ -68,6 +69,8 @@ pub struct SegmentLog {
     ttl_ms: u64,
     segment_bytes: u64,
     compression: Compression,
+    /// Spill or dead letters: which metrics this store publishes.
+    role: StoreRole,
     inner: Mutex<Inner>,
     commit: GroupCommit,
     _lock: File,
@@ -141,7 +144,7 @@ impl SegmentLog {
             .open(&lock_path)
             .map_err(|e| SpillError::io(&lock_path, e))?;
         fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| SpillError::Locked(dir.clone()))?;
-        let inner = recover(&dir)?;
+        let inner = recover(&dir, cfg.role)?;
         let durable = inner.next_id.saturating_sub(1);
         let log = SegmentLog {
             dir,
@@ -149,6 +152,7 @@ impl SegmentLog {
             ttl_ms: u64::try_from(cfg.ttl.as_millis()).unwrap_or(u64::MAX),
             segment_bytes: cfg.effective_segment_bytes(),
             compression: cfg.compression,
+            role: cfg.role,
             inner: Mutex::new(inner),
             commit: GroupCommit::new(durable),
             _lock: lock,
@@ -162,7 +166,7 @@ impl SegmentLog {
             torn_bytes = stats.torn_bytes,
             "spill opened"
         );
-        publish(&stats);
+        publish(log.role, &stats);
         Ok(log)
     }
 
@@ -350,6 +354,7 @@ impl SpillStore for SegmentLog {
         let stats = inner.stats();
         drop(guard);
         report_dropped(
+            self.role,
             SpillBackend::SegmentLog,
             &Dropped {
                 evicted,
@@ -358,8 +363,8 @@ impl SpillStore for SegmentLog {
         );
         let last = ids.last().map_or(0, |i| i.0);
         self.wait_durable(last)?;
-        metrics::counter!(crate::metrics::names::SPILL_BATCHES_WRITTEN).increment(ids.len() as u64);
-        publish(&stats);
+        metrics::counter!(self.role.names().written).increment(ids.len() as u64);
+        publish(self.role, &stats);
         Ok(ids)
     }
 
@@ -418,7 +423,7 @@ impl SpillStore for SegmentLog {
                     "corrupt spilled batch dropped"
                 );
             }
-            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(self.role.names().corrupt).increment(corrupt.len() as u64);
             let mut inner = self.lock();
             inner.corrupt += corrupt.len() as u64;
             let to_sync =
@@ -435,7 +440,7 @@ impl SpillStore for SegmentLog {
         let stats = inner.stats();
         drop(inner);
         Self::sync_acks(to_sync)?;
-        publish(&stats);
+        publish(self.role, &stats);
         Ok(())
     }
 
@@ -460,8 +465,8 @@ impl SpillStore for SegmentLog {
         let stats = inner.stats();
         drop(inner);
         Self::sync_acks(to_sync)?;
-        report_dropped(SpillBackend::SegmentLog, &dropped);
-        publish(&stats);
+        report_dropped(self.role, SpillBackend::SegmentLog, &dropped);
+        publish(self.role, &stats);
         Ok(dropped)
     }
 
@@ -476,7 +481,7 @@ impl SpillStore for SegmentLog {
 }
 
 /// Reads the directory back after a clean stop or a crash.
-fn recover(dir: &Path) -> Result<Inner, SpillError> {
+fn recover(dir: &Path, role: StoreRole) -> Result<Inner, SpillError> {
     let mut segs = Vec::new();
     let mut acks = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| SpillError::io(dir, e))? {
@@ -510,7 +515,7 @@ fn recover(dir: &Path) -> Result<Inner, SpillError> {
                 let aside = path.with_extension("corrupt");
                 tracing::error!(file = %path.display(), "spill segment header corrupt; moved aside");
                 std::fs::rename(&path, &aside).map_err(|e| SpillError::io(&path, e))?;
-                metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(1);
+                metrics::counter!(role.names().corrupt).increment(1);
                 inner.corrupt += 1;
             }
             changed = true;
@@ -532,7 +537,7 @@ fn recover(dir: &Path) -> Result<Inner, SpillError> {
                     reason,
                     "spill: corrupt data in a sealed segment cut; batches after it are lost"
                 );
-                metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(1);
+                metrics::counter!(role.names().corrupt).increment(1);
                 inner.corrupt += 1;
             }
             inner.torn_bytes += scan.bad_tail;

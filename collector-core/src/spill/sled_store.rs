@@ -27,6 +27,7 @@ use super::frame;
 use super::{
     from_unix_ms, publish, report_dropped, unix_ms, Compression, DropCount, Dropped, NewBatch,
     SpillBackend, SpillConfig, SpillError, SpillId, SpillStats, SpillStore, SpilledBatch,
+    StoreRole,
 };
 
 const DATA: &[u8] = b"d";
@@ -81,6 +82,8 @@ pub struct SledStore {
     max_bytes: u64,
     ttl_ms: u64,
     compression: Compression,
+    /// Spill or dead letters: which metrics this store publishes.
+    role: StoreRole,
     state: Mutex<State>,
     /// The newest id inserted (for the group-commit leader).
     last_inserted: AtomicU64,
@@ -151,7 +154,7 @@ impl SledStore {
             db.remove(k)?;
         }
         if !corrupt.is_empty() {
-            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(cfg.role.names().corrupt).increment(corrupt.len() as u64);
             st.corrupt += corrupt.len() as u64;
             db.flush()?;
         }
@@ -162,6 +165,7 @@ impl SledStore {
             max_bytes: cfg.max_bytes,
             ttl_ms: u64::try_from(cfg.ttl.as_millis()).unwrap_or(u64::MAX),
             compression: cfg.compression,
+            role: cfg.role,
             state: Mutex::new(st),
             last_inserted: AtomicU64::new(durable),
             commit: GroupCommit::new(durable),
@@ -173,7 +177,7 @@ impl SledStore {
             disk_bytes = stats.disk_bytes,
             "spill opened (sled)"
         );
-        publish(&stats);
+        publish(store.role, &stats);
         Ok(store)
     }
 
@@ -263,6 +267,7 @@ impl SpillStore for SledStore {
         let evicted = self.evict_over_cap(&mut st)?;
         drop(st);
         report_dropped(
+            self.role,
             SpillBackend::Sled,
             &Dropped {
                 evicted,
@@ -270,8 +275,8 @@ impl SpillStore for SledStore {
             },
         );
         self.wait_durable(id - 1)?;
-        metrics::counter!(crate::metrics::names::SPILL_BATCHES_WRITTEN).increment(ids.len() as u64);
-        publish(&self.stats());
+        metrics::counter!(self.role.names().written).increment(ids.len() as u64);
+        publish(self.role, &self.stats());
         Ok(ids)
     }
 
@@ -304,7 +309,7 @@ impl SpillStore for SledStore {
         }
         if !corrupt.is_empty() {
             tracing::error!(ids = ?corrupt, "corrupt spilled batches dropped (sled)");
-            metrics::counter!(crate::metrics::names::SPILL_CORRUPT).increment(corrupt.len() as u64);
+            metrics::counter!(self.role.names().corrupt).increment(corrupt.len() as u64);
             let mut st = self.lock();
             st.corrupt += corrupt.len() as u64;
             self.remove_ids(&mut st, corrupt, |_, _| {})?;
@@ -319,7 +324,7 @@ impl SpillStore for SledStore {
         self.remove_ids(&mut st, ids.iter().map(|i| i.0), |_, _| {})?;
         drop(st);
         self.db.flush()?;
-        publish(&self.stats());
+        publish(self.role, &self.stats());
         Ok(())
     }
 
@@ -348,8 +353,8 @@ impl SpillStore for SledStore {
         if dropped != Dropped::default() {
             self.db.flush()?;
         }
-        report_dropped(SpillBackend::Sled, &dropped);
-        publish(&self.stats());
+        report_dropped(self.role, SpillBackend::Sled, &dropped);
+        publish(self.role, &self.stats());
         Ok(dropped)
     }
 

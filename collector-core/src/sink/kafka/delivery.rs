@@ -13,7 +13,7 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::Notify;
 
 use crate::metrics::names;
-use crate::sink::{Reachability, SharedReachability};
+use crate::sink::{Reachability, RejectCause, Rejected, SharedReachability};
 
 /// Outstanding acknowledgements of one batch.
 pub(crate) struct BatchAck {
@@ -28,7 +28,37 @@ pub(crate) struct BatchAck {
 #[derive(Default)]
 struct Failures {
     indexes: Vec<usize>,
+    rejected: Vec<Rejected>,
     first_error: Option<String>,
+}
+
+/// What [`BatchAck::wait`] found.
+pub(crate) struct Settled {
+    /// Transient failures, sorted.
+    pub(crate) failed: Vec<usize>,
+    /// Permanent refusals.
+    pub(crate) rejected: Vec<Rejected>,
+    /// The first error of either kind.
+    pub(crate) first_error: Option<String>,
+}
+
+/// The explicit list of errors after which the broker will never take the
+/// message as it is; every other error is transient (spill and replay).
+pub(crate) fn permanent(code: Option<RDKafkaErrorCode>) -> Option<RejectCause> {
+    use RDKafkaErrorCode as C;
+    Some(match code? {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            RejectCause::TooLarge
+        }
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => RejectCause::NotAuthorized,
+        C::InvalidRecord
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat
+        | C::PolicyViolation
+        | C::InvalidRequiredAcks => RejectCause::Invalid,
+        C::UnknownTopic | C::InvalidTopic | C::UnknownTopicId => RejectCause::UnknownTopic,
+        _ => return None,
+    })
 }
 
 impl BatchAck {
@@ -55,17 +85,45 @@ impl BatchAck {
         self.settle_ok();
     }
 
-    /// Waits until every message is settled; returns failed indexes and the first error.
-    pub(crate) async fn wait(&self) -> (Vec<usize>, Option<String>) {
+    /// Settles a message the broker refused for good.
+    pub(crate) fn settle_rejected(&self, index: usize, cause: RejectCause, detail: String) {
+        {
+            let mut f = self.settled.lock();
+            f.first_error.get_or_insert_with(|| detail.clone());
+            f.rejected.push(Rejected {
+                index,
+                cause,
+                detail,
+            });
+        }
+        self.settle_ok();
+    }
+
+    /// Settles a message by the outcome of its error: rejected when
+    /// [`permanent`], failed otherwise.
+    pub(crate) fn settle_error(&self, index: usize, error: &KafkaError) {
+        match permanent(error.rdkafka_error_code()) {
+            Some(cause) => self.settle_rejected(index, cause, error.to_string()),
+            None => self.settle_failed(index, error.to_string()),
+        }
+    }
+
+    /// Waits until every message is settled.
+    pub(crate) async fn wait(&self) -> Settled {
         while self.remaining.load(Ordering::Acquire) != 0 {
             self.done.notified().await;
         }
         let Failures {
             mut indexes,
+            rejected,
             first_error,
         } = std::mem::take(&mut *self.settled.lock());
         indexes.sort_unstable();
-        (indexes, first_error)
+        Settled {
+            failed: indexes,
+            rejected,
+            first_error,
+        }
     }
 }
 
@@ -142,16 +200,17 @@ impl ProducerContext for Context {
                     self.up.set(Reachability::Down);
                     metrics::gauge!(names::KAFKA_UP).set(0.0);
                 }
-                let reason = match e.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::MessageTimedOut) => "timeout",
-                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
-                    Some(RDKafkaErrorCode::PurgeQueue) | Some(RDKafkaErrorCode::PurgeInflight) => {
+                let code = e.rdkafka_error_code();
+                let reason = match (code, permanent(code)) {
+                    (_, Some(cause)) => cause.label(),
+                    (Some(RDKafkaErrorCode::MessageTimedOut), _) => "timeout",
+                    (Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _) => {
                         "purged"
                     }
                     _ => "error",
                 };
                 metrics::counter!(names::KAFKA_FAILED, "reason" => reason).increment(1);
-                p.ack.settle_failed(p.index, e.to_string());
+                p.ack.settle_error(p.index, e);
             }
         }
     }
@@ -178,8 +237,48 @@ mod tests {
         ack.settle_ok();
         ack.settle_failed(2, "MessageTimedOut".into());
         ack.settle_failed(0, "second".into());
-        let (failed, error) = ack.wait().await;
-        assert_eq!(failed, vec![0, 2]);
-        assert_eq!(error.as_deref(), Some("MessageTimedOut"));
+        let settled = ack.wait().await;
+        assert_eq!(settled.failed, vec![0, 2]);
+        assert_eq!(settled.first_error.as_deref(), Some("MessageTimedOut"));
+    }
+}
+
+#[cfg(test)]
+mod classification {
+    use super::*;
+
+    /// Refusals that will never pass are rejected (dead letters); outages,
+    /// timeouts and leader moves stay transient (spill and replay).
+    #[tokio::test]
+    async fn permanent_errors_are_rejected_and_transient_ones_failed() {
+        use RDKafkaErrorCode as C;
+        for (code, cause) in [
+            (C::MessageSizeTooLarge, RejectCause::TooLarge),
+            (C::TopicAuthorizationFailed, RejectCause::NotAuthorized),
+            (C::InvalidRecord, RejectCause::Invalid),
+            (C::UnknownTopic, RejectCause::UnknownTopic),
+        ] {
+            assert_eq!(permanent(Some(code)), Some(cause), "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::NotLeaderForPartition,
+            C::QueueFull,
+            C::RequestTimedOut,
+            C::PurgeInflight,
+            C::NotEnoughReplicas,
+            C::UnknownTopicOrPartition,
+        ] {
+            assert_eq!(permanent(Some(code)), None, "{code:?}");
+        }
+        let ack = BatchAck::new(2);
+        ack.settle_error(0, &KafkaError::MessageProduction(C::MessageSizeTooLarge));
+        ack.settle_error(1, &KafkaError::MessageProduction(C::MessageTimedOut));
+        let settled = ack.wait().await;
+        assert_eq!(settled.failed, vec![1]);
+        assert_eq!(settled.rejected.len(), 1);
+        assert_eq!(settled.rejected[0].index, 0);
+        assert_eq!(settled.rejected[0].cause, RejectCause::TooLarge);
     }
 }

@@ -129,8 +129,8 @@ mod tests {
         )
         .map_err(|(e, _)| e)
         .unwrap();
-        let (failed, error) = ack.wait().await;
-        assert!(failed.is_empty(), "{error:?}");
+        let settled = ack.wait().await;
+        assert!(settled.failed.is_empty(), "{:?}", settled.first_error);
     }
 
     /// Reports are served as they arrive: had the thread waited between

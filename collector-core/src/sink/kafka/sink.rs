@@ -92,6 +92,8 @@ pub struct KafkaSink {
     slot: Arc<ProducerSlot>,
     topic: String,
     collector_id: String,
+    /// `kafka.max_record_bytes` (or its default).
+    max_record_bytes: u64,
     /// The broker's reachability as last observed.
     up: Arc<SharedReachability>,
 }
@@ -144,6 +146,7 @@ impl KafkaSink {
             }),
             topic: cfg.topic.clone(),
             collector_id: collector_id.to_string(),
+            max_record_bytes: cfg.max_record_bytes(),
             up,
         })
     }
@@ -228,21 +231,28 @@ impl Sink for KafkaSink {
                         tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                     }
                     Err((e, _)) => {
-                        metrics::counter!(names::KAFKA_FAILED, "reason" => "enqueue").increment(1);
-                        ack.settle_failed(index, e.to_string());
+                        let reason = super::delivery::permanent(e.rdkafka_error_code())
+                            .map_or("enqueue", |c| c.label());
+                        metrics::counter!(names::KAFKA_FAILED, "reason" => reason).increment(1);
+                        ack.settle_error(index, &e);
                         break;
                     }
                 }
             }
         }
-        let (failed, error) = ack.wait().await;
-        if failed.is_empty() && !messages.is_empty() {
+        let settled = ack.wait().await;
+        if settled.failed.is_empty() && !messages.is_empty() {
             self.up.set(Reachability::Up);
         }
         DeliveryReport {
-            failed,
-            error: error.map(SinkError::Delivery),
+            failed: settled.failed,
+            error: settled.first_error.map(SinkError::Delivery),
+            rejected: settled.rejected,
         }
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        Some(usize::try_from(self.max_record_bytes).unwrap_or(usize::MAX))
     }
 
     fn reachability(&self) -> Reachability {
