@@ -268,7 +268,9 @@ impl Replay {
                     count: delivered,
                 }
                 .emit();
-                self.set_aside(new_id, n, attempts, error, cursor)
+                // The sink works (part went): not a failure in a row.
+                self.set_aside(new_id, n, attempts, error, cursor);
+                Settled::Done
             }
             Ok(Err(e)) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
             Err(e) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
@@ -305,5 +307,117 @@ impl Replay {
             }
             Err(e) => tracing::error!(spill_id = %id, error = %e, "spill delete task"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::deadletter::{self, StoreKind};
+    use crate::error::SinkError;
+    use crate::record::Record;
+    use crate::sink::{DeliveryReport, RejectCause, Rejected};
+    use crate::spill::{SpillConfig, StoreRole};
+
+    /// Refuses `poison` for good, fails `flaky` every time, delivers the
+    /// rest (and remembers what it delivered, in order).
+    #[derive(Default)]
+    struct Picky {
+        delivered: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Sink for Picky {
+        fn encode(&self, _record: &Record) -> Result<Message, SinkError> {
+            Err(SinkError::Delivery("not used".into()))
+        }
+        async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {
+            let mut report = DeliveryReport::default();
+            for (i, m) in messages.iter().enumerate() {
+                match m.payload.as_slice() {
+                    b"poison" => report.rejected.push(Rejected {
+                        index: i,
+                        cause: RejectCause::TooLarge,
+                        detail: "MessageSizeTooLarge".into(),
+                    }),
+                    b"flaky" => report.failed.push(i),
+                    _ => self.delivered.lock().push(m.key.clone()),
+                }
+            }
+            report
+        }
+        async fn flush(&self, _timeout: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn message(key: &str, payload: &str) -> Message {
+        Message {
+            key: key.into(),
+            payload: payload.as_bytes().to_vec(),
+            read_time_us: 0,
+        }
+    }
+
+    /// A refused batch, a batch that always fails and one that half fails
+    /// sit at the head of the spill: the batches behind them are replayed
+    /// at once; the refused one is in the dead letters, the failing ones
+    /// stay in the spill (the half-failed one reduced to its failed part).
+    #[tokio::test]
+    async fn no_batch_stalls_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SpillStore> =
+            Arc::from(crate::spill::open(&SpillConfig::new(dir.path().join("spill"))).unwrap());
+        let dead: Arc<dyn SpillStore> = Arc::from(
+            crate::spill::open(&SpillConfig {
+                role: StoreRole::DeadLetters,
+                ..SpillConfig::new(dir.path().join("dead-letters"))
+            })
+            .unwrap(),
+        );
+        for batch in [
+            vec![message("a", "ok")],
+            vec![message("p", "poison")],
+            vec![message("f", "flaky")],
+            vec![message("b", "ok"), message("g", "flaky")],
+            vec![message("c", "ok")],
+            vec![message("d", "ok")],
+        ] {
+            let mut buf = Vec::new();
+            payload::encode(&batch, &mut buf);
+            store.append(&buf, batch.len() as u32).unwrap();
+        }
+        let sink = Arc::new(Picky::default());
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_replay(
+            Replay {
+                store: store.clone(),
+                dead_letters: Some(dead.clone()),
+                sink: sink.clone(),
+                stats: stats.clone(),
+            },
+            100,
+            stop.clone(),
+        ));
+        let start = std::time::Instant::now();
+        while sink.delivered.lock().len() < 4 && start.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(*sink.delivered.lock(), vec!["a", "b", "c", "d"]);
+        let s = stats.snapshot();
+        assert_eq!((s.records_replayed, s.records_dead_lettered), (4, 1));
+        let refused = deadletter::inventory(&*dead, StoreKind::DeadLetters).unwrap();
+        assert_eq!(refused.devices.keys().collect::<Vec<_>>(), vec!["p"]);
+        let left = deadletter::inventory(&*store, StoreKind::Spill).unwrap();
+        assert_eq!((left.batches, left.records), (2, 2));
+        assert_eq!(left.devices.keys().collect::<Vec<_>>(), vec!["f", "g"]);
     }
 }

@@ -1,4 +1,5 @@
-//! The command line: `run`, `validate` and `demo`.
+//! The command line: `run`, `validate`, `demo`, and the offline `spill`
+//! and `deadletter` tools.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,39 @@ pub(crate) enum Command {
     },
     /// Run the real pipeline against simulated devices and an in-process Kafka.
     Demo(DemoArgs),
+    /// What the spill holds (offline: stop the collector first).
+    Spill {
+        /// The YAML configuration (its state dir).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: StateAction,
+    },
+    /// What the dead letters hold, and requeueing them once the cause is
+    /// fixed (offline: stop the collector first).
+    Deadletter {
+        /// The YAML configuration (its state dir).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+/// What to do with a store.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum StateAction {
+    /// Counts: batches, records, oldest, devices, causes.
+    Stats,
+    /// One line per batch, oldest first.
+    Inspect {
+        /// Batches shown at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Dead letters only: move them into the spill, where the collector
+    /// replays them when it next runs.
+    Requeue,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod http;
 mod run;
+mod state;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -59,6 +60,16 @@ fn main() -> ExitCode {
         Command::Run { config, http_addr } => {
             runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr)))
         }
+        Command::Spill { config, action } => state::run(
+            &config,
+            collector_core::deadletter::StoreKind::Spill,
+            action,
+        ),
+        Command::Deadletter { config, action } => state::run(
+            &config,
+            collector_core::deadletter::StoreKind::DeadLetters,
+            action,
+        ),
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         #[cfg(not(feature = "demo"))]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{http, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
-fn load(path: &Path) -> Result<CollectorConfig, Failure> {
+pub(crate) fn load(path: &Path) -> Result<CollectorConfig, Failure> {
     CollectorConfig::load(path, &OpcUaConfig).map_err(|errors| {
         for e in errors.iter() {
             eprintln!("error: {e}");

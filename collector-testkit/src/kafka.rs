@@ -13,11 +13,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaApiKey;
+/// Kafka protocol error codes, for [`EmbeddedKafka::fail_produce_requests`].
+pub use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 enum Command {
     BrokersDown,
     BrokersUp,
+    ProduceErrors(Vec<RDKafkaRespErr>),
     Stop,
 }
 
@@ -54,6 +58,10 @@ impl EmbeddedKafka {
                     let r = match cmd {
                         Command::BrokersDown => cluster.broker_down(-1),
                         Command::BrokersUp => cluster.broker_up(-1),
+                        Command::ProduceErrors(errors) => {
+                            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                            Ok(())
+                        }
                         Command::Stop => break,
                     };
                     if let Err(e) = r {
@@ -85,6 +93,13 @@ impl EmbeddedKafka {
     /// Brings every broker back.
     pub fn brokers_up(&self) {
         let _ = self.commands.send(Command::BrokersUp);
+    }
+
+    /// Makes the next `errors.len()` Produce requests fail, each with the
+    /// next error of `errors` (librdkafka's mock request errors), e.g.
+    /// `RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED`.
+    pub fn fail_produce_requests(&self, errors: &[RDKafkaRespErr]) {
+        let _ = self.commands.send(Command::ProduceErrors(errors.to_vec()));
     }
 }
 
