@@ -102,7 +102,7 @@ pub(crate) async fn store(
 }
 
 /// Encodes messages refused for `cause` as one dead-letter batch.
-pub(crate) fn encode(cause: RejectCause, detail: &str, messages: &[Message]) -> Vec<u8> {
+pub fn encode(cause: RejectCause, detail: &str, messages: &[Message]) -> Vec<u8> {
     let label = cause.label().as_bytes();
     let mut out = Vec::with_capacity(
         6 + label.len()

@@ -66,18 +66,18 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// What the spill holds (offline: stop the collector first).
     Spill {
-        /// The YAML configuration (its state dir).
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML configuration (its state dir); required.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: StateAction,
     },
     /// What the dead letters hold, and requeueing them once the cause is
     /// fixed (offline: stop the collector first).
     Deadletter {
-        /// The YAML configuration (its state dir).
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML configuration (its state dir); required.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: StateAction,
     },

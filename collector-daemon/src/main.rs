@@ -61,12 +61,12 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr)))
         }
         Command::Spill { config, action } => state::run(
-            &config,
+            config.as_deref(),
             collector_core::deadletter::StoreKind::Spill,
             action,
         ),
         Command::Deadletter { config, action } => state::run(
-            &config,
+            config.as_deref(),
             collector_core::deadletter::StoreKind::DeadLetters,
             action,
         ),

@@ -14,7 +14,17 @@ use crate::cli::StateAction;
 use crate::Failure;
 
 /// Runs `action` on the store of `kind` configured in `config`.
-pub(crate) fn run(config: &Path, kind: StoreKind, action: StateAction) -> Result<(), Failure> {
+pub(crate) fn run(
+    config: Option<&Path>,
+    kind: StoreKind,
+    action: StateAction,
+) -> Result<(), Failure> {
+    let Some(config) = config else {
+        eprintln!(
+            "error: --config <CONFIG> is required (the collector's configuration: its state dir)"
+        );
+        return Err(Failure::Config);
+    };
     let cfg = crate::run::load(config)?;
     let store_cfg = match kind {
         StoreKind::Spill => cfg.spill_config(),

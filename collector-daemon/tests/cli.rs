@@ -169,3 +169,107 @@ fn demo_delivers_and_prints_a_schema_valid_record() {
     assert!(pct >= 99.9, "{last}");
     assert!(last.contains("failed deliveries 0"), "{last}");
 }
+
+/// `deadletter stats|requeue` and `spill stats` on a state dir: counts and
+/// causes, requeue into the spill, and a refusal while the directory is
+/// held (by a running collector; here, by this test).
+#[test]
+fn deadletter_tools_count_requeue_and_refuse_a_held_directory() {
+    use collector_core::deadletter;
+    use collector_core::sink::{Message, RejectCause};
+    use collector_core::spill::{self, SpillConfig, StoreRole};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("collector.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "collector:\n  state_dir: {}\ndevices:\n  - id: plc-1\n    endpoint: opc.tcp://127.0.0.1:4840\n    nodes: [\"ns=2;s=A\"]\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let dead_cfg = SpillConfig {
+        role: StoreRole::DeadLetters,
+        ..SpillConfig::new(state.join("dead-letters"))
+    };
+    let message = |key: &str| Message {
+        key: key.into(),
+        payload: br#"{"seq":1}"#.to_vec(),
+        read_time_us: 0,
+    };
+    {
+        let dead = spill::open(&dead_cfg).unwrap();
+        let detail = "Broker: Message size too large";
+        dead.append(
+            &deadletter::encode(
+                RejectCause::TooLarge,
+                detail,
+                &[message("gw-1"), message("gw-1")],
+            ),
+            2,
+        )
+        .unwrap();
+        dead.append(
+            &deadletter::encode(
+                RejectCause::NotAuthorized,
+                "Broker: Topic authorization failed",
+                &[message("plc-9")],
+            ),
+            1,
+        )
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-level")
+            .arg("error")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = run(&["deadletter", "stats"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("records   3"), "{stdout}");
+    assert!(
+        stdout.contains("too_large") && stdout.contains("not_authorized"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("gw-1") && stdout.contains("Message size too large"),
+        "{stdout}"
+    );
+
+    // Held by someone else: refused, nothing moved.
+    let held = spill::open(&dead_cfg).unwrap();
+    let (code, _, stderr) = run(&["deadletter", "requeue"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("held by a running collector"), "{stderr}");
+    assert_eq!(held.stats().records, 3);
+    drop(held);
+
+    let (code, stdout, stderr) = run(&["deadletter", "requeue"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("requeued 3 records in 2 batches"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = run(&["spill", "stats"]);
+    assert!(stdout.contains("records   3"), "{stdout}");
+    let (_, stdout, _) = run(&["deadletter", "inspect"]);
+    assert!(
+        !stdout.contains("batch "),
+        "dead letters left after requeue: {stdout}"
+    );
+    let (_, stdout, _) = run(&["spill", "inspect"]);
+    assert_eq!(stdout.matches("batch ").count(), 2, "{stdout}");
+}
