@@ -15,8 +15,16 @@
 //!   successful read, including those made during the outage, arrived;
 //! * `undelivered` == 0, and the outage really was one: records were
 //!   spilled and replayed.
+//!
+//! Next to them a second simulator serves one gateway-sized device of
+//! 12,000 tags: each of its reads is a ~1.3 MB record, above the
+//! producer's `message.max.bytes`. It must arrive as parts that reassemble
+//! to the whole read, gap-free, and it must not hold back the others'
+//! replay (it used to: its records were refused forever at the head of the
+//! spill, and the other devices' spilled records were never replayed).
 
 #![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod support;
 
@@ -26,7 +34,8 @@ use std::time::{Duration, Instant};
 use support::{
     assert_devices, create_topic, device_ids, find_tansu, first_run_base, free_port, loadgen_bin,
     metric, metric_labelled, metric_sum, partition_problems, read_topic, records_by_device,
-    start_broker, start_loadgen, tansu_version, wait_spill_drained, Daemon, LogsOnFailure, SeqSet,
+    start_broker, start_loadgen, start_loadgen_from, tansu_version, wait_spill_drained, Daemon,
+    LogsOnFailure, SeqSet,
 };
 
 const DEVICES: usize = 20;
@@ -34,6 +43,10 @@ const TAGS: usize = 10;
 const TOPIC: &str = "opc-delivery-outage";
 const PARTITIONS: i32 = 4;
 const COLLECTOR_ID: &str = "delivery-outage";
+/// Tags of the gateway-sized device (its records exceed 1 MB).
+const LARGE_TAGS: usize = 12_000;
+/// Its id: the second simulator's first device.
+const LARGE_ID: &str = "dev-00020";
 /// Healthy running before the outage.
 const HEALTHY_FOR: Duration = Duration::from_secs(3);
 /// How long the broker stays frozen (the issue asks for at least 30 s).
@@ -54,6 +67,16 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
     create_topic(&bootstrap, TOPIC, PARTITIONS);
     let device_file = dir.path().join("devices.yaml");
     let mut sim = start_loadgen(&loadgen, dir.path(), &device_file, DEVICES, TAGS);
+    let large_file = dir.path().join("large.yaml");
+    let mut large_sim = start_loadgen_from(
+        &loadgen,
+        dir.path(),
+        &large_file,
+        DEVICES,
+        1,
+        LARGE_TAGS,
+        "loadgen-large.log",
+    );
     eprintln!(
         "[outage] tansu {} on {bootstrap}, {DEVICES} devices x {TAGS} tags, after {:?}",
         tansu_version(&tansu),
@@ -72,7 +95,7 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
              kafka:\n  brokers: \"{bootstrap}\"\n  topic: {TOPIC}\n  message_timeout: 5s\n\
              \x20 properties:\n    reconnect.backoff.max.ms: \"500\"\n\
              http:\n  addr: \"{http_addr}\"\n\
-             device_files: [devices.yaml]\n",
+             device_files: [devices.yaml, large.yaml]\n",
             state = dir.path().join("state").display(),
         ),
     )
@@ -98,6 +121,7 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
     while outage.elapsed() < OUTAGE {
         std::thread::sleep(Duration::from_millis(500));
         sim.assert_running();
+        large_sim.assert_running();
         collector.proc.assert_running();
         let m = collector.metrics();
         if detected_down.is_none() && metric(&m, "collector_kafka_up") == Some(0.0) {
@@ -152,6 +176,7 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
         "the broker died (memory storage: its data is gone)"
     );
     assert_eq!(stopped.undelivered, 0, "records lost: {stopped}");
+    assert_eq!(stopped.dead_lettered, 0, "records dead-lettered: {stopped}");
     assert_eq!(
         stopped.reads_failed, 0,
         "reads failed against healthy local devices: {stopped}"
@@ -160,7 +185,10 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
     assert!(stopped.replayed > 0, "nothing replayed: {stopped}");
 
     // --- read back and check ---------------------------------------------------------
-    let messages = read_topic(&bootstrap, TOPIC);
+    let (large, messages): (Vec<_>, Vec<_>) = read_topic(&bootstrap, TOPIC)
+        .into_iter()
+        .partition(|m| m.key.as_deref() == Some(LARGE_ID.as_bytes()));
+    let large_reads = check_large_device(&large);
     let per_device = records_by_device(&messages, COLLECTOR_ID, TAGS);
     assert_devices(&per_device, &device_ids(DEVICES));
     let mut problems = partition_problems(&per_device);
@@ -199,8 +227,9 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
         problems.join("\n  ")
     );
     assert_eq!(
-        unique as u64, stopped.reads_ok,
-        "distinct records on the topic != successful reads ({stopped})"
+        (unique + large_reads) as u64,
+        stopped.reads_ok,
+        "distinct reads on the topic != successful reads ({stopped}; {large_reads} of {LARGE_ID})"
     );
     eprintln!(
         "[outage] OK: gap-free, distinct records == reads_ok; total {:?}",
@@ -208,4 +237,63 @@ fn broker_frozen_for_30s_then_resumed_loses_nothing() {
     );
     drop(broker);
     logs.passed();
+}
+
+/// Checks the gateway-sized device's messages: every read split into parts
+/// of one part count, each part present, the parts' samples reassembling
+/// to the 12,000 tags in order, the reads' seqs gap-free. Returns the
+/// number of distinct reads.
+fn check_large_device(messages: &[collector_testkit::ConsumedMessage]) -> usize {
+    use std::collections::BTreeMap;
+    let mut reads: BTreeMap<u64, BTreeMap<u64, serde_json::Value>> = BTreeMap::new();
+    let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+    for m in messages {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON record");
+        assert!(
+            m.payload.len() < 1_000_000,
+            "{LARGE_ID}: a part of {} bytes",
+            m.payload.len()
+        );
+        let seq = v["seq"].as_u64().expect("seq");
+        let parts = v["parts"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{LARGE_ID} seq {seq}: a 12,000-tag read was not split"));
+        assert_eq!(
+            *counts.entry(seq).or_insert(parts),
+            parts,
+            "{LARGE_ID} seq {seq}: part counts differ"
+        );
+        let part = v["part"].as_u64().expect("part");
+        reads.entry(seq).or_default().insert(part, v); // a replayed duplicate replaces its twin
+    }
+    assert!(!reads.is_empty(), "{LARGE_ID} delivered nothing");
+    let expected: Vec<String> = (0..LARGE_TAGS)
+        .map(|i| format!("ns=2;s=Tag{i:03}"))
+        .collect();
+    for (seq, parts) in &reads {
+        assert_eq!(
+            parts.keys().copied().collect::<Vec<_>>(),
+            (0..counts[seq]).collect::<Vec<_>>(),
+            "{LARGE_ID} seq {seq}: parts missing"
+        );
+        let nodes: Vec<&str> = parts
+            .values()
+            .flat_map(|p| p["samples"].as_array().expect("samples"))
+            .map(|s| s["node_id"].as_str().expect("node_id"))
+            .collect();
+        assert!(
+            nodes == expected,
+            "{LARGE_ID} seq {seq}: parts do not reassemble to the read"
+        );
+    }
+    let seqs = SeqSet::new(reads.keys().copied());
+    if let Some(gaps) = seqs.gaps() {
+        panic!("{LARGE_ID}: {gaps}");
+    }
+    eprintln!(
+        "[outage] {LARGE_ID}: {} reads of {LARGE_TAGS} tags, {} parts each, reassembled and gap-free",
+        reads.len(),
+        counts.values().next().copied().unwrap_or(0)
+    );
+    reads.len()
 }

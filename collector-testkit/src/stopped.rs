@@ -24,6 +24,8 @@ pub struct StoppedLine {
     pub replayed: u64,
     /// Records with nowhere to go (counted losses).
     pub undelivered: u64,
+    /// Records Kafka refused for good, kept in the dead letters.
+    pub dead_lettered: u64,
 }
 
 const MESSAGE: &str = "collector stopped";

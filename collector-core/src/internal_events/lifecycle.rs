@@ -75,6 +75,7 @@ impl CollectorStopped {
             spilled = s.records_spilled,
             replayed = s.records_replayed,
             undelivered = s.records_undelivered,
+            dead_lettered = s.records_dead_lettered,
             "collector stopped"
         );
     }

@@ -196,14 +196,15 @@ impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "reads_ok={} reads_failed={} delivered={} failed={} spilled={} replayed={} undelivered={}",
+            "reads_ok={} reads_failed={} delivered={} failed={} spilled={} replayed={} undelivered={} dead_lettered={}",
             self.reads_ok,
             self.reads_failed,
             self.delivered,
             self.failed,
             self.spilled,
             self.replayed,
-            self.undelivered
+            self.undelivered,
+            self.dead_lettered
         )
     }
 }

@@ -69,6 +69,21 @@ pub fn start_loadgen(
     devices: usize,
     tags: usize,
 ) -> Proc {
+    start_loadgen_from(bin, dir, device_file, 0, devices, tags, "loadgen.log")
+}
+
+/// [`start_loadgen`] for devices `first..first + devices` (ids
+/// `dev-{first:05}`...), logging to `log_name`: a second simulator next to
+/// the first.
+pub fn start_loadgen_from(
+    bin: &Path,
+    dir: &Path,
+    device_file: &Path,
+    first: usize,
+    devices: usize,
+    tags: usize,
+    log_name: &str,
+) -> Proc {
     let mut sim = Proc::spawn(
         "opc-loadgen",
         Command::new(bin)
@@ -78,6 +93,8 @@ pub fn start_loadgen(
                 &devices.to_string(),
                 "--tags",
                 &tags.to_string(),
+                "--first-device",
+                &first.to_string(),
             ])
             .args([
                 "--listen",
@@ -89,7 +106,7 @@ pub fn start_loadgen(
             .arg(device_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log_file(dir, "loadgen.log")),
+            .stderr(log_file(dir, log_name)),
     );
     let stdout = sim.child.stdout.take().expect("loadgen stdout");
     let (tx, rx) = mpsc::channel();
@@ -114,7 +131,7 @@ pub fn start_loadgen(
         "unexpected ready line: {line}"
     );
     let yaml = std::fs::read_to_string(device_file).expect("read the device file");
-    for id in device_ids(devices) {
+    for id in device_ids(first + devices).into_iter().skip(first) {
         assert!(
             yaml.contains(&format!("id: {id}")),
             "device file lacks {id}:\n{yaml}"
