@@ -83,6 +83,9 @@ struct Cursor {
     /// Set-aside batches met in this round (the others are gone: pruned
     /// when the round ends).
     met: Vec<SpillId>,
+    /// Whether this round sent anything (a round of set-aside batches
+    /// only ends in a pause, not in an immediate rescan).
+    sent: bool,
 }
 
 /// What became of one batch.
@@ -157,9 +160,9 @@ impl Replay {
             // start again from the oldest.
             let met: std::collections::HashSet<SpillId> = cursor.met.drain(..).collect();
             cursor.set_aside.retain(|id, _| met.contains(id));
-            let whole_round = cursor.after.is_none();
+            let idle = !std::mem::take(&mut cursor.sent);
             cursor.after = None;
-            return whole_round.then_some(IDLE);
+            return idle.then_some(IDLE);
         }
         let mut failures = 0;
         for batch in batches {
@@ -175,6 +178,7 @@ impl Replay {
                 _ = stop.cancelled() => return None,
                 _ = limiter.until_ready() => {}
             }
+            cursor.sent = true;
             match self.replay_batch(batch, earlier, cursor).await {
                 Settled::Done => failures = 0,
                 Settled::SetAside => {

@@ -74,6 +74,14 @@ pub(crate) fn encode_within<S: Sink + ?Sized>(
         }
         fitted.push(r);
     }
+    if fitted.len() == 1 {
+        // One sample (or none) larger than the limit: nothing to split.
+        let why = too_large_why(record, &whole, max);
+        return Ok(Fitted {
+            too_large: vec![(whole, why)],
+            ..Fitted::default()
+        });
+    }
     let count = u32::try_from(fitted.len()).unwrap_or(u32::MAX);
     let mut out = Fitted::default();
     for (index, r) in (0u32..).zip(fitted) {
@@ -221,6 +229,15 @@ mod tests {
         }
         let expected: Vec<String> = (0..12_000).map(|i| format!("ns=2;s=Tag{i:05}")).collect();
         assert_eq!(nodes, expected, "parts reassemble to the read in order");
+    }
+
+    #[test]
+    fn a_single_huge_value_is_set_apart_whole_without_part_fields() {
+        let r = record(vec![Value::String("y".repeat(10_000))]);
+        let f = encode_within(&Limited(4_096), &r, Some(4_096)).unwrap();
+        assert!(f.messages.is_empty());
+        assert_eq!(f.too_large.len(), 1);
+        assert!(json(&f.too_large[0].0).get("part").is_none());
     }
 
     #[test]
