@@ -241,13 +241,7 @@ impl Replay {
             .filter_map(|(m, &f)| if f { m } else { None })
             .collect();
         if failed.is_empty() {
-            self.delete(id).await;
-            cursor.set_aside.remove(&id);
-            BatchReplayed {
-                stats: &self.stats,
-                count: delivered,
-            }
-            .emit();
+            self.settled(id, delivered, cursor).await;
             return Settled::Done;
         }
         if delivered + refused_n == 0 {
@@ -265,13 +259,7 @@ impl Replay {
         .await;
         match respilled {
             Ok(Ok(new_id)) => {
-                self.delete(id).await;
-                cursor.set_aside.remove(&id);
-                BatchReplayed {
-                    stats: &self.stats,
-                    count: delivered,
-                }
-                .emit();
+                self.settled(id, delivered, cursor).await;
                 // The sink works (part went): not a failure in a row.
                 self.set_aside(new_id, n, attempts, error, cursor);
                 Settled::Done
@@ -279,6 +267,18 @@ impl Replay {
             Ok(Err(e)) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
             Err(e) => self.set_aside(id, n, attempts, Some(e.to_string()), cursor),
         }
+    }
+
+    /// Deletes a batch whose messages are all accounted for (`delivered`
+    /// of them by the sink) and records the replay.
+    async fn settled(&self, id: SpillId, delivered: usize, cursor: &mut Cursor) {
+        self.delete(id).await;
+        cursor.set_aside.remove(&id);
+        BatchReplayed {
+            stats: &self.stats,
+            count: delivered,
+        }
+        .emit();
     }
 
     fn set_aside(

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::{
-    assert_devices, create_topic, device_ids, find_tansu, free_port, loadgen_bin, metric,
+    assert_devices, create_topic_with, device_ids, find_tansu, free_port, loadgen_bin, metric,
     read_topic, records_by_device, start_broker, start_loadgen, tansu_version, Daemon,
     LogsOnFailure, Seen, SeqSet,
 };
@@ -56,7 +56,12 @@ fn collector_delivers_every_read_to_a_tansu_broker() {
     // --- broker ---------------------------------------------------------------
     let t = Instant::now();
     let (mut broker, bootstrap) = start_broker(&tansu, dir.path());
-    create_topic(&bootstrap, TOPIC, PARTITIONS);
+    create_topic_with(
+        &bootstrap,
+        TOPIC,
+        PARTITIONS,
+        &[("max.message.bytes", "1048588")],
+    );
     eprintln!(
         "[e2e] broker on {bootstrap}, topic {TOPIC} ({PARTITIONS} partitions) in {:?}",
         t.elapsed()
@@ -83,6 +88,7 @@ fn collector_delivers_every_read_to_a_tansu_broker() {
              session:\n  connect_timeout: 5s\n  read_timeout: 5s\n\
              batch:\n  interval: 1s\n\
              kafka:\n  brokers: \"{bootstrap}\"\n  topic: {TOPIC}\n  message_timeout: 30s\n\
+             \x20 max_record_bytes: 2MiB\n\
              http:\n  addr: \"{http_addr}\"\n\
              device_files: [devices.yaml]\n",
             state = dir.path().join("state").display(),
@@ -111,6 +117,14 @@ fn collector_delivers_every_read_to_a_tansu_broker() {
     eprintln!(
         "[e2e] ran {:?}; {delivered_before_stop} records delivered so far",
         run_start.elapsed()
+    );
+
+    // The split limit (2 MiB) is above the topic's max.message.bytes (the
+    // broker's default, 1048588): said once at start, with the fix.
+    assert_eq!(
+        collector.log_count("kafka.max_record_bytes is above the topic's max.message.bytes"),
+        1,
+        "no warning that kafka.max_record_bytes exceeds the topic's limit"
     );
 
     // --- SIGTERM: graceful stop ----------------------------------------------

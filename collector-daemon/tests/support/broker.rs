@@ -95,6 +95,11 @@ pub fn start_broker(tansu: &Path, dir: &Path) -> (Proc, String) {
 /// but an explicit create fixes the partition count and does not depend on
 /// broker defaults), then checks the broker reports it.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_with(bootstrap, topic, partitions, &[]);
+}
+
+/// [`create_topic`] with topic configs (`max.message.bytes`, ...).
+pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -105,7 +110,10 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .expect("tokio runtime");
     let results = rt
         .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[configs.iter().fold(
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         ))
         .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));

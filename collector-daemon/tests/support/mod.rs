@@ -23,7 +23,9 @@ pub mod proc;
 pub mod records;
 pub mod scrape;
 
-pub use broker::{create_topic, find_tansu, read_topic, start_broker, tansu_version};
+pub use broker::{
+    create_topic, create_topic_with, find_tansu, read_topic, start_broker, tansu_version,
+};
 pub use daemon::{collector_bin, final_log_line, wait_spill_drained, Daemon, Stopped};
 pub use loadgen::{device_ids, loadgen_bin, start_loadgen, start_loadgen_from};
 pub use proc::{free_port, log_file, poll_until, LogsOnFailure, Proc};

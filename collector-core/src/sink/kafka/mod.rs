@@ -6,6 +6,7 @@ mod delivery;
 mod producer;
 mod properties;
 mod sink;
+mod topic_limit;
 
 pub(crate) use properties::conflicting_properties;
 pub use properties::kafka_security_properties;

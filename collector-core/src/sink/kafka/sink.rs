@@ -157,6 +157,8 @@ impl KafkaSink {
         let slot = self.slot.clone();
         let topic = self.topic.clone();
         let up = self.up.clone();
+        let max_record_bytes = self.max_record_bytes;
+        let mut limit_checked = false;
         tokio::spawn(async move {
             loop {
                 let p = slot.get();
@@ -171,6 +173,13 @@ impl KafkaSink {
                 } else {
                     Reachability::Down
                 };
+                if ok && !limit_checked {
+                    limit_checked = true;
+                    let (config, topic) = (slot.config.clone(), topic.clone());
+                    tokio::spawn(async move {
+                        super::topic_limit::check(&config, &topic, max_record_bytes).await;
+                    });
+                }
                 let was = up.swap(now).is_up();
                 metrics::gauge!(names::KAFKA_UP).set(if ok { 1.0 } else { 0.0 });
                 if was != ok {
