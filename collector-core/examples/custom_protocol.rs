@@ -64,9 +64,11 @@ impl DeviceReader for TankReader {
         let level = self
             .bus
             .read_level(&self.tank)
-            .map_err(|reason| ReadError::Connect {
-                endpoint: format!("tankbus://{}", self.tank),
-                reason,
+            // A tank that does not answer costs the bus a timeout: the
+            // kind of failure the circuit breaker backs off from.
+            .map_err(|_| ReadError::Timeout {
+                what: "read",
+                after: Duration::from_millis(200),
             })?;
         Ok(vec![Sample {
             node_id: Arc::from("level_percent"),

@@ -1,12 +1,20 @@
-//! The per-device circuit breaker: a device that keeps failing stops being
-//! read for a while, so it costs neither worker permits nor connection
-//! attempts, and is probed again, one read at a time, after a cool-down
-//! that grows exponentially (with jitter) while it stays broken.
+//! The per-device circuit breaker: a device whose failures are costly
+//! (timeouts that hold a worker permit or a connection, refusals that need
+//! a fix) stops being read for a while, and is probed again, one read at a
+//! time, after a cool-down that grows exponentially (with jitter) while it
+//! stays broken.
+//!
+//! Failures are judged by what they cost ([`FailureCost`]): a refused or
+//! reset connection costs almost nothing, and a device on a flaky link
+//! that answered a moment ago deserves its next read. Cheap failures never
+//! open the breaker (the adapter's reconnect delay bounds them to one
+//! attempt per read), and a probe that fails cheaply closes it. A success
+//! resets everything.
 //!
 //! ```text
-//! Closed --N consecutive failures--> Open --cool-down--> HalfOpen
-//!   ^                                  ^                    |
-//!   +------------- success ------------|---- failure -------+
+//! Closed --N consecutive costly failures--> Open --cool-down--> HalfOpen
+//!   ^                                         ^                    |
+//!   +------- success or cheap failure --------|-- costly failure --+
 //! ```
 
 use std::time::Duration;
@@ -15,6 +23,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::error::FailureCost;
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +65,8 @@ pub(crate) struct Breaker {
     cfg: BreakerConfig,
     state: BreakerState,
     consecutive_failures: u32,
+    /// Consecutive costly failures (what opens the breaker).
+    costly_failures: u32,
     /// How many times in a row it opened (drives the cool-down growth).
     trips: u32,
     open_until: Instant,
@@ -68,6 +79,7 @@ impl Breaker {
             cfg,
             state: BreakerState::Closed,
             consecutive_failures: 0,
+            costly_failures: 0,
             trips: 0,
             open_until: Instant::now(),
             probe_in_flight: false,
@@ -106,18 +118,28 @@ impl Breaker {
         let prev = self.state;
         self.state = BreakerState::Closed;
         self.consecutive_failures = 0;
+        self.costly_failures = 0;
         self.trips = 0;
         self.probe_in_flight = false;
         prev
     }
 
-    /// Records a failed read at `now`; returns the previous state.
-    pub(crate) fn failure(&mut self, now: Instant) -> BreakerState {
+    /// Records a failed read at `now` that cost `cost`; returns the
+    /// previous state.
+    pub(crate) fn failure(&mut self, now: Instant, cost: FailureCost) -> BreakerState {
         let prev = self.state;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.probe_in_flight = false;
+        if cost == FailureCost::Cheap {
+            if self.state == BreakerState::HalfOpen {
+                // The device answers, and quickly: read it again.
+                self.state = BreakerState::Closed;
+            }
+            return prev;
+        }
+        self.costly_failures = self.costly_failures.saturating_add(1);
         let trip = match self.state {
-            BreakerState::Closed => self.consecutive_failures >= self.cfg.failure_threshold,
+            BreakerState::Closed => self.costly_failures >= self.cfg.failure_threshold,
             BreakerState::HalfOpen | BreakerState::Open => true,
         };
         if trip {
@@ -159,11 +181,11 @@ mod tests {
         let t = Instant::now();
         for _ in 0..2 {
             assert_eq!(b.admit(t), Admit::Read);
-            b.failure(t);
+            b.failure(t, FailureCost::Costly);
             assert_eq!(b.state(), BreakerState::Closed);
         }
         assert_eq!(b.admit(t), Admit::Read);
-        b.failure(t);
+        b.failure(t, FailureCost::Costly);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(
             b.admit(t + Duration::from_secs(7)),
@@ -181,12 +203,39 @@ mod tests {
         assert_eq!(b.consecutive_failures(), 0);
     }
 
+    /// Refused or reset connections never open the breaker, however many;
+    /// a costly failure still counts toward it, and a cheap probe closes it.
+    #[tokio::test(start_paused = true)]
+    async fn cheap_failures_never_open_the_breaker() {
+        let mut b = Breaker::new(cfg());
+        let t = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(b.admit(t), Admit::Read);
+            b.failure(t, FailureCost::Cheap);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.consecutive_failures(), 50);
+        for _ in 0..3 {
+            b.failure(t, FailureCost::Costly);
+        }
+        assert_eq!(b.state(), BreakerState::Open, "three timeouts in a row");
+        let later = t + Duration::from_secs(13);
+        assert_eq!(b.admit(later), Admit::Probe);
+        b.failure(later, FailureCost::Cheap);
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "a probe refused at once closes it"
+        );
+        assert_eq!(b.admit(later), Admit::Read);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn only_one_probe_at_a_time() {
         let mut b = Breaker::new(cfg());
         let t = Instant::now();
         for _ in 0..3 {
-            b.failure(t);
+            b.failure(t, FailureCost::Costly);
         }
         let later = t + Duration::from_secs(30);
         assert_eq!(b.admit(later), Admit::Probe);
@@ -203,7 +252,7 @@ mod tests {
         let mut b = Breaker::new(cfg());
         let mut t = Instant::now();
         for _ in 0..3 {
-            b.failure(t);
+            b.failure(t, FailureCost::Costly);
         }
         // Trip k waits cooldown_initial * 2^(k-1) (+-20 %), capped at 60 s.
         let mut waits = Vec::new();
@@ -214,7 +263,7 @@ mod tests {
             }
             waits.push(waited);
             t += waited;
-            b.failure(t);
+            b.failure(t, FailureCost::Costly);
             assert_eq!(b.state(), BreakerState::Open);
         }
         let secs: Vec<f64> = waits.iter().map(Duration::as_secs_f64).collect();

@@ -109,6 +109,15 @@ pub enum ReadError {
         /// What the transport or server said.
         reason: String,
     },
+    /// The server answered but refused service for now (too many sessions,
+    /// too busy, halted): retrying at once would only load it further.
+    #[error("{endpoint} refused the session: {reason}")]
+    Refused {
+        /// The endpoint URL.
+        endpoint: String,
+        /// What the server said.
+        reason: String,
+    },
     /// The session could not be secured: untrusted or unpinned server
     /// certificate, rejected user, no endpoint matching the security
     /// settings. The reason says what to do.
@@ -138,7 +147,32 @@ pub enum ReadError {
     Shutdown,
 }
 
+/// What a failed read cost the collector, which is what the circuit
+/// breaker judges it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCost {
+    /// Answered at once (connection refused or reset, a service error):
+    /// costs almost nothing, and may succeed a moment later.
+    Cheap,
+    /// Held a worker or a connection for a timeout, or needs a fix
+    /// (security, configuration): worth backing off from.
+    Costly,
+}
+
 impl ReadError {
+    /// What this failure cost (see [`FailureCost`]).
+    pub fn cost(&self) -> FailureCost {
+        match self {
+            ReadError::Connect { .. } | ReadError::Service(_) | ReadError::Shutdown => {
+                FailureCost::Cheap
+            }
+            ReadError::Refused { .. }
+            | ReadError::Timeout { .. }
+            | ReadError::Security { .. }
+            | ReadError::Config(_) => FailureCost::Costly,
+        }
+    }
+
     /// A short, fixed label for metrics (`result` label of the reads counter).
     pub fn label(&self) -> &'static str {
         match self {
@@ -147,6 +181,7 @@ impl ReadError {
             ReadError::Timeout { .. } => "timeout",
             ReadError::Service(_) => "read_error",
             ReadError::Config(_) => "config_error",
+            ReadError::Refused { .. } => "refused",
             ReadError::Shutdown => "shutdown",
         }
     }

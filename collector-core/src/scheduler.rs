@@ -143,7 +143,7 @@ pub(crate) async fn run_device(
         let before = breaker.state();
         match &result {
             Ok(_) => breaker.success(),
-            Err(_) => breaker.failure(Instant::now()),
+            Err(e) => breaker.failure(Instant::now(), e.cost()),
         };
         let after = AfterRead {
             breaker: breaker.state(),

@@ -72,8 +72,8 @@ macro_rules! metric_table {
 }
 
 metric_table! {
-    /// Device reads by result (`result`: ok, connect_error, security_error, timeout, read_error, config_error).
-    READS: Counter = "collector_reads_total", "Device reads by result (`result`: ok, connect_error, security_error, timeout, read_error, config_error)";
+    /// Device reads by result (`result`: ok, connect_error, refused, security_error, timeout, read_error, config_error).
+    READS: Counter = "collector_reads_total", "Device reads by result (`result`: ok, connect_error, refused, security_error, timeout, read_error, config_error)";
     /// Duration of one device read (all chunks).
     READ_DURATION: Histogram(Seconds) = "collector_read_duration_seconds", "Duration of one device read (all chunks)";
     /// Delay between a read's scheduled time and its start.
@@ -98,6 +98,12 @@ metric_table! {
     SESSIONS: Gauge = "collector_sessions", "Sessions by state (`state`: connected, connecting, disconnected)";
     /// Session connect attempts by result (`result`: ok, error, timeout).
     SESSION_CONNECTS: Counter = "collector_session_connects_total", "Session connect attempts by result (`result`: ok, error, timeout)";
+    /// Sessions opened, by how (`how`: created, reactivated).
+    SESSIONS_OPENED: Counter = "collector_sessions_opened_total", "Sessions opened, by how (`how`: created, reactivated)";
+    /// Reactivations of a lost session the server refused (a new session was created instead).
+    SESSION_REACTIVATIONS_REFUSED: Counter = "collector_session_reactivations_refused_total", "Reactivations of a lost session the server refused (a new session was created instead)";
+    /// Sessions possibly left on a server until its session timeout (an estimate: closes that failed, sessions given up while their connection was down).
+    SESSIONS_ABANDONED: Counter = "collector_sessions_abandoned_total", "Sessions possibly left on a server until its session timeout (an estimate: closes that failed, sessions given up while their connection was down)";
     /// Reads failed fast while an endpoint is in reconnect backoff.
     SESSION_BACKOFF_SKIPS: Counter = "collector_session_backoff_skips_total", "Reads failed fast while an endpoint is in reconnect backoff";
     /// Read service requests sent (after MaxNodesPerRead chunking).

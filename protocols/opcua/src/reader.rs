@@ -35,8 +35,11 @@ pub(crate) struct OpcUaReader {
     resolved: Option<(u64, Vec<Resolved>)>,
     to_read: Vec<ReadValueId>,
     released: bool,
-    /// A connect token was taken in `prepare` for the next read.
-    admitted: bool,
+    /// The session `prepare` opened (or failed to) for the next read:
+    /// connecting happens there, before the scheduler hands out a worker
+    /// permit, so a device that takes its connect timeout to fail (a black
+    /// hole) never holds a permit the healthy devices need.
+    prepared: Option<Result<Arc<Live>, ReadError>>,
 }
 
 impl OpcUaReader {
@@ -53,7 +56,7 @@ impl OpcUaReader {
             resolved: None,
             to_read: Vec::new(),
             released: false,
-            admitted: false,
+            prepared: None,
         })
     }
 
@@ -109,15 +112,16 @@ fn resolve_one(n: &NodeAddress, live: &Live) -> Result<ReadValueId, StatusCode> 
 #[async_trait]
 impl DeviceReader for OpcUaReader {
     async fn prepare(&mut self) {
-        if !self.admitted && self.pool.needs_connect(&self.endpoint) {
-            self.pool.connect_token().await;
-            self.admitted = true;
+        if self.prepared.is_none() && self.pool.needs_connect(&self.endpoint) {
+            self.prepared = Some(self.pool.session(&self.endpoint).await);
         }
     }
 
     async fn read(&mut self) -> Result<Vec<Sample>, ReadError> {
-        let admitted = std::mem::take(&mut self.admitted);
-        let live = self.pool.session(&self.endpoint, admitted).await?;
+        let live = match self.prepared.take() {
+            Some(prepared) => prepared?,
+            None => self.pool.session(&self.endpoint).await?,
+        };
         let read_timeout = self.pool.config().read_timeout;
         self.resolve(&live);
         let mut values = Vec::with_capacity(self.to_read.len());

@@ -86,6 +86,11 @@ impl OpcUaSettings {
             "reconnect_initial",
             "must not exceed reconnect_max",
         );
+        check(
+            session.session_timeout > session.keep_alive_interval,
+            "session_timeout",
+            "must exceed keep_alive_interval (an idle session would expire between keep-alives)",
+        );
         for msg in security.check() {
             let field = msg
                 .strip_prefix("security.")

@@ -33,9 +33,19 @@ pub struct SessionConfig {
     /// failure, with jitter. Default `1s`.
     #[serde(with = "duration")]
     pub reconnect_initial: Duration,
-    /// Upper bound of the reconnect delay. Default `60s`.
+    /// Upper bound of the reconnect delay after slow failures (connect
+    /// timeouts, security refusals). Fast failures (connection refused or
+    /// reset) do not escalate: they retry after `reconnect_initial`, i.e. at
+    /// most once per read interval. Default `60s`.
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// The session timeout requested from servers: how long a server keeps
+    /// a session whose connection was lost. Within it the collector
+    /// reactivates the same session on a new connection; after it, the
+    /// server drops the session (so a session left behind on a PLC dies
+    /// this fast). Must exceed `keep_alive_interval`. Default `45s`.
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
     /// OPC UA application name presented to servers. Default `opc-collector`.
     pub application_name: String,
 }
@@ -51,6 +61,7 @@ impl Default for SessionConfig {
             max_connects_per_second: 50,
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(45),
             application_name: "opc-collector".to_string(),
         }
     }

@@ -1,5 +1,6 @@
-//! The reconnect delay: exponential with jitter, so devices that failed
-//! together do not retry together.
+//! The reconnect delay: exponential with jitter after slow failures, so
+//! devices that failed together do not retry together; flat after fast
+//! ones.
 
 use std::time::Duration;
 
@@ -17,6 +18,14 @@ pub(super) fn backoff(cfg: &SessionConfig, failures: u32) -> Duration {
         .min(cfg.reconnect_max);
     let jitter: f64 = rand::rng().random_range(0.5..=1.0);
     base.mul_f64(jitter)
+}
+
+/// Reconnect delay after a fast failure (refused, reset): `reconnect_initial`
+/// with jitter in [50%, 100%], not escalating. The read schedule then
+/// bounds the attempts: at most one per read.
+pub(super) fn fast_backoff(cfg: &SessionConfig) -> Duration {
+    let jitter: f64 = rand::rng().random_range(0.5..=1.0);
+    cfg.reconnect_initial.mul_f64(jitter)
 }
 
 #[cfg(test)]

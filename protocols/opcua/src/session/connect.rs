@@ -1,6 +1,7 @@
 //! Opening one session: endpoint discovery (GetEndpoints, cached), the
-//! session build off the executor, the event loop task with reconnects
-//! off, and an actionable reason when the server refuses it.
+//! session build off the executor (reactivating a session whose connection
+//! was lost, when there is one), the event loop task with the library's
+//! reconnects off, and an actionable reason when the server refuses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,22 +9,34 @@ use std::sync::Arc;
 use crate::config::{DeviceSecurity, Identity, SecurityPolicy};
 use collector_core::ReadError;
 use futures::StreamExt;
-use opcua::client::SessionPollResult;
+use opcua::client::{SessionConnectMode, SessionPollResult};
 use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenPolicy};
 
 use crate::security::{identity_token, SecurityError};
 
-use super::endpoint::{Endpoint, Live, LoopTask};
+use super::endpoint::{Endpoint, Live, LoopTask, Resume};
 use super::namespaces::discover;
 use super::Pool;
 
+/// How a connect ended up with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Opened {
+    /// A new session (CreateSession).
+    Created,
+    /// The lost session, reactivated on the new connection.
+    Reactivated,
+}
+
 impl Pool {
+    /// Opens a session on `ep`: reactivates `resume`'s session when given
+    /// (the library creates a new one if the server refuses).
     pub(super) async fn connect(
         &self,
         ep: &Endpoint,
         generation: u64,
         offered_cache: &mut Option<Vec<EndpointDescription>>,
-    ) -> Result<Live, ReadError> {
+        resume: Option<Resume>,
+    ) -> Result<(Live, Opened), ReadError> {
         let url = ep.url.as_str();
         let connect_err = |reason: String| ReadError::Connect {
             endpoint: url.to_string(),
@@ -89,10 +102,20 @@ impl Pool {
                 .session_builder()
                 .connect_to_endpoint_directly(endpoint)
                 .and_then(|b| {
-                    b.user_identity_token(token)
-                        .build(client.certificate_store().clone())
+                    let b = b.user_identity_token(token);
+                    match &resume {
+                        Some(r) => b.session_id(r.session_id.clone()),
+                        None => b,
+                    }
+                    .build(client.certificate_store().clone())
                 })
-                .map(|(session, event_loop)| (session, event_loop, chosen))
+                .map(|(session, event_loop)| {
+                    if let Some(r) = &resume {
+                        // The token ActivateSession presents for the old session.
+                        session.channel().set_auth_token(r.auth_token.clone());
+                    }
+                    (session, event_loop, chosen)
+                })
                 .map_err(|e| BuildError::Other(e.to_string()))
         })
         .await;
@@ -105,7 +128,8 @@ impl Pool {
         // We own reconnects: when this session's transport ends, its loop ends.
         session.disable_reconnects();
         let alive = Arc::new(AtomicBool::new(true));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), StatusCode>>();
+        let (ready_tx, ready_rx) =
+            tokio::sync::oneshot::channel::<Result<SessionConnectMode, StatusCode>>();
         let loop_alive = alive.clone();
         let loop_url = url.to_string();
         let loop_task = LoopTask(tokio::spawn(async move {
@@ -114,9 +138,9 @@ impl Pool {
             futures::pin_mut!(stream);
             while let Some(ev) = stream.next().await {
                 match ev {
-                    Ok(SessionPollResult::Reconnected(_)) => {
+                    Ok(SessionPollResult::Reconnected(mode)) => {
                         if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(Ok(()));
+                            let _ = tx.send(Ok(mode));
                         }
                     }
                     Ok(SessionPollResult::ConnectionLost(code)) => {
@@ -137,17 +161,22 @@ impl Pool {
             loop_task.abort();
             e
         };
-        match ready_rx.await {
-            Ok(Ok(())) => {}
+        let opened = match ready_rx.await {
+            Ok(Ok(SessionConnectMode::ReactivatedSession(_))) => Opened::Reactivated,
+            Ok(Ok(SessionConnectMode::NewSession(_))) => Opened::Created,
             Ok(Err(code)) => {
                 let e = match rejection_hint(code, &sec, &chosen) {
                     Some(reason) => security_err(reason),
+                    None if refuses_service(code) => ReadError::Refused {
+                        endpoint: url.to_string(),
+                        reason: code.to_string(),
+                    },
                     None => connect_err(code.to_string()),
                 };
                 return Err(abort_on_err(e));
             }
             Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
-        }
+        };
         let (namespace_array, server_max) = match discover(&session).await {
             Ok(v) => v,
             Err(e) => {
@@ -169,15 +198,18 @@ impl Pool {
             .enumerate()
             .filter_map(|(i, uri)| u16::try_from(i).ok().map(|i| (uri, i)))
             .collect();
-        Ok(Live {
-            session,
-            alive,
-            loop_task,
-            namespaces,
-            remap,
-            max_nodes_per_read,
-            generation,
-        })
+        Ok((
+            Live {
+                session,
+                alive,
+                loop_task,
+                namespaces,
+                remap,
+                max_nodes_per_read,
+                generation,
+            },
+            opened,
+        ))
     }
 }
 
@@ -185,6 +217,15 @@ impl Pool {
 enum BuildError {
     Security(SecurityError),
     Other(String),
+}
+
+/// Whether `code` is a server refusing service for now (as opposed to a
+/// transport failure): retrying at once would only load it further.
+fn refuses_service(code: StatusCode) -> bool {
+    code == StatusCode::BadTooManySessions
+        || code == StatusCode::BadTcpServerTooBusy
+        || code == StatusCode::BadServerHalted
+        || code == StatusCode::BadResourceUnavailable
 }
 
 /// An actionable reason for a session the server refused on security

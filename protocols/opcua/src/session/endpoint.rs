@@ -9,7 +9,7 @@ use crate::config::DeviceSecurity;
 use collector_core::protocol::SessionState;
 use collector_core::ReadError;
 use opcua::client::Session;
-use opcua::types::EndpointDescription;
+use opcua::types::{EndpointDescription, NodeId};
 use parking_lot::Mutex as SyncMutex;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -59,6 +59,29 @@ impl Live {
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed) && !self.loop_task.is_finished()
     }
+
+    /// What reactivating this session on a new connection takes.
+    pub(super) fn resume(&self) -> Option<Resume> {
+        let session_id = self.session.server_session_id();
+        let auth_token = opcua::client::services::Read::new(&self.session)
+            .header()
+            .authentication_token
+            .clone();
+        (!session_id.is_null() && !auth_token.is_null()).then_some(Resume {
+            session_id,
+            auth_token,
+        })
+    }
+}
+
+/// A session whose connection was lost, still alive on the server until
+/// its timeout: the next connect reactivates it (OPC UA Part 4,
+/// re-establishing connections) instead of leaving it behind and creating
+/// another.
+#[derive(Debug, Clone)]
+pub(super) struct Resume {
+    pub(super) session_id: NodeId,
+    pub(super) auth_token: NodeId,
 }
 
 #[derive(Default)]
@@ -69,9 +92,14 @@ pub(super) struct SlotState {
     /// (e.g. a new server certificate).
     pub(super) offered: Option<Vec<EndpointDescription>>,
     pub(super) consecutive_failures: u32,
+    /// Consecutive slow failures (timeouts, security refusals): what the
+    /// reconnect delay escalates on.
+    pub(super) slow_failures: u32,
     pub(super) next_attempt: Option<Instant>,
     /// Why the last connect failed: reads refused during the backoff say it.
     pub(super) last_failure: Option<ReadError>,
+    /// The session to reactivate on the next connect, if any.
+    pub(super) resume: Option<Resume>,
 }
 
 /// One endpoint's session slot (per URL and security settings: devices

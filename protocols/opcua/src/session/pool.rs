@@ -1,6 +1,14 @@
 //! The pool of endpoints: one slot per URL and security settings, the
 //! session gauges, the fleet-wide connect rate limit, and the per-endpoint
-//! state machine (live session, reconnect backoff, close).
+//! state machine (live session, reconnect backoff, reactivation, close).
+//!
+//! A lost connection does not lose the session: the server keeps it for
+//! `session.session_timeout`, and the next connect reactivates it on a new
+//! secure channel (ActivateSession) instead of leaving it behind and
+//! creating another; a new session only when the server refuses. A
+//! session given up for good (device removed, shutdown while unreachable)
+//! is closed once the device answers again within the shutdown grace, or
+//! counted as left behind (`collector_sessions_abandoned_total`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -19,8 +27,9 @@ use parking_lot::Mutex as SyncMutex;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::backoff::backoff;
-use super::endpoint::{Endpoint, Live, SlotState};
+use super::backoff::{backoff, fast_backoff};
+use super::connect::Opened;
+use super::endpoint::{Endpoint, Live, Resume, SlotState};
 
 /// Shared by all endpoints: the client, limits and counters.
 pub(crate) struct Pool {
@@ -30,6 +39,9 @@ pub(crate) struct Pool {
     endpoints: SyncMutex<HashMap<(String, DeviceSecurity), Arc<Endpoint>>>,
     connected: AtomicI64,
     connecting: AtomicI64,
+    /// Background closes of sessions released while their connection was
+    /// down (awaited by [`Pool::close_all`]).
+    closing: SyncMutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -42,6 +54,7 @@ impl Pool {
             endpoints: SyncMutex::new(HashMap::new()),
             connected: AtomicI64::new(0),
             connecting: AtomicI64::new(0),
+            closing: SyncMutex::new(Vec::new()),
         }
     }
 
@@ -85,34 +98,27 @@ impl Pool {
     }
 
     /// Whether a read of `ep` would have to connect now (no live session,
-    /// not in backoff): the scheduler then waits for a connect token before
-    /// taking a worker permit, so devices queued behind the fleet-wide
-    /// connect rate limit do not hold permits healthy devices need.
+    /// not in backoff): the reader then connects before the scheduler hands
+    /// out a worker permit, so devices queued behind the fleet-wide connect
+    /// rate limit, or waiting out a connect timeout, hold no permit the
+    /// healthy devices need.
     pub(crate) fn needs_connect(&self, ep: &Endpoint) -> bool {
         ep.state() == SessionState::Disconnected
     }
 
-    /// Waits for a token of the fleet-wide connect rate limit.
-    pub(crate) async fn connect_token(&self) {
-        self.limiter.until_ready().await;
-    }
-
-    /// The live session of `ep`, connecting first if there is none
-    /// (`admitted`: a connect token was already taken).
-    pub(crate) async fn session(
-        &self,
-        ep: &Endpoint,
-        admitted: bool,
-    ) -> Result<Arc<Live>, ReadError> {
+    /// The live session of `ep`, connecting first (after a token of the
+    /// fleet-wide connect rate limit) if there is none.
+    pub(crate) async fn session(&self, ep: &Endpoint) -> Result<Arc<Live>, ReadError> {
         let mut st = ep.state.lock().await;
         if let Some(live) = &st.live {
             if live.is_alive() {
                 return Ok(live.clone());
             }
-            tracing::info!(endpoint = %ep.url, "session lost; will reconnect");
+            tracing::info!(endpoint = %ep.url, "connection lost; will reactivate the session");
             let dead = st.live.take();
             self.connected.fetch_sub(1, Ordering::Relaxed);
             if let Some(dead) = dead {
+                st.resume = dead.resume().or(st.resume.take());
                 dead.loop_task.abort();
             }
             self.publish_gauges();
@@ -149,15 +155,14 @@ impl Pool {
                 });
             }
         }
-        if !admitted {
-            self.limiter.until_ready().await;
-        }
+        self.limiter.until_ready().await;
         self.connecting.fetch_add(1, Ordering::Relaxed);
         self.publish_gauges();
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let resume = st.resume.clone();
         let result = tokio::time::timeout(
             self.cfg.connect_timeout,
-            self.connect(ep, generation, &mut st.offered),
+            self.connect(ep, generation, &mut st.offered, resume),
         )
         .await;
         self.connecting.fetch_sub(1, Ordering::Relaxed);
@@ -169,13 +174,26 @@ impl Pool {
             }),
         };
         match result {
-            Ok(live) => {
+            Ok((live, opened)) => {
                 metrics::counter!(names::SESSION_CONNECTS, "result" => "ok").increment(1);
+                let how = match opened {
+                    Opened::Reactivated => "reactivated",
+                    Opened::Created => "created",
+                };
+                metrics::counter!(names::SESSIONS_OPENED, "how" => how).increment(1);
+                if opened == Opened::Created && st.resume.is_some() {
+                    // The server no longer had it (restarted, or it timed
+                    // out): nothing left behind.
+                    metrics::counter!(names::SESSION_REACTIVATIONS_REFUSED).increment(1);
+                    tracing::info!(endpoint = %ep.url, "the server refused to reactivate the session; a new one was created");
+                }
+                st.resume = None;
                 self.connected.fetch_add(1, Ordering::Relaxed);
                 if st.consecutive_failures > 0 {
                     tracing::info!(endpoint = %ep.url, after_failures = st.consecutive_failures, "session re-established");
                 }
                 st.consecutive_failures = 0;
+                st.slow_failures = 0;
                 st.next_attempt = None;
                 st.last_failure = None;
                 let live = Arc::new(live);
@@ -194,7 +212,16 @@ impl Pool {
                 };
                 metrics::counter!(names::SESSION_CONNECTS, "result" => label).increment(1);
                 st.consecutive_failures = st.consecutive_failures.saturating_add(1);
-                let delay = backoff(&self.cfg, st.consecutive_failures);
+                // Judged by cost: a refused or reset connection costs
+                // nothing and may succeed a moment later (a flaky link), so
+                // it retries after `reconnect_initial`, at most once per
+                // read; timeouts and refusals on security grounds escalate.
+                let delay = if matches!(e, ReadError::Connect { .. }) {
+                    fast_backoff(&self.cfg)
+                } else {
+                    st.slow_failures = st.slow_failures.saturating_add(1);
+                    backoff(&self.cfg, st.slow_failures)
+                };
                 st.next_attempt = Some(Instant::now() + delay);
                 if matches!(e, ReadError::Security { .. }) {
                     // Actionable, and bounded by the backoff: say it loudly.
@@ -209,56 +236,159 @@ impl Pool {
         }
     }
 
-    /// Drops the session of `ep` if it is still generation `generation`
-    /// (a read on it failed in a way that makes it suspect).
+    /// Drops the connection of `ep`'s session if it is still generation
+    /// `generation` (a read on it failed: the connection is suspect); the
+    /// next read reconnects and reactivates the session.
     pub(crate) async fn invalidate(&self, ep: &Endpoint, generation: u64) {
-        let dead = {
-            let mut st = ep.state.lock().await;
-            match &st.live {
-                Some(l) if l.generation == generation => st.live.take(),
-                _ => None,
-            }
+        let mut st = ep.state.lock().await;
+        let dead = match &st.live {
+            Some(l) if l.generation == generation => st.live.take(),
+            _ => None,
         };
         if let Some(dead) = dead {
+            st.resume = dead.resume().or(st.resume.take());
+            dead.loop_task.abort();
             self.connected.fetch_sub(1, Ordering::Relaxed);
             self.publish_gauges();
-            close(&dead).await;
         }
     }
 
     /// One user of `ep` is done; closes the session when it was the last.
-    pub(crate) async fn release(&self, ep: &Endpoint) {
+    /// A session that cannot be closed now (its connection is down) is
+    /// closed in the background once the server answers again, within the
+    /// session timeout (after which the server has dropped it anyway).
+    pub(crate) async fn release(self: &Arc<Self>, ep: &Arc<Endpoint>) {
         if ep.users.fetch_sub(1, Ordering::Relaxed) > 1 {
             return;
         }
-        let dead = ep.state.lock().await.live.take();
-        if let Some(dead) = dead {
-            self.connected.fetch_sub(1, Ordering::Relaxed);
-            self.publish_gauges();
-            close(&dead).await;
+        let (dead, resume) = {
+            let mut st = ep.state.lock().await;
+            (st.live.take(), st.resume.take())
+        };
+        let left = match dead {
+            Some(dead) => {
+                self.connected.fetch_sub(1, Ordering::Relaxed);
+                self.publish_gauges();
+                close(&dead, &ep.url, false).await.err()
+            }
+            None => resume,
+        };
+        if let Some(resume) = left {
+            let pool = self.clone();
+            let ep = ep.clone();
+            let limit = self.cfg.session_timeout;
+            let task = tokio::spawn(async move {
+                // Dropped at the limit: counted as left behind.
+                let _ = tokio::time::timeout(limit, pool.close_left(ep, resume)).await;
+            });
+            let mut closing = self.closing.lock();
+            closing.retain(|t| !t.is_finished());
+            closing.push(task);
         }
     }
 
-    /// Closes every session still open.
+    /// Closes every session still open, and those whose connection is
+    /// down once their server answers again (until the caller stops
+    /// waiting: what is left then is counted as left behind).
     pub(crate) async fn close_all(&self) {
         let eps: Vec<Arc<Endpoint>> = self.endpoints.lock().values().cloned().collect();
         let mut lives = Vec::new();
+        let mut resumes = Vec::new();
         for ep in eps {
-            if let Some(l) = ep.state.lock().await.live.take() {
+            let mut st = ep.state.lock().await;
+            if let Some(l) = st.live.take() {
                 self.connected.fetch_sub(1, Ordering::Relaxed);
-                lives.push(l);
+                lives.push((l, ep.clone()));
+            }
+            if let Some(r) = st.resume.take() {
+                resumes.push((ep.clone(), r));
             }
         }
-        futures::future::join_all(lives.iter().map(|l| close(l))).await;
         self.publish_gauges();
+        let closing: Vec<_> = std::mem::take(&mut *self.closing.lock());
+        futures::future::join3(
+            futures::future::join_all(closing),
+            futures::future::join_all(lives.into_iter().map(|(l, ep)| async move {
+                // A session whose connection died unnoticed cannot be
+                // closed on it: close it once the server answers again.
+                if let Err(resume) = close(&l, &ep.url, false).await {
+                    self.close_left(ep, resume).await;
+                }
+            })),
+            futures::future::join_all(resumes.into_iter().map(|(ep, r)| self.close_left(ep, r))),
+        )
+        .await;
+    }
+
+    /// Reactivates `resume`'s session on `ep` as soon as the server answers,
+    /// and closes it. Counted as left behind if dropped before that.
+    async fn close_left(&self, ep: Arc<Endpoint>, resume: Resume) {
+        let pending = LeftBehind(Some(ep.url.clone()));
+        loop {
+            self.limiter.until_ready().await;
+            let mut offered = ep.state.lock().await.offered.clone();
+            let attempt = tokio::time::timeout(
+                self.cfg.connect_timeout,
+                self.connect(&ep, 0, &mut offered, Some(resume.clone())),
+            )
+            .await;
+            if let Ok(Ok((live, _))) = attempt {
+                let _ = close(&live, &ep.url, true).await;
+                std::mem::forget(pending);
+                return;
+            }
+            tokio::time::sleep(CLOSE_RETRY).await;
+        }
     }
 }
 
-async fn close(live: &Live) {
-    match tokio::time::timeout(Duration::from_secs(2), live.session.disconnect()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "session close"),
-        Err(_) => tracing::debug!("session close timed out"),
+/// Pause between attempts to reach a server whose session must be closed.
+const CLOSE_RETRY: Duration = Duration::from_millis(500);
+
+/// A session to close that is counted as left behind unless forgotten.
+struct LeftBehind(Option<String>);
+
+impl Drop for LeftBehind {
+    fn drop(&mut self) {
+        if let Some(url) = self.0.take() {
+            abandoned(&url, "the collector stopped while its connection was down");
+        }
     }
-    live.loop_task.abort();
 }
+
+/// Counts a session the server may still hold (until its timeout).
+fn abandoned(url: &str, why: &str) {
+    metrics::counter!(names::SESSIONS_ABANDONED).increment(1);
+    tracing::info!(endpoint = %url, why, "session left on the server until its session_timeout");
+}
+
+/// Closes a session (CloseSession, then the connection). When that fails,
+/// returns what reactivating it takes, or counts it as left behind when
+/// `final_attempt` (or it cannot be reactivated).
+async fn close(live: &Live, url: &str, final_attempt: bool) -> Result<(), Resume> {
+    let why = match tokio::time::timeout(CLOSE_TIMEOUT, live.session.disconnect()).await {
+        Ok(Ok(())) => {
+            live.loop_task.abort();
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %url, error = %e, "session close");
+            "CloseSession failed"
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %url, "session close timed out");
+            "CloseSession timed out"
+        }
+    };
+    live.loop_task.abort();
+    match live.resume() {
+        Some(resume) if !final_attempt => Err(resume),
+        _ => {
+            abandoned(url, why);
+            Ok(())
+        }
+    }
+}
+
+/// How long a CloseSession may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

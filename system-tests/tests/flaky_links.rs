@@ -1,0 +1,158 @@
+//! Flaky links (the simulator's `flap` fault: 5 s reachable, 5 s not, on
+//! half of the devices), read every second for a minute:
+//!
+//! - at every sample, no server holds more than one session of ours: a lost
+//!   connection's session is reactivated on the next connection, not left
+//!   behind (each device's server created exactly one session all run);
+//! - a flapping device is read in at least 80 % of the ticks that fall in
+//!   its reachable windows (the figure is printed);
+//! - the healthy devices miss nothing;
+//! - after shutdown (within its grace the flapping devices come back, and
+//!   their sessions are closed), no server holds a session of ours.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collector_core::{Collector, Device};
+use collector_opcua::OpcUaProtocol;
+use opc_loadgen::{Fault, FaultSpec, Selection, SimConfig, Simulator};
+
+const DEVICES: u32 = 10;
+const INTERVAL: Duration = Duration::from_secs(1);
+const RUN_FOR: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_devices_keep_one_session_and_are_read_when_reachable() {
+    let kafka = support::kafka().await;
+    let sim = Simulator::start(SimConfig {
+        devices: DEVICES,
+        tags: 5,
+        faults: vec![FaultSpec {
+            fault: Fault::Flap {
+                up: Duration::from_secs(5),
+                down: Duration::from_secs(5),
+            },
+            select: Selection::Fraction(0.5),
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let flapping: Vec<String> = sim
+        .devices()
+        .iter()
+        .filter(|d| !d.faults.is_empty())
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(flapping.len(), 5);
+    let devices: Vec<Device> = sim
+        .devices()
+        .iter()
+        .map(|d| {
+            let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
+            collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL)
+                .unwrap()
+        })
+        .collect();
+    let mut cfg = support::config(kafka.bootstrap_servers(), devices);
+    // Long enough for every flapping device to come back once after the
+    // stop, so the sessions of those down at that moment are closed too.
+    cfg.collector.shutdown_grace = Duration::from_secs(15);
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
+    let board = collector.devices();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(collector.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    // Sample the servers every second: sessions held, and which devices
+    // are reachable (one sample per tick of the 1 s schedule).
+    let started = Instant::now();
+    let mut too_many = Vec::new();
+    let mut reachable_ticks: BTreeMap<String, u64> = BTreeMap::new();
+    while started.elapsed() < RUN_FOR {
+        tokio::time::sleep(INTERVAL).await;
+        for d in sim.device_stats() {
+            if d.server_sessions > 1 {
+                too_many.push(format!(
+                    "{} held {} sessions at {:?}",
+                    d.id,
+                    d.server_sessions,
+                    started.elapsed()
+                ));
+            }
+            if d.listening {
+                *reachable_ticks.entry(d.id.clone()).or_default() += 1;
+            }
+        }
+    }
+    stop_tx.send(()).unwrap();
+    let totals = run.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = sim.device_stats();
+    let (_, all) = board.page(|_| true, 0, usize::MAX);
+    sim.shutdown().await;
+
+    assert!(too_many.is_empty(), "sessions left behind: {too_many:?}");
+    let mut figures = Vec::new();
+    for d in &after {
+        let status = all.iter().find(|s| *s.id == *d.id).unwrap();
+        assert_eq!(
+            d.sessions_created, 1,
+            "{}: {} sessions created ({} connections): a lost connection's session was not reactivated",
+            d.id, d.sessions_created, d.connection_attempts
+        );
+        if flapping.contains(&d.id) {
+            let reachable = reachable_ticks.get(&d.id).copied().unwrap_or(0);
+            let share = status.reads_ok as f64 / reachable.max(1) as f64;
+            figures.push(format!(
+                "{}: {} reads in {reachable} reachable ticks ({:.0} %), {} connections",
+                d.id,
+                status.reads_ok,
+                share * 100.0,
+                d.connection_attempts
+            ));
+            assert!(
+                d.connection_attempts > 1,
+                "{}: never reconnected in {RUN_FOR:?} of flapping",
+                d.id
+            );
+            assert!(
+                share >= 0.8,
+                "{}: read in {:.0} % of its reachable ticks ({} of {reachable})",
+                d.id,
+                share * 100.0,
+                status.reads_ok
+            );
+        } else {
+            assert_eq!(
+                status.reads_failed, 0,
+                "healthy {} failed: {:?}",
+                d.id, status.last_error
+            );
+            assert!(
+                status.reads_ok >= 55,
+                "healthy {}: {} reads",
+                d.id,
+                status.reads_ok
+            );
+        }
+    }
+    println!("flaky links: {}", figures.join("; "));
+    let left: u64 = after.iter().map(|d| d.server_sessions).sum();
+    assert_eq!(
+        left, 0,
+        "sessions left on the servers after shutdown: {after:?}"
+    );
+    assert_eq!(totals.records_undelivered, 0);
+}
