@@ -1,6 +1,7 @@
 //! Reconnect discipline against a real server: a device whose server has
 //! no session to spare is not stormed, and a server that restarts with its
-//! namespaces renumbered is read correctly again, without wrong values.
+//! namespaces renumbered (refusing to reactivate the old session) gets one
+//! new session and is read correctly again, without wrong values.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
@@ -145,7 +146,14 @@ async fn a_restart_that_renumbers_namespaces_is_read_correctly() {
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(t0.elapsed())).await;
     let _ = stop_tx.send(());
     let totals = run.await.unwrap().unwrap();
+    let stats = sim.device_stats();
     sim.shutdown().await;
+    // The restarted server no longer knew the session: reactivating it was
+    // refused and one new session was created (the other device kept its
+    // only one); never two at once.
+    assert_eq!(stats[0].sessions_created, 2, "{:?}", stats[0]);
+    assert_eq!(stats[1].sessions_created, 1, "{:?}", stats[1]);
+    assert!(stats.iter().all(|d| d.peak_sessions <= 1), "{stats:?}");
 
     let consumed =
         support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;

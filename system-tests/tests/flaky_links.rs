@@ -156,3 +156,86 @@ async fn flapping_devices_keep_one_session_and_are_read_when_reachable() {
     );
     assert_eq!(totals.records_undelivered, 0);
 }
+
+/// A black hole (a port that accepts connections and never answers) next
+/// to a healthy device, with a single worker permit: the black hole's
+/// connects wait out their timeout without the permit, so the healthy
+/// device keeps every tick, on time; and the black hole's costly failures
+/// open its breaker, so it is not retried every tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_never_holds_a_worker_permit() {
+    let kafka = support::kafka().await;
+    let sim = Simulator::start(SimConfig {
+        devices: 1,
+        tags: 5,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("opc.tcp://{}", hole.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in hole.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(stream); // accepted, never answered
+        }
+    });
+    let d = sim.devices()[0].clone();
+    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
+    let devices = vec![
+        collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL)
+            .unwrap(),
+        collector_opcua::config::device("black-hole", &hole_url, &["ns=2;s=Tag000"], INTERVAL)
+            .unwrap(),
+    ];
+    let mut cfg = support::config(kafka.bootstrap_servers(), devices);
+    cfg.workers.permits = 1;
+    cfg.protocol.insert(
+        "session".into(),
+        collector_core::config::Settings::from_json(serde_json::json!({
+            "connect_timeout": "3s",
+            "max_connects_per_second": 1000,
+        })),
+    );
+    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
+    let collector = Collector::builder(cfg)
+        .protocol(protocol)
+        .build()
+        .await
+        .unwrap();
+    let board = collector.devices();
+    let run_for = Duration::from_secs(20);
+    let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();
+    sim.shutdown().await;
+    let (_, all) = board.page(|_| true, 0, usize::MAX);
+    let healthy = all.iter().find(|s| *s.id == *d.id).unwrap();
+    let hole = all.iter().find(|s| &*s.id == "black-hole").unwrap();
+    let p99 = healthy.lateness.quantile(0.99).unwrap();
+    let attempts = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "black hole: healthy device {} reads, p99 lateness {:.1} ms; black hole {} connects, {} failed reads, breaker {:?}",
+        healthy.reads_ok,
+        p99 * 1e3,
+        attempts,
+        hole.reads_failed,
+        hole.breaker
+    );
+    assert_eq!(healthy.reads_failed, 0, "{:?}", healthy.last_error);
+    assert!(
+        healthy.reads_ok >= 18,
+        "healthy device: {} reads in {run_for:?}",
+        healthy.reads_ok
+    );
+    assert!(p99 < 0.5, "healthy p99 lateness {p99} s with one permit");
+    assert!(hole.reads_ok == 0 && hole.reads_failed >= 1);
+    // 3 timeouts of 3 s open the breaker (10 s cool-down): far fewer
+    // attempts than the 20 ticks.
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} connects to the black hole in {run_for:?}"
+    );
+    assert_eq!(totals.records_undelivered, 0);
+}

@@ -146,7 +146,9 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive failed reads that open the breaker. Default 3.
+    /// Consecutive costly failed reads (timeouts, server refusals, security
+    /// or configuration errors) that open the breaker; cheap ones (refused
+    /// or reset connections) never do. Default 3.
     pub failure_threshold: u32,
     /// First cool-down before a probe read; doubles per consecutive trip
     /// (with +-20 % jitter). Default `10s`.
