@@ -609,6 +609,66 @@ mod tests {
         }
     }
 
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Boolean),
+            any::<i64>().prop_map(Value::Int64),
+            any::<u64>().prop_map(Value::UInt64),
+            any::<f32>().prop_map(Value::Float),
+            any::<f64>().prop_map(Value::Double),
+            "\\PC*".prop_map(Value::String),
+            any::<String>().prop_map(Value::String),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Value::ByteString),
+            (-8_000_000_000_000i64..8_000_000_000_000).prop_map(|ms| Value::DateTime(
+                DateTime::from_timestamp_millis(ms).unwrap_or_default()
+            )),
+        ];
+        leaf.prop_recursive(3, 32, 8, |inner| {
+            proptest::collection::vec(inner, 0..8).prop_map(|values| Value::Array {
+                element_type: "Variant",
+                values,
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the values, ids and node ids, the encoding is JSON that
+        /// reads back to the same device, seq and node ids.
+        #[test]
+        fn any_record_encodes_to_valid_json(
+            values in proptest::collection::vec(value(), 0..16),
+            device in proptest::prelude::any::<String>(),
+            node in proptest::prelude::any::<String>(),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let record = Record::new(
+                Arc::from(device.as_str()),
+                seq,
+                Utc::now(),
+                values
+                    .into_iter()
+                    .map(|value| Sample {
+                        node_id: Arc::from(node.as_str()),
+                        value,
+                        status: Status::GOOD,
+                        source_timestamp: None,
+                        server_timestamp: None,
+                    })
+                    .collect(),
+            );
+            let mut out = Vec::new();
+            record.encode_json("c", &mut out).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(v["device_id"].as_str(), Some(device.as_str()));
+            proptest::prop_assert_eq!(v["seq"].as_u64(), Some(seq));
+            for s in v["samples"].as_array().unwrap() {
+                proptest::prop_assert_eq!(s["node_id"].as_str(), Some(node.as_str()));
+            }
+        }
+    }
+
     #[test]
     fn float_roundtrips_exactly() {
         let v = Value::Float(0.1f32);

@@ -44,8 +44,23 @@ impl Drop for Daemon {
     }
 }
 
+/// A device that accepts connections and never answers (a black hole):
+/// each connect costs its timeout, the kind of failure the breaker backs
+/// off from. The listener lives as long as the test process.
+fn black_hole() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("opc.tcp://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
 fn start(dir: &std::path::Path, brokers: &str, http_port: u16, spill: bool) -> Daemon {
-    let dead_device = format!("opc.tcp://127.0.0.1:{}", free_port());
+    let dead_device = black_hole();
     let config = dir.join("collector.yaml");
     let state = if spill {
         format!("collector:\n  state_dir: {}\n", dir.join("state").display())
@@ -58,6 +73,7 @@ fn start(dir: &std::path::Path, brokers: &str, http_port: u16, spill: bool) -> D
             "{state}kafka:\n  brokers: {brokers}\n  properties:\n    reconnect.backoff.max.ms: \"500\"\n\
              http:\n  addr: 127.0.0.1:{http_port}\n\
              schedule:\n  interval: 1s\n\
+             session:\n  connect_timeout: 1s\n\
              devices:\n  - id: plc-1\n    endpoint: {dead_device}\n    nodes: [\"ns=2;s=Tag000\"]\n"
         ),
     )
@@ -145,10 +161,13 @@ fn not_ready_while_kafka_is_unreachable() {
         );
     }
     // The unreachable device shows in /devices: failing, then its breaker
-    // opens (3 failures at 1 s).
+    // opens (3 connect timeouts of 1 s at a 1 s interval).
     let failing = wait_for(port, "/devices?failing=true", 200, Duration::from_secs(1));
     assert!(failing.contains("\"id\":\"plc-1\""), "{failing}");
-    assert!(failing.contains("\"last_error\":\"connect to"), "{failing}");
+    assert!(
+        failing.contains("\"last_error\":\"connect timed out"),
+        "{failing}"
+    );
     let start = Instant::now();
     loop {
         let (_, open) = get(port, "/devices?breaker=open").unwrap();

@@ -55,18 +55,61 @@ impl Device {
     }
 }
 
-/// Whether `s` looks like `scheme://rest` (the adapter checks the scheme).
-fn is_url(s: &str) -> bool {
-    match s.split_once("://") {
-        Some((scheme, rest)) => {
-            !rest.is_empty()
-                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        }
-        None => false,
+/// The longest device id accepted.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// Why `id` is not a valid device id, if it is not. Ids are Kafka keys, log
+/// fields, `/devices` entries and file names: 1 to [`MAX_DEVICE_ID_LEN`]
+/// characters of `A-Z a-z 0-9 . _ - :`, not starting with `.` or `-`.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_DEVICE_ID_LEN {
+        return Err(format!(
+            "device id must be 1 to {MAX_DEVICE_ID_LEN} characters (has {})",
+            id.chars().count()
+        ));
     }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-:".contains(*c)))
+    {
+        return Err(format!(
+            "device id {id:?} contains {bad:?}: use letters, digits, `.`, `_`, `-` and `:`"
+        ));
+    }
+    if id.starts_with(['.', '-']) {
+        return Err(format!("device id {id:?} must not start with `.` or `-`"));
+    }
+    Ok(())
+}
+
+/// Why `s` is not a usable endpoint URL, if it is not: it must parse as
+/// `scheme://host[:port][/path]` (a DNS name, an IPv4 address or a
+/// bracketed IPv6 literal; a port in 1-65535), without whitespace or
+/// control characters (the adapter checks the scheme).
+pub fn check_endpoint(s: &str) -> Result<(), String> {
+    if !s.contains("://") {
+        return Err(format!("endpoint {s:?} is not a URL (scheme://host:port)"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("endpoint {s:?} contains {c:?}"));
+    }
+    let url = url::Url::parse(s).map_err(|e| format!("endpoint {s:?} is not a valid URL: {e}"))?;
+    match url.host_str() {
+        None | Some("") => return Err(format!("endpoint {s:?} has no host")),
+        Some(_) => {}
+    }
+    if url.port() == Some(0) {
+        return Err(format!(
+            "endpoint {s:?}: port 0 is not a port to connect to"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "endpoint {:?} carries credentials: give them in the device's security settings",
+            format!("{}://...@{}", url.scheme(), url.host_str().unwrap_or(""))
+        ));
+    }
+    Ok(())
 }
 
 /// The core's checks of a device entry. Returns the device whenever it has
@@ -79,7 +122,16 @@ pub(crate) fn validate_device(
     errors: &mut ConfigErrors,
 ) -> Option<Device> {
     let id = match raw.id.as_deref().map(str::trim) {
-        Some(id) if !id.is_empty() => id.to_string(),
+        Some(id) if !id.is_empty() => {
+            if let Err(e) = check_device_id(id) {
+                errors.push(
+                    ConfigError::new(e)
+                        .at(None, line)
+                        .hint("device ids become Kafka keys, log fields and file names"),
+                );
+            }
+            id.to_string()
+        }
         _ => {
             errors.push(
                 ConfigError::new("device has no `id`")
@@ -90,18 +142,21 @@ pub(crate) fn validate_device(
         }
     };
     let endpoint = match raw.endpoint.as_deref().map(str::trim) {
-        Some(e) if is_url(e) => e.to_string(),
         Some(e) => {
-            errors.push(
-                ConfigError::new(format!("device `{id}`: endpoint {e:?} is not a URL"))
-                    .at(None, line)
-                    .hint("write e.g. opc.tcp://plc-1.example:4840"),
-            );
+            if let Err(why) = check_endpoint(e) {
+                errors.push(
+                    ConfigError::new(format!("device {id:?}: {why}"))
+                        .at(None, line)
+                        .hint(
+                            "write e.g. opc.tcp://plc-1.example:4840 or opc.tcp://[fd00::1]:4840",
+                        ),
+                );
+            }
             e.to_string()
         }
         None => {
             errors.push(
-                ConfigError::new(format!("device `{id}`: missing `endpoint`"))
+                ConfigError::new(format!("device {id:?}: missing `endpoint`"))
                     .at(None, line)
                     .hint("add e.g. `endpoint: opc.tcp://host:port`"),
             );
@@ -112,7 +167,7 @@ pub(crate) fn validate_device(
     if interval < MIN_INTERVAL {
         errors.push(
             ConfigError::new(format!(
-                "device `{id}`: interval {interval:?} is below the minimum of 10ms"
+                "device {id:?}: interval {interval:?} is below the minimum of 10ms"
             ))
             .at(None, line),
         );
@@ -123,4 +178,72 @@ pub(crate) fn validate_device(
         interval,
         settings: Settings::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_a_documented_character_set() {
+        for ok in ["plc-1", "dev-00042", "line4.press_2", "site:a:plc9", "A"] {
+            assert!(check_device_id(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(MAX_DEVICE_ID_LEN + 1);
+        for bad in [
+            "",
+            "plc\u{0}1",
+            "plc 1",
+            "plc/1",
+            "plc\n",
+            "-plc",
+            ".plc",
+            "pl\u{e9}",
+            &long,
+        ] {
+            assert!(check_device_id(bad).is_err(), "{bad:?}");
+        }
+        let e = check_device_id("a\u{0}b").unwrap_err();
+        assert!(
+            e.contains("\\0") || e.contains("\\u{0}"),
+            "the NUL is shown escaped: {e}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Any text gets an answer, never a panic.
+        #[test]
+        fn any_id_or_endpoint_is_judged(text in proptest::prelude::any::<String>()) {
+            let _ = check_device_id(&text);
+            let _ = check_endpoint(&text);
+        }
+    }
+
+    #[test]
+    fn endpoints_are_parsed_completely() {
+        for ok in [
+            "opc.tcp://plc-1.example:4840",
+            "opc.tcp://10.0.0.7:4840/path",
+            "opc.tcp://[::1]:4840",
+            "opc.tcp://[fd00::17]",
+            "opc.tcp://plc-1",
+        ] {
+            assert!(check_endpoint(ok).is_ok(), "{ok}: {:?}", check_endpoint(ok));
+        }
+        for bad in [
+            "opc.tcp://[::1:4840",
+            "opc.tcp://plc:70000",
+            "opc.tcp://plc:0",
+            "opc.tcp://:4840",
+            "opc.tcp://",
+            "plc-1:4840",
+            "opc.tcp://plc\n:4840",
+            "opc.tcp://pl c:4840",
+            "opc.tcp://user:secret@plc:4840",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = check_endpoint("opc.tcp://user:secret@plc:4840").unwrap_err();
+        assert!(!e.contains("secret"), "a password in an error: {e}");
+    }
 }

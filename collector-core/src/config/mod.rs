@@ -20,7 +20,7 @@ mod yaml;
 
 use std::collections::BTreeMap;
 
-pub use device::Device;
+pub use device::{check_device_id, check_endpoint, Device, MAX_DEVICE_ID_LEN};
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{

@@ -245,6 +245,38 @@ mod tests {
 
     use super::*;
 
+    /// The three inputs the hostile-input issue found accepted: an unclosed
+    /// IPv6 literal, a `b=` id that is not base64, a NUL in a device id;
+    /// each refused at its line, all in one pass.
+    #[test]
+    fn malformed_identifiers_are_refused_at_their_lines() {
+        let text = "kafka:\n  brokers: k:9092\ndevices:\n  - id: a\n    endpoint: opc.tcp://[::1:4840\n    nodes: [\"ns=2;s=T\"]\n  - id: b\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=1;b=!!!\"]\n  - id: \"c\\0d\"\n    endpoint: opc.tcp://h:4841\n    nodes: [\"ns=2;s=T\"]\n";
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("d.yaml")), &OpcUaConfig).unwrap_err();
+        let found: Vec<(Option<usize>, String)> =
+            errs.iter().map(|e| (e.line, e.message.clone())).collect();
+        assert_eq!(errs.0.len(), 3, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == Some(4) && m.contains("not a valid URL")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == Some(9) && m.contains("not base64")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(l, m)| *l == Some(10) && m.contains("\\0")),
+            "NUL shown escaped: {found:?}"
+        );
+        assert!(!errs.to_string().contains('\0'), "a raw NUL in the report");
+    }
+
     #[test]
     fn loads_a_device_with_its_nodes_and_default_security() {
         let cfg = CollectorConfig::from_yaml(

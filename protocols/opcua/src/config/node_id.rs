@@ -87,6 +87,11 @@ impl std::str::FromStr for NodeAddress {
             }
             Identifier::Guid(v.to_string())
         } else if let Some(v) = rest.strip_prefix("b=") {
+            if v.is_empty() || opcua::types::ByteString::from_base64(v).is_none() {
+                return Err(format!(
+                    "node id {text:?}: opaque identifier {v:?} is not base64"
+                ));
+            }
             Identifier::Opaque(v.to_string())
         } else {
             return Err(format!(
@@ -129,6 +134,31 @@ mod tests {
             .parse()
             .unwrap();
         assert!(matches!(n.identifier, Identifier::Guid(_)));
+        let n: NodeAddress = "ns=1;b=AAEC".parse().unwrap();
+        assert_eq!(n.identifier, Identifier::Opaque("AAEC".into()));
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, parsing answers (never panics).
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC*") {
+            let _ = text.parse::<NodeAddress>();
+        }
+
+        /// Every numeric and opaque id round-trips.
+        #[test]
+        fn numeric_and_opaque_ids_round_trip(
+            ns in proptest::prelude::any::<u16>(),
+            i in proptest::prelude::any::<u32>(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64),
+        ) {
+            let n: NodeAddress = format!("ns={ns};i={i}").parse().unwrap();
+            proptest::prop_assert_eq!(n.namespace, Namespace::Index(ns));
+            proptest::prop_assert_eq!(n.identifier, Identifier::Numeric(i));
+            let b64 = opcua::types::ByteString::from(bytes).as_base64();
+            let n: NodeAddress = format!("nsu=urn:x;b={b64}").parse().unwrap();
+            proptest::prop_assert_eq!(n.identifier, Identifier::Opaque(b64));
+        }
     }
 
     #[test]
@@ -142,6 +172,8 @@ mod tests {
             "ns=70000;i=1",
             "i=abc",
             "ns=1;g=nope",
+            "ns=1;b=!!!",
+            "b=",
         ] {
             assert!(bad.parse::<NodeAddress>().is_err(), "{bad}");
         }

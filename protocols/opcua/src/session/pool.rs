@@ -337,13 +337,15 @@ impl Pool {
                 std::mem::forget(pending);
                 return;
             }
-            tokio::time::sleep(CLOSE_RETRY).await;
+            // As for a device that refuses: one attempt per reconnect delay.
+            tokio::time::sleep(self.cfg.reconnect_initial.max(CLOSE_RETRY_MIN)).await;
         }
     }
 }
 
-/// Pause between attempts to reach a server whose session must be closed.
-const CLOSE_RETRY: Duration = Duration::from_millis(500);
+/// Shortest pause between attempts to reach a server whose session must be
+/// closed.
+const CLOSE_RETRY_MIN: Duration = Duration::from_millis(500);
 
 /// A session to close that is counted as left behind unless forgotten.
 struct LeftBehind(Option<String>);
