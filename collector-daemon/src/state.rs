@@ -37,28 +37,20 @@ pub(crate) fn run(
             name(kind)
         )
     })?;
+    let Some(store) = open_existing(&store_cfg)? else {
+        println!(
+            "{}: empty ({} does not exist)",
+            name(kind),
+            store_cfg.dir.display()
+        );
+        return Ok(());
+    };
     match action {
         StateAction::Stats => {
-            let Some(store) = open_existing(&store_cfg)? else {
-                println!(
-                    "{}: empty ({} does not exist)",
-                    name(kind),
-                    store_cfg.dir.display()
-                );
-                return Ok(());
-            };
             let inv = deadletter::inventory(&*store, kind).context("reading the store")?;
             print_stats(kind, &store_cfg, &inv);
         }
         StateAction::Inspect { limit } => {
-            let Some(store) = open_existing(&store_cfg)? else {
-                println!(
-                    "{}: empty ({} does not exist)",
-                    name(kind),
-                    store_cfg.dir.display()
-                );
-                return Ok(());
-            };
             inspect(&*store, kind, limit).context("reading the store")?;
         }
         StateAction::Requeue => {
@@ -74,15 +66,8 @@ pub(crate) fn run(
                     config.display()
                 )
             })?;
-            let Some(dead) = open_existing(&store_cfg)? else {
-                println!(
-                    "dead letters: empty ({} does not exist)",
-                    store_cfg.dir.display()
-                );
-                return Ok(());
-            };
             let spill = open(&spill_cfg)?;
-            let moved = deadletter::requeue(&*dead, &*spill).context("requeueing")?;
+            let moved = deadletter::requeue(&*store, &*spill).context("requeueing")?;
             println!(
                 "requeued {} records in {} batches into the spill ({}); the collector replays them when it next runs{}",
                 moved.records,

@@ -10,17 +10,13 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector_core::{Collector, Device};
+use collector_core::Collector;
 use collector_opcua::OpcUaProtocol;
 use opc_loadgen::{Fault, FaultSpec, Selection, SimConfig, Simulator};
 use opcua::client::{ClientBuilder, IdentityToken};
 use opcua::types::{MessageSecurityMode, UserTokenPolicy};
 
-fn device(d: &opc_loadgen::SimDevice, interval: Duration) -> Device {
-    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-    collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval)
-        .unwrap()
-}
+use support::device;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_is_not_stormed() {

@@ -18,8 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use collector_core::{Collector, Device};
-use collector_opcua::OpcUaProtocol;
+use collector_core::Device;
 use opc_loadgen::{Fault, FaultSpec, Selection, SimConfig, Simulator};
 
 const DEVICES: u32 = 10;
@@ -53,22 +52,13 @@ async fn flapping_devices_keep_one_session_and_are_read_when_reachable() {
     let devices: Vec<Device> = sim
         .devices()
         .iter()
-        .map(|d| {
-            let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-            collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL)
-                .unwrap()
-        })
+        .map(|d| support::device(d, INTERVAL))
         .collect();
     let mut cfg = support::config(kafka.bootstrap_servers(), devices);
     // Long enough for every flapping device to come back once after the
     // stop, so the sessions of those down at that moment are closed too.
     cfg.collector.shutdown_grace = Duration::from_secs(15);
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg)
-        .protocol(protocol)
-        .build()
-        .await
-        .unwrap();
+    let collector = support::build_collector(cfg).await;
     let board = collector.devices();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(collector.run(async {
@@ -184,10 +174,8 @@ async fn a_black_hole_never_holds_a_worker_permit() {
         }
     });
     let d = sim.devices()[0].clone();
-    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
     let devices = vec![
-        collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, INTERVAL)
-            .unwrap(),
+        support::device(&d, INTERVAL),
         collector_opcua::config::device("black-hole", &hole_url, &["ns=2;s=Tag000"], INTERVAL)
             .unwrap(),
     ];
@@ -200,12 +188,7 @@ async fn a_black_hole_never_holds_a_worker_permit() {
             "max_connects_per_second": 1000,
         })),
     );
-    let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg)
-        .protocol(protocol)
-        .build()
-        .await
-        .unwrap();
+    let collector = support::build_collector(cfg).await;
     let board = collector.devices();
     let run_for = Duration::from_secs(20);
     let totals = collector.run(tokio::time::sleep(run_for)).await.unwrap();

@@ -42,14 +42,26 @@ pub fn config(bootstrap: &str, devices: Vec<Device>) -> CollectorConfig {
     cfg
 }
 
-/// Runs the real OPC UA pipeline for `run_for`, then drains; returns totals.
-pub async fn run_collector(cfg: CollectorConfig, run_for: Duration) -> StatsSnapshot {
+/// The collector's device for a simulated one, read every `interval`.
+pub fn device(d: &opc_loadgen::SimDevice, interval: Duration) -> Device {
+    let refs: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
+    collector_opcua::config::device(d.id.as_str(), d.endpoint_url.as_str(), &refs, interval)
+        .unwrap()
+}
+
+/// The real OPC UA pipeline, built.
+pub async fn build_collector(cfg: CollectorConfig) -> Collector {
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).unwrap());
-    let collector = Collector::builder(cfg)
+    Collector::builder(cfg)
         .protocol(protocol)
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the real OPC UA pipeline for `run_for`, then drains; returns totals.
+pub async fn run_collector(cfg: CollectorConfig, run_for: Duration) -> StatsSnapshot {
+    let collector = build_collector(cfg).await;
     collector.run(tokio::time::sleep(run_for)).await.unwrap()
 }
 
