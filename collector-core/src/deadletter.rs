@@ -169,7 +169,7 @@ pub struct Inventory {
     pub batches: u64,
     /// Records in them.
     pub records: u64,
-    /// When the oldest and the newest batch were written.
+    /// When the oldest batch was written.
     pub oldest: Option<SystemTime>,
     /// When the newest batch was written.
     pub newest: Option<SystemTime>,

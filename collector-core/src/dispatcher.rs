@@ -88,9 +88,10 @@ impl Dispatch {
             too_large,
         } = encoded;
         if !too_large.is_empty() {
+            Stats::add(&self.stats.records_failed, too_large.len() as u64);
             let refused = too_large
                 .into_iter()
-                .map(|(_, message, detail)| Refused {
+                .map(|(message, detail)| Refused {
                     message,
                     cause: RejectCause::TooLarge,
                     detail,
@@ -116,6 +117,14 @@ impl Dispatch {
             return;
         }
         let report = self.sink.deliver_messages(&messages).await;
+        if report.failed.is_empty() && report.rejected.is_empty() {
+            RecordsDelivered {
+                stats: &self.stats,
+                count: messages.len(),
+            }
+            .emit();
+            return;
+        }
         // Whatever order a sink reports its failures in (repeats and
         // out-of-range indexes ignored), each message is delivered, failed
         // or rejected, exactly one of them.

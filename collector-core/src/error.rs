@@ -151,11 +151,12 @@ pub enum ReadError {
 /// breaker judges it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureCost {
-    /// Answered at once (connection refused or reset, a service error):
-    /// costs almost nothing, and may succeed a moment later.
+    /// Answered at once (connection refused or reset): costs almost
+    /// nothing, and may succeed a moment later (a flaky link).
     Cheap,
-    /// Held a worker or a connection for a timeout, or needs a fix
-    /// (security, configuration): worth backing off from.
+    /// Held a worker or a connection for a timeout, a server that answers
+    /// reads with errors or refuses sessions, or needs a fix (security,
+    /// configuration): worth backing off from.
     Costly,
 }
 
@@ -163,10 +164,9 @@ impl ReadError {
     /// What this failure cost (see [`FailureCost`]).
     pub fn cost(&self) -> FailureCost {
         match self {
-            ReadError::Connect { .. } | ReadError::Service(_) | ReadError::Shutdown => {
-                FailureCost::Cheap
-            }
-            ReadError::Refused { .. }
+            ReadError::Connect { .. } | ReadError::Shutdown => FailureCost::Cheap,
+            ReadError::Service(_)
+            | ReadError::Refused { .. }
             | ReadError::Timeout { .. }
             | ReadError::Security { .. }
             | ReadError::Config(_) => FailureCost::Costly,

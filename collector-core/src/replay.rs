@@ -291,6 +291,8 @@ impl Replay {
     ) -> Settled {
         let next = SetAside::next(attempts);
         cursor.set_aside.insert(id, next);
+        // Met in this round: kept when the round ends.
+        cursor.met.push(id);
         ReplayDeferred {
             spill_id: id,
             failed,
@@ -333,6 +335,7 @@ mod tests {
     #[derive(Default)]
     struct Picky {
         delivered: Mutex<Vec<String>>,
+        flaky_attempts: Mutex<usize>,
     }
 
     #[async_trait]
@@ -349,7 +352,10 @@ mod tests {
                         cause: RejectCause::TooLarge,
                         detail: "MessageSizeTooLarge".into(),
                     }),
-                    b"flaky" => report.failed.push(i),
+                    b"flaky" => {
+                        *self.flaky_attempts.lock() += 1;
+                        report.failed.push(i);
+                    }
                     _ => self.delivered.lock().push(m.key.clone()),
                 }
             }
@@ -413,9 +419,17 @@ mod tests {
         while sink.delivered.lock().len() < 4 && start.elapsed() < Duration::from_secs(3) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Rounds go on (100 batches/s); the failing ones wait out their
+        // 5 s backoff instead of being retried at that pace.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         stop.cancel();
         task.await.unwrap();
         assert_eq!(*sink.delivered.lock(), vec!["a", "b", "c", "d"]);
+        let flaky = *sink.flaky_attempts.lock();
+        assert_eq!(
+            flaky, 2,
+            "each failing message tried once within its backoff, not {flaky} times"
+        );
         let s = stats.snapshot();
         assert_eq!((s.records_replayed, s.records_dead_lettered), (4, 1));
         let refused = deadletter::inventory(&*dead, StoreKind::DeadLetters).unwrap();

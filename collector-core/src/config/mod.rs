@@ -123,7 +123,7 @@ impl CollectorConfig {
         let mut c = crate::spill::SpillConfig::new(dir);
         c.max_bytes = self.dead_letters.max_bytes;
         c.ttl = self.dead_letters.ttl;
-        c.segment_bytes = (self.dead_letters.max_bytes / 4).min(self.spill.segment_bytes);
+        c.segment_bytes = self.spill.segment_bytes;
         c.backend = crate::spill::SpillBackend::SegmentLog;
         c.role = crate::spill::StoreRole::DeadLetters;
         Some(c)

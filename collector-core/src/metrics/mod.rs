@@ -77,7 +77,7 @@ metric_table! {
     /// Duration of one device read (all chunks).
     READ_DURATION: Histogram(Seconds) = "collector_read_duration_seconds", "Duration of one device read (all chunks)";
     /// Delay between a read's scheduled time and its start.
-    SCHEDULE_LATENESS: Histogram(Seconds) = "collector_schedule_lateness_seconds", "Delay between a read's scheduled time and its start";
+    SCHEDULE_LATENESS: Histogram(Seconds) = "collector_schedule_lateness_seconds", "Delay between a read's scheduled time and its start (including a worker permit wait, and a reconnect when the session had to be opened)";
     /// Reads scheduled (ticks fired).
     TICKS: Counter = "collector_schedule_ticks_total", "Reads scheduled (ticks fired)";
     /// Ticks not read (`reason`: overrun, breaker_open).

@@ -44,8 +44,10 @@ pub struct StatsSnapshot {
     pub batches: u64,
     /// Records acknowledged by the sink.
     pub records_delivered: u64,
-    /// Records whose delivery failed (they were then spilled, or counted
-    /// in `records_undelivered`).
+    /// Records whose delivery failed: then spilled, dead-lettered (refused
+    /// for good, or too large to send), or counted in
+    /// `records_undelivered`. Like the other record counters, it counts
+    /// messages: a read split into parts counts once per part.
     pub records_failed: u64,
     /// Records written to the spill (failed deliveries, or sent straight
     /// there while Kafka was down).

@@ -167,8 +167,8 @@ pub(crate) struct Encoded {
     /// The first encoding error.
     pub(crate) error: Option<SinkError>,
     /// Parts that stay above the sink's size limit however the read is
-    /// split (one huge value): dead letters, with their record's index.
-    pub(crate) too_large: Vec<(usize, Message, String)>,
+    /// split (one huge value): dead letters, with why.
+    pub(crate) too_large: Vec<(Message, String)>,
 }
 
 impl Encoded {
@@ -190,9 +190,7 @@ impl Encoded {
                         encoded.messages.push(m);
                         encoded.index.push(i);
                     }
-                    for (m, why) in fitted.too_large {
-                        encoded.too_large.push((i, m, why));
-                    }
+                    encoded.too_large.extend(fitted.too_large);
                 }
                 Err(e) => {
                     encoded.failed.push(i);

@@ -6,9 +6,10 @@
 //! `session.session_timeout`, and the next connect reactivates it on a new
 //! secure channel (ActivateSession) instead of leaving it behind and
 //! creating another; a new session only when the server refuses. A
-//! session given up for good (device removed, shutdown while unreachable)
-//! is closed once the device answers again within the shutdown grace, or
-//! counted as left behind (`collector_sessions_abandoned_total`).
+//! session given up for good is closed once its server answers again:
+//! within `session.session_timeout` for a removed device, within the
+//! shutdown grace at shutdown; otherwise it is counted as left behind
+//! (`collector_sessions_abandoned_total`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -103,7 +104,12 @@ impl Pool {
     /// rate limit, or waiting out a connect timeout, hold no permit the
     /// healthy devices need.
     pub(crate) fn needs_connect(&self, ep: &Endpoint) -> bool {
-        ep.state() == SessionState::Disconnected
+        // Connecting: another device of the endpoint is connecting it; wait
+        // for that here too, not holding a permit.
+        matches!(
+            ep.state(),
+            SessionState::Disconnected | SessionState::Connecting
+        )
     }
 
     /// The live session of `ep`, connecting first (after a token of the
@@ -128,11 +134,21 @@ impl Pool {
             if now < at {
                 metrics::counter!(names::SESSION_BACKOFF_SKIPS).increment(1);
                 let wait = at - now;
-                // Keep the cause (and its kind) visible while waiting.
+                // Keep the cause, and its kind (so its cost: a breaker's
+                // probe that lands in the wait is not a cheap success of
+                // sorts), visible while waiting.
                 return Err(match &st.last_failure {
                     Some(ReadError::Security { endpoint, reason }) => ReadError::Security {
                         endpoint: endpoint.clone(),
                         reason: format!("{reason} (next attempt in {wait:.1?})"),
+                    },
+                    Some(ReadError::Refused { endpoint, reason }) => ReadError::Refused {
+                        endpoint: endpoint.clone(),
+                        reason: format!("{reason} (next attempt in {wait:.1?})"),
+                    },
+                    Some(ReadError::Timeout { after, .. }) => ReadError::Timeout {
+                        what: "an earlier connect",
+                        after: *after,
                     },
                     Some(last) => {
                         // The last failure without its own "connect to <url>
@@ -156,8 +172,9 @@ impl Pool {
             }
         }
         self.limiter.until_ready().await;
-        self.connecting.fetch_add(1, Ordering::Relaxed);
-        self.publish_gauges();
+        // Counted while connecting, also when the caller gives up on the
+        // connect half-way (a device removed, shutdown).
+        let connecting = Connecting::start(self);
         let generation = ep.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let resume = st.resume.clone();
         let result = tokio::time::timeout(
@@ -165,7 +182,7 @@ impl Pool {
             self.connect(ep, generation, &mut st.offered, resume),
         )
         .await;
-        self.connecting.fetch_sub(1, Ordering::Relaxed);
+        drop(connecting);
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(ReadError::Timeout {
@@ -323,7 +340,7 @@ impl Pool {
     /// Reactivates `resume`'s session on `ep` as soon as the server answers,
     /// and closes it. Counted as left behind if dropped before that.
     async fn close_left(&self, ep: Arc<Endpoint>, resume: Resume) {
-        let pending = LeftBehind(Some(ep.url.clone()));
+        let mut pending = LeftBehind(Some(ep.url.clone()));
         loop {
             self.limiter.until_ready().await;
             let mut offered = ep.state.lock().await.offered.clone();
@@ -334,7 +351,7 @@ impl Pool {
             .await;
             if let Ok(Ok((live, _))) = attempt {
                 let _ = close(&live, &ep.url, true).await;
-                std::mem::forget(pending);
+                pending.0 = None;
                 return;
             }
             // As for a device that refuses: one attempt per reconnect delay.
@@ -347,14 +364,31 @@ impl Pool {
 /// closed.
 const CLOSE_RETRY_MIN: Duration = Duration::from_millis(500);
 
-/// A session to close that is counted as left behind unless forgotten.
+/// A session to close that is counted as left behind unless closed.
 struct LeftBehind(Option<String>);
 
 impl Drop for LeftBehind {
     fn drop(&mut self) {
         if let Some(url) = self.0.take() {
-            abandoned(&url, "the collector stopped while its connection was down");
+            abandoned(&url, "its server did not answer again in time to close it");
         }
+    }
+}
+
+/// One connect in progress, in the `connecting` gauge until dropped.
+struct Connecting<'a>(&'a Pool);
+
+impl<'a> Connecting<'a> {
+    fn start(pool: &'a Pool) -> Self {
+        pool.connecting.fetch_add(1, Ordering::Relaxed);
+        pool.publish_gauges();
+        Connecting(pool)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
