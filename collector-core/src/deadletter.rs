@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::internal_events::delivery::RecordsDeadLettered;
 use crate::metrics::Stats;
 use crate::sink::{Message, RejectCause};
-use crate::spill::{payload, NewBatch, SpillError, SpillId, SpillStore, SpilledBatch};
+use crate::spill::{payload, NewBatch, SpillError, SpillId, SpillStore, SpilledBatch, StoreRole};
 
 const VERSION: u8 = 1;
 
@@ -182,15 +182,6 @@ pub struct Inventory {
     pub undecodable: u64,
 }
 
-/// What a store is, for decoding its batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
-    /// The spill: batches of messages.
-    Spill,
-    /// The dead letters: a cause, then messages.
-    DeadLetters,
-}
-
 /// The messages of one stored batch, with its refusal when it is a dead
 /// letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,13 +193,13 @@ pub struct StoredBatch {
 }
 
 /// Decodes one batch of a store of `kind`.
-pub fn batch_messages(kind: StoreKind, batch: &SpilledBatch) -> Result<StoredBatch, String> {
+pub fn batch_messages(kind: StoreRole, batch: &SpilledBatch) -> Result<StoredBatch, String> {
     match kind {
-        StoreKind::Spill => payload::decode(&batch.payload).map(|messages| StoredBatch {
+        StoreRole::Spill => payload::decode(&batch.payload).map(|messages| StoredBatch {
             messages,
             refusal: None,
         }),
-        StoreKind::DeadLetters => decode(&batch.payload).map(|b| StoredBatch {
+        StoreRole::DeadLetters => decode(&batch.payload).map(|b| StoredBatch {
             messages: b.messages,
             refusal: Some((b.cause, b.detail)),
         }),
@@ -234,7 +225,7 @@ pub fn for_each_batch(
 }
 
 /// Counts what `store` holds, by device and (for dead letters) cause.
-pub fn inventory(store: &dyn SpillStore, kind: StoreKind) -> Result<Inventory, SpillError> {
+pub fn inventory(store: &dyn SpillStore, kind: StoreRole) -> Result<Inventory, SpillError> {
     let mut inv = Inventory::default();
     for_each_batch(store, |b| {
         inv.batches += 1;
@@ -350,7 +341,7 @@ mod tests {
             );
             dead.append(&data, 2).unwrap();
         }
-        let inv = inventory(&*dead, StoreKind::DeadLetters).unwrap();
+        let inv = inventory(&*dead, StoreRole::DeadLetters).unwrap();
         assert_eq!((inv.batches, inv.records), (3, 6));
         assert_eq!(inv.devices.get("dev-1"), Some(&3));
         assert_eq!(inv.causes.get(&RejectCause::TooLarge).map(|c| c.0), Some(6));
@@ -358,7 +349,7 @@ mod tests {
         let moved = requeue(&*dead, &*spill).unwrap();
         assert_eq!((moved.batches, moved.records), (3, 6));
         assert_eq!(dead.stats().batches, 0);
-        let inv = inventory(&*spill, StoreKind::Spill).unwrap();
+        let inv = inventory(&*spill, StoreRole::Spill).unwrap();
         assert_eq!((inv.batches, inv.records), (3, 6));
         let first = spill.oldest(1).unwrap();
         let messages = payload::decode(&first[0].payload).unwrap();

@@ -324,7 +324,7 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::deadletter::{self, StoreKind};
+    use crate::deadletter;
     use crate::error::SinkError;
     use crate::record::Record;
     use crate::sink::{DeliveryReport, RejectCause, Rejected};
@@ -432,9 +432,9 @@ mod tests {
         );
         let s = stats.snapshot();
         assert_eq!((s.records_replayed, s.records_dead_lettered), (4, 1));
-        let refused = deadletter::inventory(&*dead, StoreKind::DeadLetters).unwrap();
+        let refused = deadletter::inventory(&*dead, StoreRole::DeadLetters).unwrap();
         assert_eq!(refused.devices.keys().collect::<Vec<_>>(), vec!["p"]);
-        let left = deadletter::inventory(&*store, StoreKind::Spill).unwrap();
+        let left = deadletter::inventory(&*store, StoreRole::Spill).unwrap();
         assert_eq!((left.batches, left.records), (2, 2));
         assert_eq!(left.devices.keys().collect::<Vec<_>>(), vec!["f", "g"]);
     }

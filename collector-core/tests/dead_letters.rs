@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use collector_core::deadletter::{self, StoreKind};
+use collector_core::deadletter;
 use collector_core::error::ReadError;
 use collector_core::protocol::{DeviceReader, Protocol};
 use collector_core::record::{Sample, Status, Value};
-use collector_core::spill::{self, SpillStore};
+use collector_core::spill::{self, SpillStore, StoreRole};
 use collector_core::{Collector, CollectorConfig, Device};
 use collector_testkit::kafka::{consume_all, EmbeddedKafka, RDKafkaRespErr};
 
@@ -153,7 +153,7 @@ fn open(cfg: Option<spill::SpillConfig>) -> Box<dyn SpillStore> {
 }
 
 /// (device, seq) of every message a store holds.
-fn stored(store: &dyn SpillStore, kind: StoreKind) -> Vec<(String, u64)> {
+fn stored(store: &dyn SpillStore, kind: StoreRole) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     deadletter::for_each_batch(store, |b| {
         for m in deadletter::batch_messages(kind, b).unwrap().messages {
@@ -236,7 +236,7 @@ async fn large_reads_arrive_as_parts_and_a_huge_value_is_dead_lettered() {
     assert!(reads.keys().any(|(d, _)| d == "plain-1"));
     // Every read of huge-1 is a dead letter.
     let dead = open(dead_cfg);
-    let huge: BTreeSet<u64> = stored(&*dead, StoreKind::DeadLetters)
+    let huge: BTreeSet<u64> = stored(&*dead, StoreRole::DeadLetters)
         .into_iter()
         .filter(|(d, _)| d == "huge-1")
         .map(|(_, s)| s)
@@ -248,7 +248,7 @@ async fn large_reads_arrive_as_parts_and_a_huge_value_is_dead_lettered() {
         huge.len() as u64,
         "gap-free"
     );
-    let inv = deadletter::inventory(&*dead, StoreKind::DeadLetters).unwrap();
+    let inv = deadletter::inventory(&*dead, StoreRole::DeadLetters).unwrap();
     let (n, detail) = inv.causes.values().next().unwrap();
     assert_eq!(*n, huge.len() as u64);
     assert!(
@@ -308,7 +308,7 @@ async fn refused_batches_are_dead_lettered_without_stalling_the_replay_and_reque
     };
     let delivered = on_topic(&read_topic(kafka.bootstrap_servers(), TOPIC).await);
     let dead = open(dead_cfg.clone());
-    let refused = stored(&*dead, StoreKind::DeadLetters);
+    let refused = stored(&*dead, StoreRole::DeadLetters);
     assert_eq!(refused.len() as u64, totals.records_dead_lettered);
     let mut all = delivered.clone();
     for (d, s) in &refused {

@@ -62,12 +62,12 @@ fn main() -> ExitCode {
         }
         Command::Spill { config, action } => state::run(
             config.as_deref(),
-            collector_core::deadletter::StoreKind::Spill,
+            collector_core::spill::StoreRole::Spill,
             action,
         ),
         Command::Deadletter { config, action } => state::run(
             config.as_deref(),
-            collector_core::deadletter::StoreKind::DeadLetters,
+            collector_core::spill::StoreRole::DeadLetters,
             action,
         ),
         #[cfg(feature = "demo")]

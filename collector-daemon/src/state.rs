@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context as _};
-use collector_core::deadletter::{self, Inventory, StoreKind};
-use collector_core::spill::{self, SpillConfig, SpillError, SpillStore};
+use collector_core::deadletter::{self, Inventory};
+use collector_core::spill::{self, SpillConfig, SpillError, SpillStore, StoreRole};
 
 use crate::cli::StateAction;
 use crate::Failure;
@@ -16,7 +16,7 @@ use crate::Failure;
 /// Runs `action` on the store of `kind` configured in `config`.
 pub(crate) fn run(
     config: Option<&Path>,
-    kind: StoreKind,
+    kind: StoreRole,
     action: StateAction,
 ) -> Result<(), Failure> {
     let Some(config) = config else {
@@ -27,20 +27,20 @@ pub(crate) fn run(
     };
     let cfg = crate::run::load(config)?;
     let store_cfg = match kind {
-        StoreKind::Spill => cfg.spill_config(),
-        StoreKind::DeadLetters => cfg.dead_letter_config(),
+        StoreRole::Spill => cfg.spill_config(),
+        StoreRole::DeadLetters => cfg.dead_letter_config(),
     }
     .ok_or_else(|| {
         anyhow!(
             "{}: no collector.state_dir (nor spill.dir / dead_letters.dir): there is no {}",
             config.display(),
-            name(kind)
+            kind.label()
         )
     })?;
     let Some(store) = open_existing(&store_cfg)? else {
         println!(
             "{}: empty ({} does not exist)",
-            name(kind),
+            kind.label(),
             store_cfg.dir.display()
         );
         return Ok(());
@@ -54,7 +54,7 @@ pub(crate) fn run(
             inspect(&*store, kind, limit).context("reading the store")?;
         }
         StateAction::Requeue => {
-            if kind != StoreKind::DeadLetters {
+            if kind != StoreRole::DeadLetters {
                 return Err(anyhow!(
                     "only dead letters are requeued (`opc-collector deadletter requeue`)"
                 )
@@ -82,13 +82,6 @@ pub(crate) fn run(
         }
     }
     Ok(())
-}
-
-fn name(kind: StoreKind) -> &'static str {
-    match kind {
-        StoreKind::Spill => "spill",
-        StoreKind::DeadLetters => "dead letters",
-    }
 }
 
 /// Opens a store that exists; None when its directory does not.
@@ -119,8 +112,8 @@ fn age(t: Option<SystemTime>) -> String {
     }
 }
 
-fn print_stats(kind: StoreKind, cfg: &SpillConfig, inv: &Inventory) {
-    println!("{}: {}", name(kind), cfg.dir.display());
+fn print_stats(kind: StoreRole, cfg: &SpillConfig, inv: &Inventory) {
+    println!("{}: {}", kind.label(), cfg.dir.display());
     println!("  batches   {}", inv.batches);
     println!("  records   {}", inv.records);
     println!("  oldest    {}", age(inv.oldest));
@@ -134,7 +127,7 @@ fn print_stats(kind: StoreKind, cfg: &SpillConfig, inv: &Inventory) {
     if top.len() > 10 {
         println!("    ... and {} more", top.len() - 10);
     }
-    if kind == StoreKind::DeadLetters {
+    if kind == StoreRole::DeadLetters {
         println!("  causes");
         for (cause, (n, detail)) in &inv.causes {
             println!("    {:<16} {n:<8} e.g. {detail}", cause.label());
@@ -145,7 +138,7 @@ fn print_stats(kind: StoreKind, cfg: &SpillConfig, inv: &Inventory) {
     }
 }
 
-fn inspect(store: &dyn SpillStore, kind: StoreKind, limit: usize) -> Result<(), SpillError> {
+fn inspect(store: &dyn SpillStore, kind: StoreRole, limit: usize) -> Result<(), SpillError> {
     let mut shown = 0usize;
     let mut total = 0usize;
     deadletter::for_each_batch(store, |b| {
