@@ -62,6 +62,72 @@ devices:
     assert!(stderr.contains("4 problem(s)"), "{stderr}");
 }
 
+/// Security problems at the line of the offending key: inside a device's
+/// `security:`, and a fleet-level contradiction once, at its own line.
+#[test]
+fn validate_places_security_problems_at_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("security.yaml");
+    std::fs::write(
+        &path,
+        "\
+kafka:
+  brokers: localhost:9092
+security:
+  policy: basic256sha256
+  mode: none
+devices:
+  - id: press-1
+    endpoint: opc.tcp://10.0.0.1:4840
+    nodes: [\"ns=2;s=Temp\"]
+  - id: press-2
+    endpoint: opc.tcp://10.0.0.2:4840
+    nodes: [\"ns=2;s=Temp\"]
+  - id: press-3
+    endpoint: opc.tcp://10.0.0.3:4840
+    nodes: [\"ns=2;s=Temp\"]
+    security:
+      policy: none
+      trust: auto_accept
+      mode: sign_and_encrypt
+      user:
+        username: op
+        password_env: OPC_COLLECTOR_CLI_TEST_UNSET
+",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("OPC_COLLECTOR_CLI_TEST_UNSET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    let file = path.display().to_string();
+    let at = |line: usize, needle: &str| {
+        let prefix = format!("{file}:{line}: ");
+        stderr
+            .lines()
+            .filter(|l| l.contains(&prefix) && l.contains(needle))
+            .count()
+    };
+    // The fleet's contradiction: once, at `mode:` of the section.
+    assert_eq!(at(5, "mode none with policy Basic256Sha256"), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("mode none with policy").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        at(19, "device `press-3`: security: policy None cannot sign"),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(at(22, "OPC_COLLECTOR_CLI_TEST_UNSET"), 1, "{stderr}");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+}
+
 #[test]
 fn validate_accepts_the_shipped_configs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");

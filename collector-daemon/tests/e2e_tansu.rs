@@ -12,7 +12,8 @@
 //! assignment, no consumer group) and checks completeness per device: every
 //! device present, `seq` unique and gap-free, in order within its partition,
 //! at least 18 records per device, and exactly as many records on the topic as
-//! the collector's final log line says it delivered.
+//! the collector's final log line says it delivered. The run is security
+//! None only, and logs nothing at ERROR level.
 
 #![cfg(unix)]
 
@@ -86,6 +87,7 @@ fn collector_delivers_every_read_to_a_tansu_broker() {
             "collector:\n  id: {COLLECTOR_ID}\n  state_dir: {state}\n\
              schedule:\n  interval: 1s\n\
              session:\n  connect_timeout: 5s\n  read_timeout: 5s\n\
+             security:\n  policy: none\n\
              batch:\n  interval: 1s\n\
              kafka:\n  brokers: \"{bootstrap}\"\n  topic: {TOPIC}\n  message_timeout: 30s\n\
              \x20 max_record_bytes: 2MiB\n\
@@ -125,6 +127,14 @@ fn collector_delivers_every_read_to_a_tansu_broker() {
         collector.log_count("kafka.max_record_bytes is above the topic's max.message.bytes"),
         1,
         "no warning that kafka.max_record_bytes exceeds the topic's limit"
+    );
+
+    // A healthy start and run with security None only: nothing at ERROR
+    // (the OPC UA library calls a client without a certificate an error).
+    assert_eq!(
+        collector.log_count("\"level\":\"ERROR\""),
+        0,
+        "ERROR lines in a healthy security-None run"
     );
 
     // --- SIGTERM: graceful stop ----------------------------------------------

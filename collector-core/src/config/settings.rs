@@ -109,6 +109,24 @@ impl Settings {
             .or(self.line)
     }
 
+    /// The line of the nested key `path` (`["security", "user",
+    /// "password_env"]`), else of the deepest of its parents that is
+    /// written, else of the entry.
+    pub fn line_at(&self, path: &[&str]) -> Option<usize> {
+        let mut line = self.line;
+        let mut node = self.node.as_ref();
+        for key in path {
+            match node.and_then(|n| n.get(key)) {
+                Some((child, l)) => {
+                    line = Some(l);
+                    node = Some(child);
+                }
+                None => break,
+            }
+        }
+        line
+    }
+
     /// The line of item `index` of the list under `key`, else of `key`.
     pub fn item_line(&self, key: &str, index: usize) -> Option<usize> {
         match self.node.as_ref().and_then(|n| n.get(key)) {
@@ -126,6 +144,12 @@ impl Settings {
             None => self.line,
         };
         self.place(ConfigError::new(message).at(None, line))
+    }
+
+    /// A problem with the nested key `path`, placed at its line (see
+    /// [`Settings::line_at`]).
+    pub fn error_at(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        self.place(ConfigError::new(message).at(None, self.line_at(path)))
     }
 
     /// A problem with item `index` of the list under `key`.

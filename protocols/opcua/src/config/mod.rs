@@ -91,14 +91,10 @@ impl OpcUaSettings {
             "session_timeout",
             "must exceed keep_alive_interval (an idle session would expire between keep-alives)",
         );
-        for msg in security.check() {
-            let field = msg
-                .strip_prefix("security.")
-                .and_then(|m| m.split([':', '.']).next())
-                .unwrap_or("");
+        for p in security.check() {
             errors.push(
                 security_settings
-                    .error(Some(field), msg.clone())
+                    .error_at(&p.key, p.message)
                     .hint(DOCS_HINT),
             );
         }
@@ -165,10 +161,11 @@ impl OpcUaSettings {
         }
         let security = match self.security.resolve(raw_security.as_ref()) {
             Ok(sec) => sec,
-            Err(msgs) => {
-                for m in msgs {
+            Err(problems) => {
+                for p in problems {
+                    let key: Vec<&str> = std::iter::once("security").chain(p.key).collect();
                     errors.push(
-                        s.error(Some("security"), format!("device `{id}`: {m}"))
+                        s.error_at(&key, format!("device `{id}`: {}", p.message))
                             .hint(DOCS_HINT),
                     );
                 }
@@ -352,18 +349,16 @@ devices:
             CollectorConfig::from_yaml(text, Some(Path::new("s.yaml")), &OpcUaConfig).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 2, "{msgs:?}");
-        // At the device's `security:` key (line 18), not just its entry.
+        // Each at the offending key inside the device's `security:`.
+        assert!(msgs.iter().all(|m| m.contains("device `c`")), "{msgs:?}");
         assert!(
             msgs.iter()
-                .all(|m| m.starts_with("s.yaml:18:") && m.contains("device `c`")),
+                .any(|m| m.starts_with("s.yaml:19:") && m.contains("server_fingerprint")),
             "{msgs:?}"
         );
         assert!(
-            msgs.iter().any(|m| m.contains("server_fingerprint")),
-            "{msgs:?}"
-        );
-        assert!(
-            msgs.iter().any(|m| m.contains("policy None cannot sign")),
+            msgs.iter()
+                .any(|m| m.starts_with("s.yaml:21:") && m.contains("policy None cannot sign")),
             "{msgs:?}"
         );
 
@@ -384,8 +379,8 @@ devices:
 
     /// The adapter's problems are reported with the core's, each at its
     /// own line: a bad node id at its list item, a wrong scheme and missing
-    /// nodes at the entry, a security contradiction at `security:`, a bad
-    /// `session:` field at its key.
+    /// nodes at the entry, a security contradiction at the offending key,
+    /// a bad `session:` field at its key.
     #[test]
     fn reports_every_opc_ua_problem_at_its_line() {
         let text = "\
@@ -429,11 +424,55 @@ devices:
         assert!(has(10, "ns=two"), "{lines:?}");
         assert!(has(11, "not an opc.tcp:// URL"), "{lines:?}");
         assert!(has(11, "no `nodes`"), "{lines:?}");
-        assert!(has(17, "policy None cannot sign"), "{lines:?}");
+        assert!(has(19, "policy None cannot sign"), "{lines:?}");
         // The core's own problem in the same file, reported alongside.
         assert!(has(20, "invalid duration"), "{lines:?}");
         // A type error in `nodes` does not hide the `security` problem.
         assert!(has(23, "nodes"), "{lines:?}");
-        assert!(has(24, "policy None cannot sign"), "{lines:?}");
+        assert!(has(26, "policy None cannot sign"), "{lines:?}");
+    }
+
+    /// A problem of the fleet's `security:` is reported once, at its key,
+    /// not again for every device that inherits it; a device's own problem
+    /// at the key inside its entry that causes it.
+    #[test]
+    fn fleet_problems_once_and_device_problems_at_their_key() {
+        let text = "\
+security:
+  policy: none
+  mode: sign_and_encrypt
+devices:
+  - id: a
+    endpoint: opc.tcp://h:4840
+    nodes: [\"ns=2;s=T\"]
+  - id: b
+    endpoint: opc.tcp://h:4841
+    nodes: [\"ns=2;s=T\"]
+  - id: c
+    endpoint: opc.tcp://h:4842
+    nodes: [\"ns=2;s=T\"]
+    security:
+      policy: basic256sha256
+      user:
+        username: op
+        password_env: OPC_COLLECTOR_TEST_UNSET_PW
+";
+        std::env::remove_var("OPC_COLLECTOR_TEST_UNSET_PW");
+        let errs =
+            CollectorConfig::from_yaml(text, Some(Path::new("f.yaml")), &OpcUaConfig).unwrap_err();
+        let lines: Vec<(usize, String)> = errs
+            .iter()
+            .map(|e| (e.line.unwrap(), e.message.clone()))
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0].0, 3, "{lines:?}");
+        assert!(lines[0].1.contains("policy None cannot sign"), "{lines:?}");
+        assert_eq!(lines[1].0, 18, "{lines:?}");
+        assert!(
+            lines[1].1.contains("device `c`")
+                && lines[1].1.contains("OPC_COLLECTOR_TEST_UNSET_PW")
+                && lines[1].1.contains("password_env"),
+            "{lines:?}"
+        );
     }
 }

@@ -26,7 +26,8 @@ pub(crate) fn identity_token(identity: &Identity) -> Result<IdentityToken, Secur
     }
 }
 
-pub(super) fn token_type(identity: &Identity) -> UserTokenType {
+/// The token type an endpoint must accept for `identity`.
+pub(crate) fn token_type(identity: &Identity) -> UserTokenType {
     match identity {
         Identity::Anonymous => UserTokenType::Anonymous,
         Identity::UserName { .. } => UserTokenType::UserName,

@@ -6,25 +6,29 @@
 //!
 //! Trust is decided here, before a secure channel is opened, so that a
 //! rejection says exactly what to do: which file to move where, or which
-//! fingerprint to pin. The library's certificate store then checks the same
-//! certificate again (validity dates, hostname, application URI) when the
+//! fingerprint to pin. Its validity dates, host name and application URI
+//! are checked here too (`server_checks`); the library's certificate store
+//! then checks the trust list, key length and signature again when the
 //! session is created. Each trust mode has its own store, so a certificate
 //! pinned for one device, or auto-accepted for another, is never trusted
 //! by a device with strict trust.
 //!
 //! Split by concept: `clients` (building the OPC UA clients), `endpoint`
 //! (choosing the endpoint), `trust` (whether the server's certificate is
-//! trusted, and so which client to use), `certificate` (the client's own
-//! application certificate) and `identity` (the user identity token).
+//! trusted, and so which client to use), `server_checks` (a trusted
+//! server certificate's dates, host name and application URI),
+//! `certificate` (the client's own application certificate) and
+//! `identity` (the user identity token).
 
 mod certificate;
 mod clients;
 mod endpoint;
 mod identity;
+mod server_checks;
 mod trust;
 
 pub(crate) use clients::Clients;
-pub(crate) use identity::identity_token;
+pub(crate) use identity::{identity_token, token_type};
 
 /// Why a secure session could not be prepared. `Trust` and `Auth` are
 /// operator-actionable and logged at warn with the fix.

@@ -6,14 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{DeviceSecurity, TrustMode};
+use crate::config::{DeviceSecurity, Identity, TrustMode};
 use opcua::client::Client;
 use opcua::crypto::{CertificateStore, X509};
-use opcua::types::{EndpointDescription, MessageSecurityMode};
+use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenPolicy};
 
 use super::certificate::fingerprint;
 use super::clients::{Clients, SecureClients};
 use super::endpoint::select_endpoint;
+use super::server_checks::check_server_certificate;
 use super::SecurityError;
 
 /// The client for a chosen endpoint.
@@ -31,6 +32,11 @@ enum Trust {
 }
 
 impl Prepared {
+    /// Whether the session is secured (a secure client, with a certificate).
+    pub(crate) fn is_secure(&self) -> bool {
+        self.secure.is_some()
+    }
+
     /// The client to build the session with (`plain` for security None).
     pub(crate) fn client<'a>(&'a self, plain: &'a Client) -> &'a Client {
         match &self.secure {
@@ -55,6 +61,11 @@ impl Clients {
         // Connect to the address we were given, not the one the server
         // advertises (NAT, relays, containers).
         endpoint.endpoint_url = url.into();
+        // A server that lists no token policies takes the standard
+        // anonymous one (the identity token needs a policy id).
+        if endpoint.user_identity_tokens.is_none() && sec.identity == Identity::Anonymous {
+            endpoint.user_identity_tokens = Some(vec![UserTokenPolicy::anonymous()]);
+        }
         if endpoint.security_mode == MessageSecurityMode::None {
             return Ok(Prepared {
                 secure: None,
@@ -120,6 +131,8 @@ impl Clients {
                 }
             }
         };
+        check_server_certificate(url, &cert, &der, endpoint.server.application_uri.as_ref())
+            .map_err(SecurityError::Trust)?;
         Ok(Prepared {
             secure: Some((clients, trust)),
             endpoint,

@@ -6,15 +6,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::config::{DeviceSecurity, Identity, SecurityPolicy};
+use crate::config::{DeviceSecurity, Identity};
 use collector_core::ReadError;
 use futures::StreamExt;
 use opcua::client::{SessionConnectMode, SessionPollResult};
-use opcua::types::{EndpointDescription, MessageSecurityMode, StatusCode, UserTokenPolicy};
+use opcua::types::{EndpointDescription, StatusCode};
+use tracing::instrument::WithSubscriber;
 
-use crate::security::{identity_token, SecurityError};
+use crate::security::{identity_token, token_type, SecurityError};
 
 use super::endpoint::{Endpoint, Live, LoopTask, Resume};
+use super::false_alarms::{quietly, without_false_alarms};
 use super::namespaces::discover;
 use super::Pool;
 
@@ -47,24 +49,25 @@ impl Pool {
             reason,
         };
         let sec = ep.security.clone();
-        // Without security and user there is nothing to choose: skip
-        // discovery. Otherwise ask the server what it offers (GetEndpoints
-        // on an unsecured channel, as every OPC UA client does).
-        let offered: Option<Vec<EndpointDescription>> =
-            if sec.policy == SecurityPolicy::None && sec.identity == Identity::Anonymous {
-                None
-            } else if let Some(cached) = offered_cache {
-                Some(cached.clone())
-            } else {
-                let eps = self
-                    .clients
-                    .plain()
-                    .get_server_endpoints_from_url(url)
-                    .await
-                    .map_err(|e| connect_err(format!("GetEndpoints: {e}")))?;
-                *offered_cache = Some(eps.clone());
-                Some(eps)
-            };
+        // Ask the server what it offers (GetEndpoints on an unsecured
+        // channel, as every OPC UA client does), also for security None:
+        // the identity token must carry a token policy id the server
+        // advertised, and stacks name theirs as they like (open62541:
+        // `open62541-anonymous-policy-none#None`) and refuse any other.
+        // Cached per endpoint; forgotten after a security failure.
+        let offered: Vec<EndpointDescription> = if let Some(cached) = offered_cache {
+            cached.clone()
+        } else {
+            let eps = self
+                .clients
+                .plain()
+                .get_server_endpoints_from_url(url)
+                .with_subscriber(without_false_alarms())
+                .await
+                .map_err(|e| connect_err(format!("GetEndpoints: {e}")))?;
+            *offered_cache = Some(eps.clone());
+            eps
+        };
         // Building a session reads the certificate store from disk (and the
         // first secure one may generate the client certificate): keep that
         // blocking work off the executor threads the schedules run on.
@@ -72,51 +75,39 @@ impl Pool {
         let endpoint_url = url.to_string();
         let build_sec = sec.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let prepared = match offered {
-                None => None,
-                Some(eps) => Some(
-                    clients
-                        .prepare(&endpoint_url, &build_sec, &eps)
-                        .map_err(BuildError::Security)?,
-                ),
-            };
-            let (client, endpoint) = match &prepared {
-                None => (
-                    clients.plain(),
-                    EndpointDescription::from((
-                        endpoint_url.as_str(),
-                        opcua::types::constants::SECURITY_POLICY_NONE_URI,
-                        MessageSecurityMode::None,
-                        UserTokenPolicy::anonymous(),
-                    )),
-                ),
-                Some(p) => (p.client(clients.plain()), p.endpoint.clone()),
-            };
-            let chosen = format!(
-                "{}/{:?}",
-                opcua::crypto::SecurityPolicy::from_uri(endpoint.security_policy_uri.as_ref()),
-                endpoint.security_mode
-            );
+            let prepared = clients
+                .prepare(&endpoint_url, &build_sec, &offered)
+                .map_err(BuildError::Security)?;
+            let client = prepared.client(clients.plain());
+            let endpoint = prepared.endpoint.clone();
+            let chosen = Chosen::of(&endpoint, &build_sec.identity);
             let token = identity_token(&build_sec.identity).map_err(BuildError::Security)?;
-            client
-                .session_builder()
-                .connect_to_endpoint_directly(endpoint)
-                .and_then(|b| {
-                    let b = b.user_identity_token(token);
-                    match &resume {
-                        Some(r) => b.session_id(r.session_id.clone()),
-                        None => b,
-                    }
-                    .build(client.certificate_store().clone())
-                })
-                .map(|(session, event_loop)| {
-                    if let Some(r) = &resume {
-                        // The token ActivateSession presents for the old session.
-                        session.channel().set_auth_token(r.auth_token.clone());
-                    }
-                    (session, event_loop, chosen)
-                })
-                .map_err(|e| BuildError::Other(e.to_string()))
+            let build = || {
+                client
+                    .session_builder()
+                    .connect_to_endpoint_directly(endpoint)
+                    .and_then(|b| {
+                        let b = b.user_identity_token(token);
+                        match &resume {
+                            Some(r) => b.session_id(r.session_id.clone()),
+                            None => b,
+                        }
+                        .build(client.certificate_store().clone())
+                    })
+                    .map(|(session, event_loop)| {
+                        if let Some(r) = &resume {
+                            // The token ActivateSession presents for the old session.
+                            session.channel().set_auth_token(r.auth_token.clone());
+                        }
+                        (session, event_loop, chosen)
+                    })
+                    .map_err(|e| BuildError::Other(e.to_string()))
+            };
+            if prepared.is_secure() {
+                build()
+            } else {
+                quietly(build)
+            }
         })
         .await;
         let (session, event_loop, chosen) = match built {
@@ -228,14 +219,62 @@ fn refuses_service(code: StatusCode) -> bool {
         || code == StatusCode::BadResourceUnavailable
 }
 
+/// The endpoint and identity token a session was attempted with, for
+/// logs and for the reason of a refusal.
+struct Chosen {
+    /// `Basic256Sha256/SignAndEncrypt`.
+    channel: String,
+    /// The server's token policy id the identity token carried.
+    token_policy: String,
+}
+
+impl Chosen {
+    fn of(endpoint: &EndpointDescription, identity: &Identity) -> Self {
+        Self {
+            channel: format!(
+                "{}/{:?}",
+                opcua::crypto::SecurityPolicy::from_uri(endpoint.security_policy_uri.as_ref()),
+                endpoint.security_mode
+            ),
+            token_policy: endpoint
+                .find_policy(token_type(identity))
+                .map(|p| p.policy_id.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.channel)
+    }
+}
+
 /// An actionable reason for a session the server refused on security
 /// grounds, or None for other failures.
-fn rejection_hint(code: StatusCode, sec: &DeviceSecurity, chosen: &str) -> Option<String> {
+fn rejection_hint(code: StatusCode, sec: &DeviceSecurity, chosen: &Chosen) -> Option<String> {
     let name = format!("{code}");
-    if code == StatusCode::BadUserAccessDenied
-        || code == StatusCode::BadIdentityTokenInvalid
-        || code == StatusCode::BadIdentityTokenRejected
+    let token_refused =
+        code == StatusCode::BadIdentityTokenInvalid || code == StatusCode::BadIdentityTokenRejected;
+    if sec.identity == Identity::Anonymous
+        && (token_refused || code == StatusCode::BadUserAccessDenied)
     {
+        // No password involved: the server does not take this anonymous
+        // login (anonymous access off, or a token policy it disowns).
+        return Some(format!(
+            "the server refused an anonymous session ({name}) over {} with its token policy `{}`: it may not allow anonymous access; configure a user (`security.user`) or check the server's user token policies",
+            chosen.channel, chosen.token_policy
+        ));
+    }
+    if token_refused {
+        return Some(format!(
+            "authentication failed for {} ({name}) over {} with the server's token policy `{}`: check the user name and password (or user certificate), and that the server allows this kind of user on this endpoint",
+            sec.identity.describe(),
+            chosen.channel,
+            chosen.token_policy
+        ));
+    }
+    if code == StatusCode::BadUserAccessDenied {
         return Some(format!(
             "authentication failed for {} ({name}): check the user name and password (or user certificate)",
             sec.identity.describe()

@@ -11,11 +11,13 @@
 //! Split by concept: `endpoint` (one endpoint's session slot and the live
 //! session in it), `pool` (the pool, its gauges and the connect/backoff
 //! state machine), `connect` (opening one session), `namespaces` (the
-//! server's namespace array and configured `ns=` indexes) and `backoff`.
+//! server's namespace array and configured `ns=` indexes), `backoff`, and
+//! `false_alarms` (the library's ERROR lines that security None is not).
 
 mod backoff;
 mod connect;
 mod endpoint;
+mod false_alarms;
 mod namespaces;
 mod pool;
 
