@@ -4,6 +4,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use crate::hostile::Hostile;
 use crate::model;
 
 /// What is wrong with a device.
@@ -30,6 +31,9 @@ pub enum Fault {
     /// Server-wide session limit of the device: further CreateSession calls are answered
     /// `BadTooManySessions` (async-opcua's own limit).
     MaxSessions(u32),
+    /// The handshake and sessions work; every Read response is replaced on the
+    /// wire by something broken or malicious (see [`Hostile`]).
+    Hostile(Hostile),
 }
 
 impl Fault {
@@ -41,11 +45,13 @@ impl Fault {
             Fault::Flap { .. } => "flap",
             Fault::BadStatus => "bad-status",
             Fault::MaxSessions(_) => "max-sessions",
+            Fault::Hostile(_) => "hostile",
         }
     }
 }
 
-/// `dead`, `slow:300ms`, `flap:5s/5s`, `bad-status`, `max-sessions:1`.
+/// `dead`, `slow:300ms`, `flap:5s/5s`, `bad-status`, `max-sessions:1`,
+/// `hostile:garbage`.
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -60,6 +66,7 @@ impl fmt::Display for Fault {
                 )
             }
             Fault::MaxSessions(n) => write!(f, "max-sessions:{n}"),
+            Fault::Hostile(h) => write!(f, "hostile:{h}"),
         }
     }
 }
@@ -98,8 +105,8 @@ pub struct FaultParseError {
 }
 
 const SYNTAX: &str = "expected KIND=SELECTION[:PARAM] with KIND one of dead, slow, flap, \
-     bad-status, max-sessions (e.g. dead=0.1, dead=3,7, slow=0.1:3s, flap=0.1:5s/5s, \
-     bad-status=0.05, max-sessions=1)";
+     bad-status, max-sessions, hostile (e.g. dead=0.1, dead=3,7, slow=0.1:3s, flap=0.1:5s/5s, \
+     bad-status=0.05, max-sessions=1, hostile=3:garbage)";
 
 impl FromStr for FaultSpec {
     type Err = FaultParseError;
@@ -109,8 +116,9 @@ impl FromStr for FaultSpec {
     /// * SELECTION is a fraction with a decimal point (`0.1`, `1.0`), `all`, or a device
     ///   list (`3,7` or `dev-00003,dev-00007`); a plain integer is a device index;
     /// * `dead` and `bad-status` take no PARAM; `slow` takes a delay (`300ms`, `3s`),
-    ///   `flap` `UP/DOWN` (`5s/5s`) and `max-sessions` a positive count; for those three
-    ///   a value without `:` is the PARAM alone and selects all devices
+    ///   `flap` `UP/DOWN` (`5s/5s`), `max-sessions` a positive count and `hostile` a
+    ///   kind (`garbage`, `huge-array`, `deep-nesting`, `huge-string`, `trickle`); for
+    ///   those a value without `:` is the PARAM alone and selects all devices
     ///   (`max-sessions=1`, `slow=300ms`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason: String| FaultParseError {
@@ -166,6 +174,10 @@ impl FromStr for FaultSpec {
                 }
                 (Fault::MaxSessions(n), select)
             }
+            "hostile" => {
+                let (select, param) = with_param()?;
+                (Fault::Hostile(param.parse().map_err(err)?), select)
+            }
             other => return Err(err(format!("unknown fault kind `{other}`; {SYNTAX}"))),
         };
         Ok(FaultSpec { fault, select })
@@ -196,6 +208,7 @@ impl fmt::Display for FaultSpec {
                 write!(f, ":{}/{}", DisplayDuration(up), DisplayDuration(down))
             }
             Fault::MaxSessions(n) => write!(f, ":{n}"),
+            Fault::Hostile(h) => write!(f, ":{h}"),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
+    hostile::{self, Hostile},
     sniff::ChunkScanner,
     stats::{ConnectionSessions, DeviceCounters},
 };
@@ -33,6 +34,8 @@ pub(crate) struct FrontMode {
     /// `(up, down, first_up_extra)`: listen for `up` (the first time `up +
     /// first_up_extra`), then close the port and drop all connections for `down`.
     pub flap: Option<(Duration, Duration, Duration)>,
+    /// Replace every Read response (the handshake passes).
+    pub hostile: Option<Hostile>,
 }
 
 struct Shared {
@@ -117,7 +120,7 @@ fn drop_connections(shared: &Shared) {
 async fn run(shared: Arc<Shared>, listener: TcpListener, mode: FrontMode) {
     let Some((up, down, first_extra)) = mode.flap else {
         tokio::select! {
-            _ = accept_loop(&shared, &listener, mode.dead) => {}
+            _ = accept_loop(&shared, &listener, mode) => {}
             _ = shared.stop.cancelled() => {}
         }
         shared.counters.listening.store(false, Ordering::Relaxed);
@@ -135,7 +138,7 @@ async fn run(shared: Arc<Shared>, listener: TcpListener, mode: FrontMode) {
         };
         shared.counters.listening.store(true, Ordering::Relaxed);
         tokio::select! {
-            _ = accept_loop(&shared, &current, mode.dead) => {}
+            _ = accept_loop(&shared, &current, mode) => {}
             _ = tokio::time::sleep(up_for) => {}
             _ = shared.stop.cancelled() => {}
         }
@@ -171,7 +174,7 @@ async fn rebind(shared: &Shared) -> Option<TcpListener> {
     }
 }
 
-async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, dead: bool) {
+async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, mode: FrontMode) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -179,7 +182,7 @@ async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, dead: bool) {
                     .counters
                     .connection_attempts
                     .fetch_add(1, Ordering::Relaxed);
-                if dead {
+                if mode.dead {
                     // Zero linger: closing sends a reset instead of a FIN.
                     let _ = stream.set_zero_linger();
                     drop(stream);
@@ -189,7 +192,7 @@ async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, dead: bool) {
                 let token = shared.epoch();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = relay(stream, &shared) => {}
+                        _ = relay(stream, &shared, mode.hostile) => {}
                         _ = token.cancelled() => {}
                     }
                 });
@@ -204,7 +207,7 @@ async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, dead: bool) {
 }
 
 /// Relay one connection to the device's server, counting the sessions on it.
-async fn relay(client: TcpStream, shared: &Shared) {
+async fn relay(client: TcpStream, shared: &Shared, hostile: Option<Hostile>) {
     let target = *shared.target.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(target) = target else {
         return;
@@ -224,6 +227,12 @@ async fn relay(client: TcpStream, shared: &Shared) {
     let mut sessions = ConnectionSessions::new(&shared.counters);
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = async {
+        if let Some(kind) = hostile {
+            return hostile::relay(kind, &mut server_read, &mut client_write, |e| {
+                sessions.on_event(e)
+            })
+            .await;
+        }
         let mut scanner = ChunkScanner::default();
         let mut buf = vec![0u8; 64 * 1024];
         loop {

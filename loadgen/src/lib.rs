@@ -12,6 +12,7 @@ mod device_server;
 mod error;
 mod fault;
 mod front;
+mod hostile;
 pub mod model;
 mod node_manager;
 pub mod nodes;
@@ -21,5 +22,6 @@ mod stats;
 
 pub use error::SimError;
 pub use fault::{Fault, FaultParseError, FaultSpec, Selection};
+pub use hostile::Hostile;
 pub use sim::{SimConfig, SimDevice, SimSecurity, SimStats, Simulator};
 pub use stats::DeviceStats;

@@ -54,7 +54,8 @@ struct ServeArgs {
     #[arg(long)]
     write_devices: Option<PathBuf>,
     /// Inject a fault, KIND=SELECTION[:PARAM] (repeatable): dead=0.1, dead=3,7,
-    /// slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, max-sessions=0.1:1.
+    /// slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, max-sessions=0.1:1,
+    /// hostile=3:garbage (huge-array, deep-nesting, huge-string, trickle).
     #[arg(long = "fault", value_name = "KIND=SELECTION[:PARAM]")]
     faults: Vec<FaultSpec>,
     /// Serve per-device counters as JSON at GET /stats on this address (e.g. 127.0.0.1:9100).

@@ -103,31 +103,42 @@ impl ChunkScanner {
         if !starts_message {
             return None;
         }
-        let u16_at = |i: usize| h.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |i: usize| {
-            h.get(i..i + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        // Body after 8 header + 4 channel id + 4 token id + 4 sequence number + 4 request id.
-        let (type_id, body) = match h.get(24)? {
-            0x00 => (u32::from(*h.get(25)?), 26),
-            0x01 if *h.get(25)? == 0 => (u32::from(u16_at(26)?), 28),
-            0x02 if u16_at(25)? == 0 => (u32_at(27)?, 31),
-            _ => return None,
-        };
-        let event = if type_id == ObjectId::CreateSessionResponse_Encoding_DefaultBinary as u32 {
-            SessionEvent::Created
-        } else if type_id == ObjectId::ActivateSessionResponse_Encoding_DefaultBinary as u32 {
-            SessionEvent::Activated
-        } else if type_id == ObjectId::CloseSessionResponse_Encoding_DefaultBinary as u32 {
-            SessionEvent::Closed
-        } else {
-            return None;
-        };
-        // ResponseHeader: timestamp (8), request handle (4), service result (4).
-        let result = StatusCode::from(u32_at(body + 12)?);
-        result.is_good().then_some(event)
+        let (_, event) = message_type(h)?;
+        event
     }
+}
+
+/// The type id of the message starting in chunk `h` (its head suffices),
+/// and the session event it is, if any (a session response with service
+/// result Good). `None` when the type id does not parse.
+pub(crate) fn message_type(h: &[u8]) -> Option<(u32, Option<SessionEvent>)> {
+    let u16_at = |i: usize| h.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| {
+        h.get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // Body after 8 header + 4 channel id + 4 token id + 4 sequence number + 4 request id.
+    let (type_id, body) = match h.get(24)? {
+        0x00 => (u32::from(*h.get(25)?), 26),
+        0x01 if *h.get(25)? == 0 => (u32::from(u16_at(26)?), 28),
+        0x02 if u16_at(25)? == 0 => (u32_at(27)?, 31),
+        _ => return None,
+    };
+    let event = if type_id == ObjectId::CreateSessionResponse_Encoding_DefaultBinary as u32 {
+        Some(SessionEvent::Created)
+    } else if type_id == ObjectId::ActivateSessionResponse_Encoding_DefaultBinary as u32 {
+        Some(SessionEvent::Activated)
+    } else if type_id == ObjectId::CloseSessionResponse_Encoding_DefaultBinary as u32 {
+        Some(SessionEvent::Closed)
+    } else {
+        None
+    };
+    // ResponseHeader: timestamp (8), request handle (4), service result (4).
+    let event = match event {
+        Some(e) => StatusCode::from(u32_at(body + 12)?).is_good().then_some(e),
+        None => None,
+    };
+    Some((type_id, event))
 }
 
 #[cfg(test)]

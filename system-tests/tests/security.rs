@@ -282,3 +282,91 @@ async fn a_wrong_password_fails_that_device_alone_under_backoff() {
     }
     sim.shutdown().await;
 }
+
+/// Damaged client certificate files (the state a bad copy or a disk can
+/// leave in `<pki_dir>`): the secure device fails with an error naming the
+/// file and the fix, the devices that need no certificate read on, and
+/// once the files are restored the secure device reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_client_certificate_files_are_named_and_the_others_read_on() {
+    let kafka = support::kafka().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = secure_sim(1, &tmp.path().join("server-pki")).await;
+    let plain = Simulator::start(SimConfig {
+        devices: 2,
+        tags: 5,
+        first_device: 10,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let pin = fingerprint_of(&sim.security().unwrap().certificate_path());
+    let password_file = tmp.path().join("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let state = tmp.path().join("state");
+    let interval = Duration::from_millis(500);
+    let secure_id = sim.devices()[0].id.clone();
+    let run = |label: &'static str| {
+        let mut devices = vec![secure_device(
+            &sim.devices()[0],
+            interval,
+            &password_file,
+            Some(pin),
+        )];
+        devices.extend(plain.devices().iter().map(|d| support::device(d, interval)));
+        let mut cfg = support::config(kafka.bootstrap_servers(), devices);
+        cfg.collector.state_dir = Some(state.clone());
+        let secure_id = secure_id.clone();
+        async move {
+            let collector = support::build_collector(cfg).await;
+            let board = collector.devices();
+            collector
+                .run(tokio::time::sleep(Duration::from_secs(3)))
+                .await
+                .unwrap();
+            let (_, status) = board.page(|_| true, 0, 10);
+            for s in status.iter().filter(|s| *s.id != *secure_id) {
+                assert!(s.reads_ok >= 4, "{label}: {s:?}");
+                assert_eq!(s.reads_failed, 0, "{label}: {s:?}");
+            }
+            status.into_iter().find(|s| *s.id == *secure_id).unwrap()
+        }
+    };
+    let secure = run("intact").await;
+    assert!(secure.reads_ok >= 4, "{secure:?}");
+    let cert = state.join("pki/own/cert.der");
+    let key = state.join("pki/private/private.pem");
+    let (cert_bytes, key_bytes) = (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+
+    std::fs::write(&cert, &cert_bytes[..cert_bytes.len() / 2]).unwrap();
+    let secure = run("certificate cut").await;
+    let err = secure.last_error.clone().unwrap_or_default();
+    println!("certificate cut: {err}");
+    assert_eq!(secure.reads_ok, 0, "{secure:?}");
+    assert!(
+        err.contains(&cert.display().to_string()) && err.contains("damaged"),
+        "{err}"
+    );
+
+    std::fs::write(&cert, &cert_bytes).unwrap();
+    std::fs::write(&key, &key_bytes[..key_bytes.len() / 2]).unwrap();
+    let secure = run("key cut").await;
+    let err = secure.last_error.clone().unwrap_or_default();
+    println!("key cut: {err}");
+    assert_eq!(secure.reads_ok, 0, "{secure:?}");
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("unreadable"),
+        "{err}"
+    );
+
+    std::fs::write(&key, &key_bytes).unwrap();
+    let secure = run("restored").await;
+    assert!(secure.reads_ok >= 4, "{secure:?}");
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        cert_bytes,
+        "the certificate was never replaced"
+    );
+    sim.shutdown().await;
+    plain.shutdown().await;
+}

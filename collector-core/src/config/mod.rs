@@ -14,6 +14,8 @@ mod device;
 mod kafka;
 mod load;
 mod model;
+#[cfg(test)]
+mod props;
 mod secret;
 mod settings;
 mod yaml;
@@ -24,8 +26,8 @@ pub use device::{check_device_id, check_endpoint, Device, MAX_DEVICE_ID_LEN};
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
-    duration, BatchConfig, BreakerConfig, CollectorSection, DeadLetterSection, HttpConfig,
-    ScheduleConfig, SpillSection, WorkerConfig,
+    byte_size, duration, BatchConfig, BreakerConfig, CollectorSection, DeadLetterSection,
+    HttpConfig, ScheduleConfig, SpillSection, WorkerConfig,
 };
 pub use secret::{Secret, SecretSource};
 pub use settings::{NoProtocolConfig, ProtocolConfig, Settings};

@@ -267,8 +267,10 @@ pub(crate) mod opt_duration {
     }
 }
 
-/// Byte sizes as a number of bytes or with a unit: `512KiB`, `256MiB`, `10GiB`, `1GB`.
-fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+/// Byte sizes as a number of bytes or with a unit: `512KiB`, `256MiB`,
+/// `10GiB`, `1GB`. For `#[serde(deserialize_with = "byte_size")]`, also in
+/// adapters' sections.
+pub fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -206,6 +206,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, decoding answers (never panics).
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode(&bytes);
+        }
+
+        /// A frame with one bit flipped anywhere, or cut anywhere, is
+        /// refused: never taken for a batch (CRC-32 catches every
+        /// single-bit error; a cut frame is shorter than its length).
+        #[test]
+        fn a_flipped_bit_or_a_cut_is_refused(
+            payload in proptest::collection::vec(0u8..4, 0..400),
+            lz4 in proptest::prelude::any::<bool>(),
+            bit in proptest::prelude::any::<proptest::sample::Index>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let compression = if lz4 { Compression::Lz4 } else { Compression::None };
+            let mut out = Vec::new();
+            encode(&mut out, 9, 42, 2, &payload, compression).unwrap();
+            let (m, p) = decode(&out).unwrap();
+            proptest::prop_assert_eq!((m.id, m.records), (9, 2));
+            proptest::prop_assert_eq!(&p, &payload);
+            let mut flipped = out.clone();
+            let i = bit.index(flipped.len() * 8);
+            flipped[i / 8] ^= 1 << (i % 8);
+            proptest::prop_assert!(decode(&flipped).is_err(), "bit {} flipped, accepted", i);
+            let cut = cut.index(out.len());
+            proptest::prop_assert!(decode(&out[..cut]).is_err(), "cut at {}, accepted", cut);
+        }
+    }
+
     #[test]
     fn incompressible_is_stored_raw() {
         let payload: Vec<u8> = (0..64u32).map(|i| (i * 151 % 251) as u8).collect();

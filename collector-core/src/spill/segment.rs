@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::frame::{self, FRAME_HEADER};
+use super::resync::{self, Damage};
 use super::SpillError;
 
 /// Segment file header: magic, version, first id, CRC of the 20 bytes before.
@@ -41,7 +42,8 @@ pub struct Segment {
     pub file: Arc<File>,
     /// Bytes of the data file (header and whole frames).
     pub len: u64,
-    /// Frames from the oldest one not deleted; ids are consecutive.
+    /// Frames from the oldest one not deleted; ids are consecutive (ids
+    /// lost to damage have a deleted slot of length 0).
     pub slots: VecDeque<Slot>,
     /// Frames ever indexed in this segment (deleted ones included).
     pub frames: u64,
@@ -59,6 +61,9 @@ pub struct Scan {
     pub bad_tail: u64,
     /// Why the scan stopped early, if it did.
     pub reason: Option<String>,
+    /// Damaged regions skipped before whole frames (the frames after them
+    /// kept).
+    pub damaged: Vec<Damage>,
 }
 
 pub fn seg_name(first_id: u64) -> String {
@@ -152,6 +157,13 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::i
     Ok(())
 }
 
+/// Whether the frame at `pos` (body `blen` bytes) matches its checksum.
+fn verified_at(file: &File, pos: u64, blen: usize, crc: u32) -> std::io::Result<bool> {
+    let mut body = vec![0u8; blen];
+    read_exact_at(file, &mut body, pos + FRAME_HEADER as u64)?;
+    Ok(frame::check(&body, crc).is_some())
+}
+
 impl Segment {
     fn empty(dir: &Path, first_id: u64, file: File, len: u64) -> Self {
         Segment {
@@ -187,11 +199,26 @@ impl Segment {
         Ok(Self::empty(dir, first_id, file, SEGMENT_HEADER as u64))
     }
 
+    /// Rewrites a damaged header from the segment's name (its first id),
+    /// durably, so that its frames can be recovered.
+    pub fn repair_header(dir: &Path, first_id: u64) -> Result<(), SpillError> {
+        let path = dir.join(seg_name(first_id));
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| SpillError::io(&path, e))?;
+        write_all_at(&file, &header_bytes(first_id), 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| SpillError::io(&path, e))
+    }
+
     /// Opens an existing segment and indexes its frames. Returns `None`
     /// when the header is missing or invalid. `verify` checks every frame's
     /// checksum (the newest segment, the only one that can have a torn
     /// tail); otherwise only the frame headers are read and checksums are
-    /// checked when a frame is read back.
+    /// checked when a frame is read back. A damaged frame in the middle is
+    /// skipped up to the next whole frame (`Scan::damaged`); only damage
+    /// with no whole frame after it is a bad tail.
     pub fn open(
         dir: &Path,
         first_id: u64,
@@ -222,41 +249,84 @@ impl Segment {
                 break;
             }
             let mut fh = [0u8; FRAME_HEADER];
-            if let Err(e) = r.read_exact(&mut fh) {
-                if e.kind() != ErrorKind::UnexpectedEof {
+            let found = match r.read_exact(&mut fh) {
+                Err(e) if e.kind() != ErrorKind::UnexpectedEof => {
                     return Err(SpillError::io(&path, e));
                 }
-                scan.reason = Some("partial frame header".into());
-                break;
-            }
-            let Some((blen, crc)) = frame::header(&fh) else {
-                scan.reason = Some("invalid frame length".into());
-                break;
+                Err(_) => Err("partial frame header".to_string()),
+                Ok(()) => match frame::header(&fh) {
+                    None => Err("invalid frame length".to_string()),
+                    Some((blen, _)) if pos + (FRAME_HEADER + blen) as u64 > file_len => {
+                        Err("frame runs past the end of the file".to_string())
+                    }
+                    Some((blen, crc)) => {
+                        let meta = if verify {
+                            body.resize(blen, 0);
+                            r.read_exact(&mut body)
+                                .map_err(|e| SpillError::io(&path, e))?;
+                            frame::check(&body, crc)
+                        } else {
+                            body.resize(frame::BODY_HEADER, 0);
+                            r.read_exact(&mut body)
+                                .map_err(|e| SpillError::io(&path, e))?;
+                            r.seek_relative((blen - frame::BODY_HEADER) as i64)
+                                .map_err(|e| SpillError::io(&path, e))?;
+                            frame::meta(&body)
+                        };
+                        match meta {
+                            None => Err("checksum mismatch".to_string()),
+                            Some(m) if m.id == next_id => Ok((m, blen)),
+                            // A later id (frames lost before it) only from
+                            // a frame whose checksum holds.
+                            Some(m)
+                                if m.id > next_id
+                                    && m.id - next_id <= resync::MAX_LOST_IDS
+                                    && (verify
+                                        || verified_at(&file, pos, blen, crc)
+                                            .map_err(|e| SpillError::io(&path, e))?) =>
+                            {
+                                Ok((m, blen))
+                            }
+                            Some(m) => Err(format!("id {} where {next_id} was expected", m.id)),
+                        }
+                    }
+                },
             };
-            if pos + (FRAME_HEADER + blen) as u64 > file_len {
-                scan.reason = Some("frame runs past the end of the file".into());
-                break;
-            }
-            let meta = if verify {
-                body.resize(blen, 0);
-                r.read_exact(&mut body)
-                    .map_err(|e| SpillError::io(&path, e))?;
-                frame::check(&body, crc)
-            } else {
-                body.resize(frame::BODY_HEADER, 0);
-                r.read_exact(&mut body)
-                    .map_err(|e| SpillError::io(&path, e))?;
-                r.seek_relative((blen - frame::BODY_HEADER) as i64)
-                    .map_err(|e| SpillError::io(&path, e))?;
-                frame::meta(&body)
+            let (meta, blen) = match found {
+                Ok(v) => v,
+                Err(reason) => {
+                    // Damage: resume at the next whole frame, if any.
+                    match resync::next_frame(&file, &path, pos + 1, file_len, next_id)? {
+                        Some((at, id)) => {
+                            scan.damaged.push(Damage {
+                                offset: pos,
+                                bytes: at - pos,
+                                lost: id - next_id,
+                                reason,
+                            });
+                            pos = at;
+                            r.seek(SeekFrom::Start(at))
+                                .map_err(|e| SpillError::io(&path, e))?;
+                            continue;
+                        }
+                        None => {
+                            scan.reason = Some(reason);
+                            break;
+                        }
+                    }
+                }
             };
-            let Some(meta) = meta else {
-                scan.reason = Some("checksum mismatch".into());
-                break;
-            };
-            if meta.id != next_id {
-                scan.reason = Some(format!("id {} where {next_id} was expected", meta.id));
-                break;
+            // Ids lost before this frame keep their place, as deleted slots.
+            while next_id < meta.id {
+                slots.push_back(Slot {
+                    id: next_id,
+                    offset: pos,
+                    len: 0,
+                    records: 0,
+                    written_ms: 0,
+                    deleted: true,
+                });
+                next_id += 1;
             }
             let len = (FRAME_HEADER + blen) as u32;
             slots.push_back(Slot {
@@ -274,7 +344,7 @@ impl Segment {
         drop(r);
         let mut s = Self::empty(dir, first_id, file, pos);
         s.frames = slots.len() as u64;
-        for slot in &slots {
+        for slot in slots.iter().filter(|s| !s.deleted) {
             s.live_batches += 1;
             s.live_records += u64::from(slot.records);
             s.live_bytes += u64::from(slot.len);

@@ -504,23 +504,55 @@ fn recover(dir: &Path, role: StoreRole) -> Result<Inner, SpillError> {
     for (i, first) in segs.into_iter().enumerate() {
         let newest = i + 1 == n;
         inner.next_id = inner.next_id.max(first);
-        let Some((mut seg, scan)) = Segment::open(dir, first, newest)? else {
-            // No valid header: a segment created but never synced (the
-            // newest), or damage (older ones, kept aside for inspection).
-            let path = dir.join(segment::seg_name(first));
-            if newest {
+        let path = dir.join(segment::seg_name(first));
+        let opened = match Segment::open(dir, first, newest)? {
+            Some(opened) => Some(opened),
+            // No valid header and no frames: the newest segment, created
+            // but never synced.
+            None if newest
+                && std::fs::metadata(&path)
+                    .map_err(|e| SpillError::io(&path, e))?
+                    .len()
+                    <= segment::SEGMENT_HEADER as u64 =>
+            {
                 tracing::warn!(file = %path.display(), "spill segment without a valid header removed");
                 std::fs::remove_file(&path).map_err(|e| SpillError::io(&path, e))?;
-            } else {
-                let aside = path.with_extension("corrupt");
-                tracing::error!(file = %path.display(), "spill segment header corrupt; moved aside");
-                std::fs::rename(&path, &aside).map_err(|e| SpillError::io(&path, e))?;
+                None
+            }
+            // Damage to the header of a segment with frames: they carry
+            // their own ids and checksums, so rewrite the header from the
+            // name and check every frame.
+            None => {
+                tracing::error!(file = %path.display(), "spill segment header corrupt; rewritten from the file name, every frame checked");
                 metrics::counter!(role.names().corrupt).increment(1);
                 inner.corrupt += 1;
+                Segment::repair_header(dir, first)?;
+                let reopened = Segment::open(dir, first, true)?;
+                if reopened.is_none() {
+                    let aside = path.with_extension("corrupt");
+                    tracing::error!(file = %path.display(), "spill segment unreadable; moved aside");
+                    std::fs::rename(&path, &aside).map_err(|e| SpillError::io(&path, e))?;
+                }
+                reopened
             }
+        };
+        let Some((mut seg, scan)) = opened else {
             changed = true;
             continue;
         };
+        for d in &scan.damaged {
+            tracing::error!(
+                file = %path.display(),
+                offset = d.offset,
+                bytes = d.bytes,
+                batches_lost = d.lost,
+                reason = %d.reason,
+                "spill: corrupt region skipped; the batches after it are kept"
+            );
+            // Counted by batches lost (at least one: damage was found).
+            metrics::counter!(role.names().corrupt).increment(d.lost.max(1));
+            inner.corrupt += d.lost.max(1);
+        }
         if scan.bad_tail > 0 {
             let reason = scan.reason.as_deref().unwrap_or("trailing bytes");
             if newest {

@@ -140,6 +140,10 @@ impl Simulator {
                     }
                     _ => None,
                 }),
+                hostile: faults.iter().find_map(|f| match f {
+                    Fault::Hostile(h) => Some(*h),
+                    _ => None,
+                }),
             };
             let front = Front::spawn(
                 listener,

@@ -42,8 +42,6 @@ use session::Pool;
 /// Largest array (and so Read request/response) the client will decode.
 /// The library default (1000) fails a Read of more than 1000 nodes.
 pub(crate) const MAX_ARRAY_LENGTH: usize = 1_000_000;
-/// Largest message the client will accept (bytes).
-pub(crate) const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 /// Chunk size for what the client sends. The library preallocates (and
 /// zeroes) one send buffer of this size per connection: its default of
 /// 64 KiB cost ~66 KiB of RSS per session. Read requests are small (a

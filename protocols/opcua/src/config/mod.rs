@@ -87,6 +87,11 @@ impl OpcUaSettings {
             "must not exceed reconnect_max",
         );
         check(
+            (64 * 1024..=1 << 30).contains(&session.max_message_size),
+            "max_message_size",
+            "must be between 64KiB and 1GiB",
+        );
+        check(
             session.session_timeout > session.keep_alive_interval,
             "session_timeout",
             "must exceed keep_alive_interval (an idle session would expire between keep-alives)",

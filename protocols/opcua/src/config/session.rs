@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use collector_core::config::duration;
+use collector_core::config::{byte_size, duration};
 use serde::Deserialize;
 
 /// `session:` — how device sessions are opened and read.
@@ -48,6 +48,15 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     /// OPC UA application name presented to servers. Default `opc-collector`.
     pub application_name: String,
+    /// The largest response accepted from a server, told to it in the
+    /// handshake (a server answers a larger one with an error). A broken
+    /// or hostile server that sends more anyway is cut off after this many
+    /// bytes' worth of its smallest allowed chunks (8 KiB): what one session
+    /// can make the collector buffer is this, or up to 8 times it if the
+    /// server uses 64 KiB chunks. Raise it for reads of very large arrays.
+    /// Default `16MiB`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_message_size: u64,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +72,7 @@ impl Default for SessionConfig {
             reconnect_max: Duration::from_secs(60),
             session_timeout: Duration::from_secs(45),
             application_name: "opc-collector".to_string(),
+            max_message_size: 16 * 1024 * 1024,
         }
     }
 }

@@ -26,7 +26,17 @@ impl Clients {
     pub(super) fn create_secure(&self) -> Result<SecureClients, String> {
         let (cert_path, key_path, generated) = self.own_paths();
         let existing = if cert_path.is_file() {
-            let cert = CertificateStore::read_cert(&cert_path)?;
+            let cert = CertificateStore::read_cert(&cert_path).map_err(|e| {
+                format!(
+                    "{e}: the client certificate is damaged; restore it and its key from a backup{}",
+                    if generated {
+                        format!(", or delete {} and {} to issue a new one (servers must then trust the new one)", cert_path.display(), key_path.display())
+                    } else {
+                        String::new()
+                    }
+                )
+            })?;
+            check_key_matches(&cert, &cert_path, &key_path, generated)?;
             let uri = application_uri_of(&cert).ok_or_else(|| {
                 format!(
                     "client certificate {} has no application URI (a URI in its subjectAltName), which OPC UA requires",
@@ -97,6 +107,49 @@ impl Clients {
             auto_accept,
         })
     }
+}
+
+/// The private key must read and belong to the certificate: a damaged or
+/// swapped key file would otherwise only show as every server refusing the
+/// channel.
+fn check_key_matches(
+    cert: &X509,
+    cert_path: &Path,
+    key_path: &Path,
+    generated: bool,
+) -> Result<(), String> {
+    use x509_cert::der::Decode;
+    let fix = if generated {
+        format!(
+            "restore both files from a backup, or delete {} and {} to issue a new certificate (servers must then trust the new one)",
+            cert_path.display(),
+            key_path.display()
+        )
+    } else {
+        "configure the key that belongs to the certificate".to_string()
+    };
+    let key = CertificateStore::read_pkey(key_path).map_err(|e| {
+        format!(
+            "client private key {} is unreadable ({e}); {fix}",
+            key_path.display()
+        )
+    })?;
+    let key_info = key
+        .public_key_to_info()
+        .map_err(|e| format!("client private key {}: {e}", key_path.display()))?;
+    let cert_info = cert
+        .to_der()
+        .ok()
+        .and_then(|der| x509_cert::Certificate::from_der(&der).ok())
+        .map(|c| c.tbs_certificate.subject_public_key_info);
+    if cert_info.as_ref() != Some(&key_info) {
+        return Err(format!(
+            "client private key {} does not belong to certificate {}; {fix}",
+            key_path.display(),
+            cert_path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// SHA-256 of a certificate's DER encoding.

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::config::{SecuritySection, SessionConfig};
 use opcua::client::{Client, ClientBuilder};
 
-use crate::{MAX_ARRAY_LENGTH, MAX_MESSAGE_SIZE, SEND_CHUNK_SIZE};
+use crate::{MAX_ARRAY_LENGTH, SEND_CHUNK_SIZE};
 
 use super::SecurityError;
 
@@ -34,6 +34,9 @@ pub(super) struct SecureClients {
     pub(super) auto_accept: Client,
 }
 
+/// The smallest chunk OPC UA allows a peer to negotiate (Part 6, 7.1.2.3).
+const MIN_CHUNK_SIZE: u64 = 8192;
+
 /// Options every client shares: limits, timeouts, our own reconnects.
 pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> ClientBuilder {
     ClientBuilder::new()
@@ -48,8 +51,14 @@ pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> C
         .max_failed_keep_alive_count(u64::from(cfg.max_failed_keep_alives))
         .request_timeout(cfg.read_timeout)
         .max_array_length(MAX_ARRAY_LENGTH)
-        .max_message_size(MAX_MESSAGE_SIZE)
-        .max_chunk_count(0)
+        .max_message_size(usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX))
+        // The library bounds an incoming message by its chunk count only
+        // (not its size): allow as many chunks as `max_message_size` makes
+        // at the smallest chunk a server may use (8 KiB), so a server that
+        // streams a 100 MB value is cut off there instead of buffered.
+        .max_chunk_count(
+            usize::try_from(cfg.max_message_size / MIN_CHUNK_SIZE).unwrap_or(usize::MAX),
+        )
         .max_chunk_size(SEND_CHUNK_SIZE)
         .channel_lifetime(u32::try_from(settings.channel_lifetime.as_millis()).unwrap_or(u32::MAX))
 }
