@@ -17,19 +17,59 @@ pub(crate) struct Cli {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     /// Default for `run`: info, with async-opcua's per-connection chatter
-    /// quieted (our own session events are logged by the collector) and
-    /// its complaint that a security-None channel has no certificate off.
+    /// quieted (our own session events are logged by the collector).
     /// Default for `demo`: only our own warnings and errors (the demo
     /// prints its own progress); a real problem still shows.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// What loading the configuration and its device files may cost; a file
+/// beyond a limit is refused (exit 2), never loaded (docs/security.md).
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Largest configuration or device file read, e.g. `64MiB` (the
+    /// default), checked before reading it.
+    #[arg(long, global = true, env = "OPC_COLLECTOR_MAX_FILE_BYTES", value_name = "SIZE",
+          value_parser = collector_core::config::parse_byte_size)]
+    pub max_file_bytes: Option<u64>,
+    /// Most entries in one `devices:` list (default 250000).
+    #[arg(
+        long,
+        global = true,
+        env = "OPC_COLLECTOR_MAX_DEVICES_PER_FILE",
+        value_name = "N"
+    )]
+    pub max_devices_per_file: Option<usize>,
+    /// Most YAML nodes that aliases may add to one file (default 1000000).
+    #[arg(
+        long,
+        global = true,
+        env = "OPC_COLLECTOR_MAX_ALIAS_NODES",
+        value_name = "N"
+    )]
+    pub max_alias_nodes: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The limits, defaults where not given.
+    pub(crate) fn limits(&self) -> collector_core::config::LoadLimits {
+        let d = collector_core::config::LoadLimits::default();
+        collector_core::config::LoadLimits {
+            max_file_bytes: self.max_file_bytes.unwrap_or(d.max_file_bytes),
+            max_devices_per_file: self.max_devices_per_file.unwrap_or(d.max_devices_per_file),
+            max_alias_nodes: self.max_alias_nodes.unwrap_or(d.max_alias_nodes),
+        }
+    }
+}
+
 /// The log filter of `run` and `validate` (see `--log-level`).
 pub(crate) const DEFAULT_LOG_FILTER: &str =
-    "info,opcua_server=warn,opcua_client=error,opcua_core=warn,opcua_core::comms::secure_channel=off";
+    "info,opcua_server=warn,opcua_client=error,opcua_core=warn";
 
 /// The log filter of `demo`: the demo's screen is its own lines. Warnings
 /// and errors of the collector and the simulator still show; async-opcua's

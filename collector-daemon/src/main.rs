@@ -55,18 +55,21 @@ fn main() -> ExitCode {
         cli.log_format,
         cli.log_level.as_deref().unwrap_or(default_filter),
     );
+    let limits = cli.limits.limits();
     let outcome = match cli.command {
-        Command::Validate { config } => run::validate(&config),
+        Command::Validate { config } => run::validate(&config, limits),
         Command::Run { config, http_addr } => {
-            runtime().and_then(|rt| rt.block_on(run::run(&config, http_addr)))
+            runtime().and_then(|rt| rt.block_on(run::run(&config, limits, http_addr)))
         }
         Command::Spill { config, action } => state::run(
             config.as_deref(),
+            limits,
             collector_core::spill::StoreRole::Spill,
             action,
         ),
         Command::Deadletter { config, action } => state::run(
             config.as_deref(),
+            limits,
             collector_core::spill::StoreRole::DeadLetters,
             action,
         ),

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use collector_core::config::LoadLimits;
 use collector_core::{Collector, CollectorConfig};
 use collector_opcua::config::OpcUaConfig;
 use collector_opcua::OpcUaProtocol;
@@ -13,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{http, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
-pub(crate) fn load(path: &Path) -> Result<CollectorConfig, Failure> {
-    CollectorConfig::load(path, &OpcUaConfig).map_err(|errors| {
+pub(crate) fn load(path: &Path, limits: LoadLimits) -> Result<CollectorConfig, Failure> {
+    CollectorConfig::load_within(path, &OpcUaConfig, limits).map_err(|errors| {
         for e in errors.iter() {
             eprintln!("error: {e}");
         }
@@ -23,8 +24,8 @@ pub(crate) fn load(path: &Path) -> Result<CollectorConfig, Failure> {
     })
 }
 
-pub(crate) fn validate(path: &Path) -> Result<(), Failure> {
-    let cfg = load(path)?;
+pub(crate) fn validate(path: &Path, limits: LoadLimits) -> Result<(), Failure> {
+    let cfg = load(path, limits)?;
     let nodes = collector_opcua::config::node_count(&cfg);
     println!(
         "{}: OK ({} devices, {} nodes, kafka {} topic {})",
@@ -37,8 +38,12 @@ pub(crate) fn validate(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(crate) async fn run(path: &Path, http_addr: Option<SocketAddr>) -> Result<(), Failure> {
-    let cfg = load(path)?;
+pub(crate) async fn run(
+    path: &Path,
+    limits: LoadLimits,
+    http_addr: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    let cfg = load(path, limits)?;
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, Context as _};
+use collector_core::config::LoadLimits;
 use collector_core::deadletter::{self, Inventory};
 use collector_core::spill::{self, SpillConfig, SpillError, SpillStore, StoreRole};
 
@@ -16,6 +17,7 @@ use crate::Failure;
 /// Runs `action` on the store of `kind` configured in `config`.
 pub(crate) fn run(
     config: Option<&Path>,
+    limits: LoadLimits,
     kind: StoreRole,
     action: StateAction,
 ) -> Result<(), Failure> {
@@ -25,7 +27,7 @@ pub(crate) fn run(
         );
         return Err(Failure::Config);
     };
-    let cfg = crate::run::load(config)?;
+    let cfg = crate::run::load(config, limits)?;
     let store_cfg = match kind {
         StoreRole::Spill => cfg.spill_config(),
         StoreRole::DeadLetters => cfg.dead_letter_config(),

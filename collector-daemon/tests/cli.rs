@@ -128,6 +128,49 @@ devices:
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
 
+/// The loading limits are the operator's: a file within the defaults is
+/// refused under tighter ones (exit 2, with the limit), by flag or by
+/// environment variable.
+#[test]
+fn loading_limits_are_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.yaml");
+    let mut text = String::from("kafka:\n  brokers: localhost:9092\ndevices:\n");
+    for i in 0..3 {
+        text += &format!(
+            "  - id: d{i}\n    endpoint: opc.tcp://10.0.0.{i}:4840\n    nodes: [\"ns=2;s=T\"]\n"
+        );
+    }
+    std::fs::write(&path, &text).unwrap();
+    let validate = |args: &[&str], env: Option<(&str, &str)>| {
+        let mut cmd = bin();
+        cmd.args(args).args(["validate", "--config"]).arg(&path);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(validate(&[], None).0, Some(0));
+    let (code, err) = validate(&["--max-devices-per-file", "2"], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("3 devices in one list; the limit is 2"),
+        "{err}"
+    );
+    let (code, err) = validate(&[], Some(("OPC_COLLECTOR_MAX_FILE_BYTES", "100B")));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("config is {} bytes; the limit is 100", text.len())),
+        "{err}"
+    );
+    let (code, err) = validate(&["--max-file-bytes", "lots"], None);
+    assert_eq!(code, Some(2), "a bad limit is a usage error: {err}");
+}
+
 #[test]
 fn validate_accepts_the_shipped_configs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");

@@ -20,12 +20,39 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The most device entries one file may hold.
 pub const MAX_DEVICES_PER_FILE: usize = 250_000;
 
-/// Reads a configuration or device file within [`MAX_FILE_BYTES`].
-fn read_bounded(path: &Path, what: &str) -> Result<String, ConfigError> {
+/// What loading a configuration may cost, checked before or while parsing
+/// each file, so that a hostile or mistaken file is refused, never loaded.
+/// The same limits hold for every file the configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// The largest configuration or device file read, checked before
+    /// reading it. Default [`MAX_FILE_BYTES`] (64 MiB).
+    pub max_file_bytes: u64,
+    /// The most entries in one `devices:` list. Default
+    /// [`MAX_DEVICES_PER_FILE`] (250,000).
+    pub max_devices_per_file: usize,
+    /// The most YAML nodes aliases may add to one document (a "billion
+    /// laughs" file is refused at the alias that crosses it). Default
+    /// 1,000,000.
+    pub max_alias_nodes: usize,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: MAX_FILE_BYTES,
+            max_devices_per_file: MAX_DEVICES_PER_FILE,
+            max_alias_nodes: yaml::MAX_ALIAS_NODES,
+        }
+    }
+}
+
+/// Reads a configuration or device file within `max` bytes.
+fn read_bounded(path: &Path, what: &str, max: u64) -> Result<String, ConfigError> {
     let too_big = |len: u64| {
         ConfigError::new(format!(
-            "{what} is {len} bytes; the limit is {MAX_FILE_BYTES} ({} MiB)",
-            MAX_FILE_BYTES >> 20
+            "{what} is {len} bytes; the limit is {max} ({} MiB)",
+            max >> 20
         ))
         .at(Some(path), None)
         .hint("split the devices over several device_files, or use a device registry")
@@ -33,18 +60,18 @@ fn read_bounded(path: &Path, what: &str) -> Result<String, ConfigError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ConfigError::new(format!("cannot read {what}: {e}")).at(Some(path), None))?;
     if let Ok(meta) = file.metadata() {
-        if meta.len() > MAX_FILE_BYTES {
+        if meta.len() > max {
             return Err(too_big(meta.len()));
         }
     }
     // Read at most one byte past the limit, in case the file grew.
     let mut text = String::new();
     std::io::Read::read_to_string(
-        &mut std::io::Read::take(file, MAX_FILE_BYTES + 1),
+        &mut std::io::Read::take(file, max.saturating_add(1)),
         &mut text,
     )
     .map_err(|e| ConfigError::new(format!("cannot read {what}: {e}")).at(Some(path), None))?;
-    if text.len() as u64 > MAX_FILE_BYTES {
+    if text.len() as u64 > max {
         return Err(too_big(text.len() as u64));
     }
     Ok(text)
@@ -57,8 +84,18 @@ impl CollectorConfig {
         path: &Path,
         adapter: &dyn ProtocolConfig,
     ) -> Result<CollectorConfig, ConfigErrors> {
-        let text = read_bounded(path, "config").map_err(|e| ConfigErrors(vec![e]))?;
-        Self::from_yaml(&text, Some(path), adapter)
+        Self::load_within(path, adapter, LoadLimits::default())
+    }
+
+    /// [`CollectorConfig::load`] within other [`LoadLimits`].
+    pub fn load_within(
+        path: &Path,
+        adapter: &dyn ProtocolConfig,
+        limits: LoadLimits,
+    ) -> Result<CollectorConfig, ConfigErrors> {
+        let text = read_bounded(path, "config", limits.max_file_bytes)
+            .map_err(|e| ConfigErrors(vec![e]))?;
+        Self::from_yaml_within(&text, Some(path), adapter, limits)
     }
 
     /// Parses and validates YAML text; `path` (if any) names the file in
@@ -68,8 +105,18 @@ impl CollectorConfig {
         path: Option<&Path>,
         adapter: &dyn ProtocolConfig,
     ) -> Result<CollectorConfig, ConfigErrors> {
+        Self::from_yaml_within(text, path, adapter, LoadLimits::default())
+    }
+
+    /// [`CollectorConfig::from_yaml`] within other [`LoadLimits`].
+    pub fn from_yaml_within(
+        text: &str,
+        path: Option<&Path>,
+        adapter: &dyn ProtocolConfig,
+        limits: LoadLimits,
+    ) -> Result<CollectorConfig, ConfigErrors> {
         let mut errors = ConfigErrors::default();
-        let root = match yaml::parse(text) {
+        let root = match yaml::parse_within(text, limits.max_alias_nodes) {
             Ok(root) => root,
             Err(errs) => {
                 return Err(ConfigErrors(
@@ -81,6 +128,7 @@ impl CollectorConfig {
         let mut raw_devices: Vec<RawEntry> = Vec::new();
         let owned = Owned {
             device_keys: adapter.device_keys(),
+            limits,
         };
 
         let Node::Map { entries, .. } = &root else {
@@ -223,6 +271,7 @@ const CORE_SECTIONS: &[&str] = &[
 /// What the adapter owns of a device entry.
 struct Owned<'a> {
     device_keys: &'a [&'static str],
+    limits: LoadLimits,
 }
 
 /// One device entry as read: the core's part, where it was, and the
@@ -250,10 +299,11 @@ fn collect_devices(
         );
         return;
     };
-    if items.len() > MAX_DEVICES_PER_FILE {
+    let max = owned.limits.max_devices_per_file;
+    if items.len() > max {
         errors.push(
             ConfigError::new(format!(
-                "{} devices in one list; the limit is {MAX_DEVICES_PER_FILE}",
+                "{} devices in one list; the limit is {max}",
                 items.len()
             ))
             .at(file, Some(node.line()))
@@ -344,14 +394,14 @@ fn load_device_file(
     out: &mut Vec<RawEntry>,
     errors: &mut ConfigErrors,
 ) {
-    let text = match read_bounded(path, "device file") {
+    let text = match read_bounded(path, "device file", owned.limits.max_file_bytes) {
         Ok(t) => t,
         Err(e) => {
             errors.push(e);
             return;
         }
     };
-    match yaml::parse(&text) {
+    match yaml::parse_within(&text, owned.limits.max_alias_nodes) {
         Err(errs) => errors
             .0
             .extend(errs.into_iter().map(|e| e.at(Some(path), None))),

@@ -290,7 +290,8 @@ pub(crate) fn opt_byte_size<'de, D: serde::Deserializer<'de>>(
     byte_size(d).map(Some)
 }
 
-pub(crate) fn parse_byte_size(s: &str) -> Result<u64, String> {
+/// A byte size as written in configuration (`256MiB`, `1GB`, `4096`).
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -178,12 +178,21 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned + Default>(
 /// shared `security:` blocks need.
 pub(crate) const MAX_ALIAS_NODES: usize = 1_000_000;
 
+/// [`parse_within`] the default alias budget.
+#[cfg(test)]
+pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
+    parse_within(text, MAX_ALIAS_NODES)
+}
+
 /// Parses a YAML document. `${VAR}` and `${VAR:-default}` in scalars are
 /// replaced from the environment; `$$` is a literal `$`. Every expansion
-/// error is reported; a syntax error stops parsing. Aliases are expanded
-/// within [`MAX_ALIAS_NODES`].
-pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
-    let mut builder = Builder::default();
+/// error is reported; a syntax error stops parsing. Aliases add at most
+/// `max_alias_nodes` nodes ([`MAX_ALIAS_NODES`] by default).
+pub(crate) fn parse_within(text: &str, max_alias_nodes: usize) -> Result<Node, Vec<ConfigError>> {
+    let mut builder = Builder {
+        max_alias_nodes,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
         return Err(vec![ConfigError::new(format!(
@@ -217,8 +226,10 @@ struct Builder {
     root: Option<Node>,
     /// Each anchor's subtree and its node count.
     anchors: HashMap<usize, (Node, usize)>,
-    /// Nodes added by aliases so far (see [`MAX_ALIAS_NODES`]).
+    /// Nodes added by aliases so far.
     alias_nodes: usize,
+    /// The budget of `alias_nodes` ([`MAX_ALIAS_NODES`] by default).
+    max_alias_nodes: usize,
     /// Set once the alias budget is spent: later aliases are not expanded.
     alias_budget_spent: bool,
     errors: Vec<ConfigError>,
@@ -319,11 +330,12 @@ impl MarkedEventReceiver for Builder {
                         self.push_node(placeholder, 0);
                     }
                     Some(_) if self.alias_budget_spent => self.push_node(placeholder, 0),
-                    Some((_, size)) if self.alias_nodes + size > MAX_ALIAS_NODES => {
+                    Some((_, size)) if self.alias_nodes + size > self.max_alias_nodes => {
                         self.alias_budget_spent = true;
                         self.errors.push(
                             ConfigError::new(format!(
-                                "YAML aliases expand to more than {MAX_ALIAS_NODES} nodes; refused (an alias bomb?)"
+                                "YAML aliases expand to more than {} nodes; refused (an alias bomb?)",
+                                self.max_alias_nodes
                             ))
                             .at(None, Some(line))
                             .hint("write the repeated parts out, or use fewer nested aliases"),
