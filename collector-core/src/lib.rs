@@ -75,6 +75,7 @@ pub mod histogram;
 pub mod metrics;
 pub mod protocol;
 pub mod record;
+pub mod shard;
 pub mod sink;
 pub mod source;
 pub mod spill;

@@ -147,6 +147,16 @@ impl Reconciler {
         }
         Stats::set(&self.ctx.stats.devices, self.running.len() as u64);
         metrics::gauge!(names::DEVICES).set(self.running.len() as f64);
+        for (change, n) in [
+            ("added", applied.added),
+            ("removed", applied.removed),
+            ("changed", applied.changed),
+            ("rejected", applied.rejected),
+        ] {
+            if n > 0 {
+                metrics::counter!(names::DEVICE_CHANGES, "change" => change).increment(n as u64);
+            }
+        }
         applied
     }
 

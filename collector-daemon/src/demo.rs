@@ -88,6 +88,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), Failure> {
             metrics,
             health: collector.health(),
             devices: collector.devices(),
+            list: None,
         };
         let (_, t) = http::serve(addr, surface, stop.clone()).await?;
         http_task = Some(t);

@@ -1,6 +1,7 @@
 //! The operator's HTTP surface: `/metrics` (Prometheus), `/healthz`
 //! (liveness), `/readyz` (Kafka reachable), `/startupz` (devices loaded
-//! and scheduled), `/devices` (per-device state, filtered and paginated).
+//! and scheduled), `/devices` (per-device state, filtered and paginated),
+//! `/status` (the device list: shard, reloads, the last rejected one).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +22,9 @@ pub(crate) struct AppState {
     pub metrics: PrometheusHandle,
     pub health: Health,
     pub devices: DeviceBoard,
+    /// The device list: shard, reloads, the last rejected reload (none in
+    /// the demo, whose list is fixed).
+    pub list: Option<crate::reload::SharedStatus>,
 }
 
 /// Binds `addr` (so a port conflict fails start-up, not later) and serves
@@ -50,6 +54,7 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .route("/startupz", get(started))
         .route("/devices", get(devices))
+        .route("/status", get(status))
         .with_state(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -59,7 +64,7 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "http server failed");
         }
     });
-    tracing::info!(addr = %local, "serving /metrics /healthz /readyz /startupz /devices");
+    tracing::info!(addr = %local, "serving /metrics /healthz /readyz /startupz /devices /status");
     Ok((local, task))
 }
 
@@ -89,6 +94,15 @@ async fn started(State(s): State<AppState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
+}
+
+async fn status(State(s): State<AppState>) -> Result<Json<crate::reload::ListStatus>, StatusCode> {
+    let list = s.list.as_ref().ok_or(StatusCode::NOT_FOUND)?;
+    Ok(Json(
+        list.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+    ))
 }
 
 /// `/devices` query: `?breaker=open&failing=true&offset=0&limit=100`.

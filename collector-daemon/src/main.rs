@@ -7,6 +7,7 @@ mod cli;
 #[cfg(feature = "demo")]
 mod demo;
 mod http;
+mod reload;
 mod run;
 mod state;
 mod telemetry;

@@ -11,7 +11,7 @@ use collector_opcua::config::OpcUaConfig;
 use collector_opcua::OpcUaProtocol;
 use tokio_util::sync::CancellationToken;
 
-use crate::{http, telemetry, Failure};
+use crate::{http, reload, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
 pub(crate) fn load(path: &Path, limits: LoadLimits) -> Result<CollectorConfig, Failure> {
@@ -44,10 +44,32 @@ pub(crate) async fn run(
     http_addr: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let cfg = load(path, limits)?;
+    let index = match cfg.shard.index {
+        Some(i) => i,
+        None => collector_core::shard::index_from_env()
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                Failure::Config
+            })?
+            .unwrap_or(0),
+    };
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
-    let builder = Collector::builder(cfg).protocol(protocol);
+    // The device list is live: this replica's shard of it, re-read when
+    // its files change (`reload`).
+    let (shard, mine) = reload::shard_devices(&cfg, index);
+    tracing::info!(
+        shard = shard.index,
+        shards = shard.count,
+        listed = cfg.devices.len(),
+        devices = mine.len(),
+        "device list loaded"
+    );
+    let (sender, source) = collector_core::source::channel(mine);
+    let reloader = reload::Reloader::new(path, limits, index, cfg.clone(), sender);
+    let list_status = reloader.status();
+    let builder = Collector::builder(cfg).protocol(protocol).source(source);
     // Bind before building: recovering a large spill takes time, and
     // `/healthz` must answer meanwhile (`/startupz` and `/readyz` say 503).
     let stop_http = CancellationToken::new();
@@ -55,13 +77,18 @@ pub(crate) async fn run(
         metrics,
         health: builder.health(),
         devices: builder.devices(),
+        list: Some(list_status),
     };
     let (_, http_task) = http::serve(addr, surface, stop_http.clone()).await?;
     let collector = builder.build().await.context("starting the collector")?;
+    let stop_reload = CancellationToken::new();
+    let reload_task = tokio::spawn(reloader.run(stop_reload.clone()));
     collector
         .run(shutdown_signal())
         .await
         .context("collector")?;
+    stop_reload.cancel();
+    let _ = reload_task.await;
     stop_http.cancel();
     let _ = http_task.await;
     Ok(())

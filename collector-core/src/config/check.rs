@@ -32,6 +32,13 @@ pub(crate) fn check_sections(
         "interval",
         "must be at least 10ms",
     );
+    check(cfg.shard.count >= 1, "shard", "count", "must be at least 1");
+    check(
+        cfg.shard.index.is_none_or(|i| i < cfg.shard.count),
+        "shard",
+        "index",
+        "must be below shard.count (shards are 0..count-1)",
+    );
     check(
         cfg.workers.permits >= 1,
         "workers",

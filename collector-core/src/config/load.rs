@@ -159,6 +159,7 @@ impl CollectorConfig {
                 "spill" => section!(cfg.spill),
                 "dead_letters" => section!(cfg.dead_letters),
                 "http" => section!(cfg.http),
+                "shard" => section!(cfg.shard),
                 "devices" => collect_devices(node, path, &owned, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
                     Ok(files) => {
@@ -168,6 +169,7 @@ impl CollectorConfig {
                                 _ => f.clone(),
                             };
                             load_device_file(&full, &owned, &mut raw_devices, &mut errors);
+                            cfg.device_files.push(full);
                         }
                     }
                     Err(e) => errors.push(at(e)),
@@ -264,6 +266,7 @@ const CORE_SECTIONS: &[&str] = &[
     "spill",
     "dead_letters",
     "http",
+    "shard",
     "devices",
     "device_files",
 ];

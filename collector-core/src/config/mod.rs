@@ -27,7 +27,7 @@ pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
     byte_size, duration, parse_byte_size, BatchConfig, BreakerConfig, CollectorSection,
-    DeadLetterSection, HttpConfig, ScheduleConfig, SpillSection, WorkerConfig,
+    DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection, WorkerConfig,
 };
 pub use secret::{Secret, SecretSource};
 pub use settings::{NoProtocolConfig, ProtocolConfig, Settings};
@@ -57,6 +57,11 @@ pub struct CollectorConfig {
     pub dead_letters: DeadLetterSection,
     /// The daemon's HTTP server.
     pub http: HttpConfig,
+    /// This replica's part of a fleet.
+    pub shard: ShardSection,
+    /// The device files read (`device_files`, resolved against the
+    /// configuration's directory), for watching.
+    pub device_files: Vec<std::path::PathBuf>,
     /// The protocol adapter's own top-level sections, as written (for OPC
     /// UA: `security`, `session`), by section name.
     pub protocol: BTreeMap<String, Settings>,

@@ -218,6 +218,31 @@ impl Default for HttpConfig {
     }
 }
 
+/// `shard:` — this replica's part of a fleet (docs/fleet.md): it reads the
+/// devices whose id hashes to its index among `count` (jump consistent
+/// hash, `collector_core::shard`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardSection {
+    /// This replica's shard, 0-based. Default: from the environment
+    /// (`OPC_COLLECTOR_SHARD_INDEX`, else the `-N` ordinal suffix of
+    /// `HOSTNAME`, as in a StatefulSet), else 0.
+    pub index: Option<u32>,
+    /// Shards (replicas) in the fleet. Read again with the device list, so
+    /// a ConfigMap change resizes the fleet without restarting pods.
+    /// Default 1 (one replica reads every device).
+    pub count: u32,
+}
+
+impl Default for ShardSection {
+    fn default() -> Self {
+        Self {
+            index: None,
+            count: 1,
+        }
+    }
+}
+
 /// One entry of `devices:` as written; validated into [`super::Device`].
 /// Unknown keys are reported by the loader (all of them, with their lines)
 /// rather than by serde, which would stop at the first.

@@ -94,6 +94,16 @@ metric_table! {
     WORKER_PERMITS_IN_USE: Gauge = "collector_worker_permits_in_use", "Worker permits held by running reads";
     /// Devices scheduled.
     DEVICES: Gauge = "collector_devices", "Devices scheduled";
+    /// Changes applied to the running device set (`change`: added, removed, changed, rejected).
+    DEVICE_CHANGES: Counter = "collector_device_changes_total", "Changes applied to the running device set (`change`: added, removed, changed, rejected)";
+    /// Reloads of the device list (`result`: ok, failed).
+    CONFIG_RELOADS: Counter = "collector_config_reloads_total", "Reloads of the device list (`result`: ok, failed)";
+    /// Unix time of the last reload that was applied.
+    CONFIG_LAST_RELOAD: Gauge = "collector_config_last_reload_success_timestamp_seconds", "Unix time of the last reload that was applied";
+    /// This replica's shard index.
+    SHARD_INDEX: Gauge = "collector_shard_index", "This replica's shard index";
+    /// Shards in the fleet (as this replica last read it).
+    SHARD_COUNT: Gauge = "collector_shard_count", "Shards in the fleet (as this replica last read it)";
     /// Sessions by state (`state`: connected, connecting, disconnected).
     SESSIONS: Gauge = "collector_sessions", "Sessions by state (`state`: connected, connecting, disconnected)";
     /// Session connect attempts by result (`result`: ok, error, timeout).

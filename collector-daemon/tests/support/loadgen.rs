@@ -84,6 +84,21 @@ pub fn start_loadgen_from(
     tags: usize,
     log_name: &str,
 ) -> Proc {
+    start_loadgen_with(bin, dir, device_file, first, devices, tags, log_name, &[])
+}
+
+/// [`start_loadgen_from`] with more `serve` arguments (`--stats-addr`, ...).
+#[allow(clippy::too_many_arguments)]
+pub fn start_loadgen_with(
+    bin: &Path,
+    dir: &Path,
+    device_file: &Path,
+    first: usize,
+    devices: usize,
+    tags: usize,
+    log_name: &str,
+    extra: &[&str],
+) -> Proc {
     let mut sim = Proc::spawn(
         "opc-loadgen",
         Command::new(bin)
@@ -104,6 +119,7 @@ pub fn start_loadgen_from(
                 "--write-devices",
             ])
             .arg(device_file)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file(dir, log_name)),

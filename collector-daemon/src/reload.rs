@@ -1,0 +1,317 @@
+//! The live device list. The configuration file and the device files it
+//! names are checked every [`CHECK_EVERY`] and re-read when one changed (a
+//! new inode, size or modification time of what the path resolves to: a
+//! Kubernetes ConfigMap update is an atomic `..data` symlink swap, which
+//! shows as a new inode) or at once on SIGHUP. A good new version, cut to
+//! this replica's shard, goes to the collector's reconciler (devices
+//! added, removed, changed; the others untouched). A bad one is rejected
+//! whole: the running set stays, every problem is logged with `file:line`,
+//! counted, and shown in `/status` until a good version replaces it.
+//!
+//! Only the device list and `shard.count` apply live (with
+//! `schedule.interval`, the default of the devices' intervals); another
+//! changed section is said once per reload (a restart applies it).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use collector_core::config::{Device, LoadLimits};
+use collector_core::metrics::names;
+use collector_core::shard::Shard;
+use collector_core::source::DeviceSetSender;
+use collector_core::CollectorConfig;
+use collector_opcua::config::OpcUaConfig;
+use std::sync::{Mutex, PoisonError};
+use tokio_util::sync::CancellationToken;
+
+/// How often the files are checked for a change.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// What `/status` shows of the device list.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ListStatus {
+    /// This replica's shard.
+    pub shard_index: u32,
+    /// Shards in the fleet, as last read.
+    pub shard_count: u32,
+    /// Devices in the list (all shards).
+    pub listed: usize,
+    /// Devices of this shard (scheduled, less any the adapter rejected).
+    pub devices: usize,
+    /// Reloads applied and rejected since start.
+    pub reloads_ok: u64,
+    /// Reloads rejected since start.
+    pub reloads_failed: u64,
+    /// When the running list was read (RFC 3339).
+    pub loaded_at: String,
+    /// The problems of the last rejected reload, until one is applied.
+    pub last_error: Option<Vec<String>>,
+}
+
+/// Shared with the HTTP server.
+pub(crate) type SharedStatus = Arc<Mutex<ListStatus>>;
+
+/// Identity of what a path resolves to now (`None`: missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(u64, u64, u64, SystemTime)>);
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp(std::fs::metadata(path).ok().map(|m| {
+        (
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.modified().unwrap_or(UNIX_EPOCH),
+        )
+    }))
+}
+
+/// This replica's devices of `cfg`.
+pub(crate) fn shard_devices(cfg: &CollectorConfig, index: u32) -> (Shard, Vec<Device>) {
+    let shard = Shard {
+        index,
+        count: cfg.shard.count,
+    };
+    let mine = cfg
+        .devices
+        .iter()
+        .filter(|d| shard.owns(&d.id))
+        .cloned()
+        .collect();
+    (shard, mine)
+}
+
+/// Watches the files of a running configuration and feeds new device sets.
+pub(crate) struct Reloader {
+    path: PathBuf,
+    limits: LoadLimits,
+    index: u32,
+    running: CollectorConfig,
+    stamps: Vec<(PathBuf, Stamp)>,
+    sender: DeviceSetSender,
+    status: SharedStatus,
+}
+
+impl Reloader {
+    /// For the configuration `running`, loaded from `path`, whose devices
+    /// of shard `index` the collector started with.
+    pub(crate) fn new(
+        path: &Path,
+        limits: LoadLimits,
+        index: u32,
+        running: CollectorConfig,
+        sender: DeviceSetSender,
+    ) -> Self {
+        let (shard, mine) = shard_devices(&running, index);
+        publish_shard(shard);
+        metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
+        let status = Arc::new(Mutex::new(ListStatus {
+            shard_index: shard.index,
+            shard_count: shard.count,
+            listed: running.devices.len(),
+            devices: mine.len(),
+            reloads_ok: 0,
+            reloads_failed: 0,
+            loaded_at: now_rfc3339(),
+            last_error: None,
+        }));
+        let mut r = Self {
+            path: path.to_path_buf(),
+            limits,
+            index,
+            running,
+            stamps: Vec::new(),
+            sender,
+            status,
+        };
+        r.stamps = r
+            .watched()
+            .into_iter()
+            .map(|p| (p.clone(), stamp(&p)))
+            .collect();
+        r
+    }
+
+    /// The status `/status` shows.
+    pub(crate) fn status(&self) -> SharedStatus {
+        self.status.clone()
+    }
+
+    fn watched(&self) -> Vec<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.running.device_files.iter().cloned())
+            .collect()
+    }
+
+    /// Checks and reloads until `stop`.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the device files are still checked every 2s");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let why = tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => "SIGHUP",
+                _ = tick.tick() => {
+                    if !self.changed() {
+                        continue;
+                    }
+                    "a file changed"
+                }
+            };
+            self.reload(why).await;
+        }
+    }
+
+    /// Whether a watched file changed since it was last read.
+    fn changed(&self) -> bool {
+        self.stamps.iter().any(|(p, s)| stamp(p) != *s)
+    }
+
+    /// Reads the configuration again and applies its device list, or
+    /// rejects it whole.
+    async fn reload(&mut self, why: &str) {
+        let started = Instant::now();
+        // Taken before reading: a change during the read is seen next time.
+        let stamps: Vec<(PathBuf, Stamp)> = self
+            .watched()
+            .into_iter()
+            .map(|p| (p.clone(), stamp(&p)))
+            .collect();
+        let (path, limits) = (self.path.clone(), self.limits);
+        let loaded = tokio::task::spawn_blocking(move || {
+            CollectorConfig::load_within(&path, &OpcUaConfig, limits)
+        })
+        .await;
+        let cfg = match loaded {
+            Ok(Ok(cfg)) => cfg,
+            Ok(Err(errors)) => {
+                let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for p in &problems {
+                    tracing::warn!(problem = %p, "device list reload rejected");
+                }
+                tracing::warn!(
+                    problems = problems.len(),
+                    why,
+                    "device list reload rejected; the running devices are kept"
+                );
+                self.stamps = stamps;
+                self.fail(problems);
+                return;
+            }
+            Err(e) => {
+                self.stamps = stamps;
+                self.fail(vec![format!("reload task: {e}")]);
+                return;
+            }
+        };
+        let restart = restart_needed(&self.running, &cfg);
+        if !restart.is_empty() {
+            tracing::warn!(
+                sections = %restart.join(", "),
+                "these sections changed; only the device list and shard.count apply without a restart"
+            );
+        }
+        let (shard, mine) = shard_devices(&cfg, self.index);
+        let scheduled = mine.len();
+        if !self.sender.send(mine) {
+            return;
+        }
+        publish_shard(shard);
+        metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
+        metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
+        tracing::info!(
+            why,
+            listed = cfg.devices.len(),
+            shard = shard.index,
+            shards = shard.count,
+            devices = scheduled,
+            took_ms = started.elapsed().as_millis() as u64,
+            "device list reloaded"
+        );
+        {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.shard_count = shard.count;
+            s.listed = cfg.devices.len();
+            s.devices = scheduled;
+            s.reloads_ok += 1;
+            s.loaded_at = now_rfc3339();
+            s.last_error = None;
+        }
+        self.running = cfg;
+        // The new list may name other device files.
+        let mut stamps = stamps;
+        for p in self.watched() {
+            if !stamps.iter().any(|(q, _)| *q == p) {
+                let s = stamp(&p);
+                stamps.push((p, s));
+            }
+        }
+        self.stamps = stamps;
+    }
+
+    fn fail(&self, problems: Vec<String>) {
+        metrics::counter!(names::CONFIG_RELOADS, "result" => "failed").increment(1);
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.reloads_failed += 1;
+        s.last_error = Some(problems);
+    }
+}
+
+fn publish_shard(shard: Shard) {
+    metrics::gauge!(names::SHARD_INDEX).set(f64::from(shard.index));
+    metrics::gauge!(names::SHARD_COUNT).set(f64::from(shard.count));
+    if shard.index >= shard.count {
+        tracing::warn!(
+            shard = shard.index,
+            shards = shard.count,
+            "this replica's shard is outside shard.count: it reads no device"
+        );
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The sections of `new` that differ from `old` and need a restart.
+fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |same: bool, name: &'static str| {
+        if !same {
+            out.push(name);
+        }
+    };
+    check(old.collector == new.collector, "collector");
+    check(old.workers == new.workers, "workers");
+    check(old.breaker == new.breaker, "breaker");
+    check(old.batch == new.batch, "batch");
+    check(old.kafka == new.kafka, "kafka");
+    check(old.spill == new.spill, "spill");
+    check(old.dead_letters == new.dead_letters, "dead_letters");
+    check(old.http == new.http, "http");
+    check(old.shard.index == new.shard.index, "shard.index");
+    check(old.protocol == new.protocol, "security/session");
+    out
+}
