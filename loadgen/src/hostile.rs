@@ -26,17 +26,21 @@ pub enum Hostile {
     DeepNesting,
     /// A response carrying one 100 MB String, streamed in 8 KiB chunks.
     HugeString,
+    /// One chunk whose header announces 100 MB, its bytes then streamed
+    /// (past any receive buffer a client negotiated).
+    HugeChunk,
     /// The genuine response, one byte per second.
     Trickle,
 }
 
 impl Hostile {
     /// Every kind, in CLI order.
-    pub const ALL: [Hostile; 5] = [
+    pub const ALL: [Hostile; 6] = [
         Hostile::Garbage,
         Hostile::HugeArray,
         Hostile::DeepNesting,
         Hostile::HugeString,
+        Hostile::HugeChunk,
         Hostile::Trickle,
     ];
 
@@ -47,6 +51,7 @@ impl Hostile {
             Hostile::HugeArray => "huge-array",
             Hostile::DeepNesting => "deep-nesting",
             Hostile::HugeString => "huge-string",
+            Hostile::HugeChunk => "huge-chunk",
             Hostile::Trickle => "trickle",
         }
     }
@@ -180,6 +185,17 @@ where
                 value.push(0x00);
                 let body = response_body(&chunk, &value);
                 write_message(client, &chunk, &mut Body::whole(&body)).await?;
+            }
+            Hostile::HugeChunk => {
+                let mut head = Vec::with_capacity(CHUNK_HEAD);
+                head.extend_from_slice(b"MSGF");
+                head.extend_from_slice(&((CHUNK_HEAD + HUGE_STRING) as u32).to_le_bytes());
+                head.extend_from_slice(chunk.get(8..24).unwrap_or(&[0; 16]));
+                client.write_all(&head).await?;
+                let filler = vec![b'x'; PART];
+                for _ in 0..HUGE_STRING / PART {
+                    client.write_all(&filler).await?;
+                }
             }
             Hostile::HugeString => {
                 // String (12), length, then the characters, never held whole.

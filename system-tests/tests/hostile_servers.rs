@@ -1,8 +1,9 @@
-//! Hostile servers (the simulator's `hostile` fault): five devices pass the
+//! Hostile servers (the simulator's `hostile` fault): six devices pass the
 //! OPC UA handshake, then answer every Read (also the collector's own read
 //! of the namespace array at connect) with, one kind each: 4 KiB of garbage,
 //! a value claiming a 2^31-element array, a Variant nested 100,000 deep, a
-//! 100 MB string, or the genuine response at one byte per second. Read
+//! 100 MB string in 8 KiB chunks, one chunk announcing 100 MB, or the
+//! genuine response at one byte per second. Read
 //! every second for 20 s next to 20 healthy devices:
 //!
 //! - each hostile device fails alone, with an error that says what went

@@ -60,6 +60,8 @@ pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> C
             usize::try_from(cfg.max_message_size / MIN_CHUNK_SIZE).unwrap_or(usize::MAX),
         )
         .max_chunk_size(SEND_CHUNK_SIZE)
+        // Told to servers in Hello; `session::wire` holds them to it.
+        .max_incoming_chunk_size(crate::session::RECEIVE_CHUNK_SIZE)
         .channel_lifetime(u32::try_from(settings.channel_lifetime.as_millis()).unwrap_or(u32::MAX))
 }
 

@@ -18,6 +18,7 @@ use crate::security::{identity_token, token_type, SecurityError};
 use super::endpoint::{Endpoint, Live, LoopTask, Resume};
 use super::false_alarms::{quietly, without_false_alarms};
 use super::namespaces::discover;
+use super::wire::GuardedSource;
 use super::Pool;
 
 /// How a connect ended up with its session.
@@ -85,6 +86,7 @@ impl Pool {
             let build = || {
                 client
                     .session_builder()
+                    .with_connector(GuardedSource)
                     .connect_to_endpoint_directly(endpoint)
                     .and_then(|b| {
                         let b = b.user_identity_token(token);

@@ -12,7 +12,8 @@
 //! session in it), `pool` (the pool, its gauges and the connect/backoff
 //! state machine), `connect` (opening one session), `namespaces` (the
 //! server's namespace array and configured `ns=` indexes), `backoff`, and
-//! `false_alarms` (the library's ERROR lines that security None is not).
+//! `false_alarms` (the library's ERROR lines that security None is not),
+//! and `wire` (the TCP connection, every incoming chunk header checked).
 
 mod backoff;
 mod connect;
@@ -20,6 +21,8 @@ mod endpoint;
 mod false_alarms;
 mod namespaces;
 mod pool;
+mod wire;
 
 pub(crate) use endpoint::{Endpoint, Live};
 pub(crate) use pool::Pool;
+pub(crate) use wire::RECEIVE_CHUNK_SIZE;

@@ -1,0 +1,218 @@
+//! The TCP connection to a device, with every incoming chunk header checked
+//! before its body is read. The library's codec waits for the whole chunk
+//! a header announces (up to 4 GiB) and never compares it with the receive
+//! buffer it told the server in Hello, so one hostile or broken chunk
+//! header could make the collector buffer gigabytes. Here a chunk larger
+//! than that buffer, or with a header that is not OPC UA's, ends the
+//! connection as it arrives. Together with the chunk count (from
+//! `session.max_message_size`), this bounds what one session can make the
+//! collector hold.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use opcua::client::transport::{
+    Connector, OutgoingMessage, SecureChannelState, StreamConnection, StreamConnector,
+    StreamTransport,
+};
+use opcua::client::ConnectionSource;
+use opcua::core::comms::tcp_codec::TcpCodec;
+use opcua::types::{DecodingOptions, EndpointDescription, Error, StatusCode};
+use tokio::io::{AsyncRead, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+/// The receive buffer told to servers in Hello: no chunk may be larger.
+pub(crate) const RECEIVE_CHUNK_SIZE: usize = 65_536;
+
+/// Message types a server may send (Part 6, 7.1.2).
+const TYPES: [&[u8; 3]; 6] = [b"ACK", b"ERR", b"OPN", b"MSG", b"CLO", b"RHE"];
+
+/// Checks the chunk headers of a byte stream as it is read.
+pub(crate) struct Guarded<R> {
+    inner: R,
+    max_chunk: usize,
+    head: [u8; 8],
+    head_len: usize,
+    /// Bytes of the current chunk's body still to come.
+    remaining: usize,
+}
+
+impl<R> Guarded<R> {
+    pub(crate) fn new(inner: R, max_chunk: usize) -> Self {
+        Self {
+            inner,
+            max_chunk,
+            head: [0; 8],
+            head_len: 0,
+            remaining: 0,
+        }
+    }
+
+    /// Follows `data` through the chunk framing; an error for a header
+    /// that is not OPC UA's or a chunk over the limit.
+    fn scan(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let k = self.remaining.min(data.len());
+                self.remaining -= k;
+                data = &data[k..];
+                continue;
+            }
+            let k = (8 - self.head_len).min(data.len());
+            self.head[self.head_len..self.head_len + k].copy_from_slice(&data[..k]);
+            self.head_len += k;
+            data = &data[k..];
+            if self.head_len < 8 {
+                continue;
+            }
+            self.head_len = 0;
+            let size = u32::from_le_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
+                as usize;
+            let known = TYPES.iter().any(|t| self.head[..3] == t[..])
+                && matches!(self.head[3], b'F' | b'C' | b'A');
+            if !known {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the server sent bytes that are not an OPC UA chunk",
+                ));
+            }
+            if !(8..=self.max_chunk).contains(&size) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the server announced a chunk of {size} bytes; the receive buffer is {}",
+                        self.max_chunk
+                    ),
+                ));
+            }
+            self.remaining = size - 8;
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled()[before..].to_vec();
+                Poll::Ready(self.scan(&filled))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Connections through [`Guarded`], for the session builder.
+pub(crate) struct GuardedSource;
+
+impl ConnectionSource for GuardedSource {
+    type Builder = GuardedConnector;
+
+    fn get_connector(&self, endpoint: &EndpointDescription) -> Result<GuardedConnector, Error> {
+        Ok(GuardedConnector {
+            url: endpoint.endpoint_url.as_ref().to_string(),
+        })
+    }
+}
+
+/// Connects to one endpoint URL.
+pub(crate) struct GuardedConnector {
+    url: String,
+}
+
+type Transport = StreamTransport<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>;
+
+impl Connector for GuardedConnector {
+    type Transport = Transport;
+
+    async fn connect(
+        &self,
+        channel: Arc<SecureChannelState>,
+        outgoing_recv: tokio::sync::mpsc::Receiver<OutgoingMessage>,
+        config: opcua::client::transport::TransportConfiguration,
+    ) -> Result<Transport, Error> {
+        StreamConnector::new(connect_tcp, self.url.clone())
+            .connect(channel, outgoing_recv, config)
+            .await
+    }
+
+    fn default_endpoint(&self) -> EndpointDescription {
+        EndpointDescription::from(self.url.as_str())
+    }
+}
+
+async fn connect_tcp(
+    url: String,
+    decoding: DecodingOptions,
+) -> Result<StreamConnection<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>, Error> {
+    let bad_url = |what: &str| {
+        Error::new(
+            StatusCode::BadTcpEndpointUrlInvalid,
+            format!("{url}: {what}"),
+        )
+    };
+    let parsed = url::Url::parse(&url).map_err(|e| bad_url(&e.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| bad_url("no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = parsed.port().unwrap_or(4840);
+    let socket = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| {
+            Error::new(
+                StatusCode::BadCommunicationError,
+                format!("cannot connect to {host}:{port}: {e}"),
+            )
+        })?;
+    let (reader, writer) = tokio::io::split(socket);
+    Ok(StreamConnection::new(
+        FramedRead::new(
+            Guarded::new(reader, RECEIVE_CHUNK_SIZE),
+            TcpCodec::new(decoding),
+        ),
+        writer,
+        url,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(kind: &[u8; 4], size: u32) -> Vec<u8> {
+        let mut c = kind.to_vec();
+        c.extend_from_slice(&size.to_le_bytes());
+        c.resize(size as usize, 0);
+        c
+    }
+
+    #[test]
+    fn passes_framed_chunks_and_stops_at_an_oversized_or_foreign_one() {
+        let mut stream = chunk(b"ACKF", 28);
+        stream.extend(chunk(b"MSGC", 65_536));
+        stream.extend(chunk(b"MSGF", 100));
+        for step in [1, 7, 1000, stream.len()] {
+            let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+            for part in stream.chunks(step) {
+                g.scan(part).unwrap();
+            }
+        }
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+        let mut huge = b"MSGF".to_vec();
+        huge.extend_from_slice(&100_000_000u32.to_le_bytes());
+        let e = g.scan(&huge).unwrap_err();
+        assert!(e.to_string().contains("100000000"), "{e}");
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+        assert!(g.scan(b"\xfe\xfe\xfe\xfe\x10\x00\x00\x00").is_err());
+    }
+}
