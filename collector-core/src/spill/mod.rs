@@ -68,6 +68,7 @@ pub(crate) mod segment_log;
 #[cfg(feature = "sled")]
 pub(crate) mod sled_store;
 
+mod recover;
 mod resync;
 mod segment;
 

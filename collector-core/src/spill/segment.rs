@@ -2,20 +2,20 @@
 //! its ack file (ids deleted from it), the in-memory index of its frames,
 //! and recovery of both after a crash.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::frame::{self, FRAME_HEADER};
-use super::resync::{self, Damage};
+use super::resync::Damage;
 use super::SpillError;
 
 /// Segment file header: magic, version, first id, CRC of the 20 bytes before.
 pub const SEGMENT_HEADER: usize = 24;
 const MAGIC: &[u8; 8] = b"OPCSPILL";
-const VERSION: u32 = 1;
+/// The segment format's version.
+pub const VERSION: u32 = 1;
 /// One ack entry: id (u64 LE) and CRC-32 of those 8 bytes (u32 LE).
 pub const ACK_ENTRY: usize = 12;
 /// Smallest segment size accepted.
@@ -82,7 +82,7 @@ pub fn parse_name(name: &str, ext: &str) -> Option<u64> {
         .flatten()
 }
 
-fn header_bytes(first_id: u64) -> [u8; SEGMENT_HEADER] {
+pub(super) fn header_bytes(first_id: u64) -> [u8; SEGMENT_HEADER] {
     let mut h = [0u8; SEGMENT_HEADER];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -92,8 +92,14 @@ fn header_bytes(first_id: u64) -> [u8; SEGMENT_HEADER] {
     h
 }
 
-fn valid_header(h: &[u8], first_id: u64) -> bool {
+pub(super) fn valid_header(h: &[u8], first_id: u64) -> bool {
     h.len() == SEGMENT_HEADER && h == header_bytes(first_id)
+}
+
+/// The format version of a header with our magic (`None`: not ours, or
+/// damaged in the magic).
+pub(super) fn header_version(h: &[u8]) -> Option<u32> {
+    (h.len() >= 12 && &h[..8] == MAGIC).then(|| u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
 }
 
 pub fn ack_entry(id: u64) -> [u8; ACK_ENTRY] {
@@ -157,15 +163,8 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::i
     Ok(())
 }
 
-/// Whether the frame at `pos` (body `blen` bytes) matches its checksum.
-fn verified_at(file: &File, pos: u64, blen: usize, crc: u32) -> std::io::Result<bool> {
-    let mut body = vec![0u8; blen];
-    read_exact_at(file, &mut body, pos + FRAME_HEADER as u64)?;
-    Ok(frame::check(&body, crc).is_some())
-}
-
 impl Segment {
-    fn empty(dir: &Path, first_id: u64, file: File, len: u64) -> Self {
+    pub(super) fn empty(dir: &Path, first_id: u64, file: File, len: u64) -> Self {
         Segment {
             first_id,
             path: dir.join(seg_name(first_id)),
@@ -199,161 +198,6 @@ impl Segment {
         Ok(Self::empty(dir, first_id, file, SEGMENT_HEADER as u64))
     }
 
-    /// Rewrites a damaged header from the segment's name (its first id),
-    /// durably, so that its frames can be recovered.
-    pub fn repair_header(dir: &Path, first_id: u64) -> Result<(), SpillError> {
-        let path = dir.join(seg_name(first_id));
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| SpillError::io(&path, e))?;
-        write_all_at(&file, &header_bytes(first_id), 0)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| SpillError::io(&path, e))
-    }
-
-    /// Opens an existing segment and indexes its frames. Returns `None`
-    /// when the header is missing or invalid. `verify` checks every frame's
-    /// checksum (the newest segment, the only one that can have a torn
-    /// tail); otherwise only the frame headers are read and checksums are
-    /// checked when a frame is read back. A damaged frame in the middle is
-    /// skipped up to the next whole frame (`Scan::damaged`); only damage
-    /// with no whole frame after it is a bad tail.
-    pub fn open(
-        dir: &Path,
-        first_id: u64,
-        verify: bool,
-    ) -> Result<Option<(Self, Scan)>, SpillError> {
-        let path = dir.join(seg_name(first_id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| SpillError::io(&path, e))?;
-        let file_len = file.metadata().map_err(|e| SpillError::io(&path, e))?.len();
-        let mut r = BufReader::with_capacity(1 << 20, &file);
-        let mut h = [0u8; SEGMENT_HEADER];
-        match r.read_exact(&mut h) {
-            Ok(()) if valid_header(&h, first_id) => {}
-            Ok(()) => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(SpillError::io(&path, e)),
-        }
-        let mut pos = SEGMENT_HEADER as u64;
-        let mut next_id = first_id;
-        let mut scan = Scan::default();
-        let mut body = Vec::new();
-        let mut slots = VecDeque::new();
-        loop {
-            if pos == file_len {
-                break;
-            }
-            let mut fh = [0u8; FRAME_HEADER];
-            let found = match r.read_exact(&mut fh) {
-                Err(e) if e.kind() != ErrorKind::UnexpectedEof => {
-                    return Err(SpillError::io(&path, e));
-                }
-                Err(_) => Err("partial frame header".to_string()),
-                Ok(()) => match frame::header(&fh) {
-                    None => Err("invalid frame length".to_string()),
-                    Some((blen, _)) if pos + (FRAME_HEADER + blen) as u64 > file_len => {
-                        Err("frame runs past the end of the file".to_string())
-                    }
-                    Some((blen, crc)) => {
-                        let meta = if verify {
-                            body.resize(blen, 0);
-                            r.read_exact(&mut body)
-                                .map_err(|e| SpillError::io(&path, e))?;
-                            frame::check(&body, crc)
-                        } else {
-                            body.resize(frame::BODY_HEADER, 0);
-                            r.read_exact(&mut body)
-                                .map_err(|e| SpillError::io(&path, e))?;
-                            r.seek_relative((blen - frame::BODY_HEADER) as i64)
-                                .map_err(|e| SpillError::io(&path, e))?;
-                            frame::meta(&body)
-                        };
-                        match meta {
-                            None => Err("checksum mismatch".to_string()),
-                            Some(m) if m.id == next_id => Ok((m, blen)),
-                            // A later id (frames lost before it) only from
-                            // a frame whose checksum holds.
-                            Some(m)
-                                if m.id > next_id
-                                    && m.id - next_id <= resync::MAX_LOST_IDS
-                                    && (verify
-                                        || verified_at(&file, pos, blen, crc)
-                                            .map_err(|e| SpillError::io(&path, e))?) =>
-                            {
-                                Ok((m, blen))
-                            }
-                            Some(m) => Err(format!("id {} where {next_id} was expected", m.id)),
-                        }
-                    }
-                },
-            };
-            let (meta, blen) = match found {
-                Ok(v) => v,
-                Err(reason) => {
-                    // Damage: resume at the next whole frame, if any.
-                    match resync::next_frame(&file, &path, pos + 1, file_len, next_id)? {
-                        Some((at, id)) => {
-                            scan.damaged.push(Damage {
-                                offset: pos,
-                                bytes: at - pos,
-                                lost: id - next_id,
-                                reason,
-                            });
-                            pos = at;
-                            r.seek(SeekFrom::Start(at))
-                                .map_err(|e| SpillError::io(&path, e))?;
-                            continue;
-                        }
-                        None => {
-                            scan.reason = Some(reason);
-                            break;
-                        }
-                    }
-                }
-            };
-            // Ids lost before this frame keep their place, as deleted slots.
-            while next_id < meta.id {
-                slots.push_back(Slot {
-                    id: next_id,
-                    offset: pos,
-                    len: 0,
-                    records: 0,
-                    written_ms: 0,
-                    deleted: true,
-                });
-                next_id += 1;
-            }
-            let len = (FRAME_HEADER + blen) as u32;
-            slots.push_back(Slot {
-                id: meta.id,
-                offset: pos,
-                len,
-                records: meta.records,
-                written_ms: meta.written_ms,
-                deleted: false,
-            });
-            next_id += 1;
-            pos += u64::from(len);
-        }
-        scan.bad_tail = file_len - pos;
-        drop(r);
-        let mut s = Self::empty(dir, first_id, file, pos);
-        s.frames = slots.len() as u64;
-        for slot in slots.iter().filter(|s| !s.deleted) {
-            s.live_batches += 1;
-            s.live_records += u64::from(slot.records);
-            s.live_bytes += u64::from(slot.len);
-        }
-        s.slots = slots;
-        s.load_acks()?;
-        Ok(Some((s, scan)))
-    }
-
     /// Cuts the file after the last valid frame, durably.
     pub fn truncate_tail(&mut self) -> Result<(), SpillError> {
         self.file
@@ -363,11 +207,13 @@ impl Segment {
     }
 
     /// Applies the ack file: marks the ids it lists deleted. A torn last
-    /// entry is cut so that new entries stay aligned.
-    fn load_acks(&mut self) -> Result<(), SpillError> {
+    /// entry is cut so that new entries stay aligned. Returns the ids it
+    /// lists when `collect` (to tell damage from delivered batches).
+    pub(super) fn load_acks(&mut self, collect: bool) -> Result<HashSet<u64>, SpillError> {
+        let mut acked = HashSet::new();
         let data = match std::fs::read(&self.ack_path) {
             Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(acked),
             Err(e) => return Err(SpillError::io(&self.ack_path, e)),
         };
         let whole = data.len() - data.len() % ACK_ENTRY;
@@ -377,6 +223,9 @@ impl Segment {
             let id = u64::from_le_bytes(id);
             if e == ack_entry(id) {
                 self.mark_deleted(id);
+                if collect {
+                    acked.insert(id);
+                }
             }
         }
         let file = OpenOptions::new()
@@ -392,7 +241,7 @@ impl Segment {
         self.ack = Some(Arc::new(file));
         self.ack_len = whole as u64;
         self.trim();
-        Ok(())
+        Ok(acked)
     }
 
     /// The slot of `id`, if it is in this segment and not trimmed.

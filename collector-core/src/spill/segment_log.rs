@@ -46,7 +46,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -54,7 +54,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::commit::GroupCommit;
 use super::frame;
-use super::segment::{self, read_exact_at, write_all_at, Segment, Slot};
+use super::segment::{read_exact_at, write_all_at, Segment, Slot};
 use super::{
     from_unix_ms, publish, report_dropped, unix_ms, Compression, DropCount, Dropped, NewBatch,
     SpillBackend, SpillConfig, SpillError, SpillId, SpillStats, SpillStore, SpilledBatch,
@@ -77,22 +77,22 @@ pub struct SegmentLog {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
+pub(super) struct Inner {
     /// By first id; the last one is the active segment. Never empty.
-    segments: BTreeMap<u64, Segment>,
+    pub(super) segments: BTreeMap<u64, Segment>,
     /// The id of the next append (= the active segment's end id).
-    next_id: u64,
-    poisoned: bool,
-    written: u64,
-    expired: DropCount,
-    evicted: DropCount,
-    corrupt: u64,
-    torn_bytes: u64,
-    scratch: Vec<u8>,
+    pub(super) next_id: u64,
+    pub(super) poisoned: bool,
+    pub(super) written: u64,
+    pub(super) expired: DropCount,
+    pub(super) evicted: DropCount,
+    pub(super) corrupt: u64,
+    pub(super) torn_bytes: u64,
+    pub(super) scratch: Vec<u8>,
 }
 
 impl Inner {
-    fn active_key(&self) -> u64 {
+    pub(super) fn active_key(&self) -> u64 {
         self.segments.keys().next_back().copied().unwrap_or(0)
     }
 
@@ -144,7 +144,7 @@ impl SegmentLog {
             .open(&lock_path)
             .map_err(|e| SpillError::io(&lock_path, e))?;
         fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| SpillError::Locked(dir.clone()))?;
-        let inner = recover(&dir, cfg.role)?;
+        let inner = super::recover::recover(&dir, cfg.role)?;
         let durable = inner.next_id.saturating_sub(1);
         let log = SegmentLog {
             dir,
@@ -478,144 +478,4 @@ impl SpillStore for SegmentLog {
         let last = self.lock().next_id.saturating_sub(1);
         self.wait_durable(last)
     }
-}
-
-/// Reads the directory back after a clean stop or a crash.
-fn recover(dir: &Path, role: StoreRole) -> Result<Inner, SpillError> {
-    let mut segs = Vec::new();
-    let mut acks = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| SpillError::io(dir, e))? {
-        let entry = entry.map_err(|e| SpillError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = segment::parse_name(name, "seg") {
-            segs.push(id);
-        } else if let Some(id) = segment::parse_name(name, "ack") {
-            acks.push(id);
-        }
-    }
-    segs.sort_unstable();
-    let mut inner = Inner {
-        next_id: 1,
-        ..Inner::default()
-    };
-    let mut changed = false;
-    let n = segs.len();
-    for (i, first) in segs.into_iter().enumerate() {
-        let newest = i + 1 == n;
-        inner.next_id = inner.next_id.max(first);
-        let path = dir.join(segment::seg_name(first));
-        let opened = match Segment::open(dir, first, newest)? {
-            Some(opened) => Some(opened),
-            // No valid header and no frames: the newest segment, created
-            // but never synced.
-            None if newest
-                && std::fs::metadata(&path)
-                    .map_err(|e| SpillError::io(&path, e))?
-                    .len()
-                    <= segment::SEGMENT_HEADER as u64 =>
-            {
-                tracing::warn!(file = %path.display(), "spill segment without a valid header removed");
-                std::fs::remove_file(&path).map_err(|e| SpillError::io(&path, e))?;
-                None
-            }
-            // Damage to the header of a segment with frames: they carry
-            // their own ids and checksums, so rewrite the header from the
-            // name and check every frame.
-            None => {
-                tracing::error!(file = %path.display(), "spill segment header corrupt; rewritten from the file name, every frame checked");
-                metrics::counter!(role.names().corrupt).increment(1);
-                inner.corrupt += 1;
-                Segment::repair_header(dir, first)?;
-                let reopened = Segment::open(dir, first, true)?;
-                if reopened.is_none() {
-                    let aside = path.with_extension("corrupt");
-                    tracing::error!(file = %path.display(), "spill segment unreadable; moved aside");
-                    std::fs::rename(&path, &aside).map_err(|e| SpillError::io(&path, e))?;
-                }
-                reopened
-            }
-        };
-        let Some((mut seg, scan)) = opened else {
-            changed = true;
-            continue;
-        };
-        for d in &scan.damaged {
-            tracing::error!(
-                file = %path.display(),
-                offset = d.offset,
-                bytes = d.bytes,
-                batches_lost = d.lost,
-                reason = %d.reason,
-                "spill: corrupt region skipped; the batches after it are kept"
-            );
-            // Counted by batches lost (at least one: damage was found).
-            metrics::counter!(role.names().corrupt).increment(d.lost.max(1));
-            inner.corrupt += d.lost.max(1);
-        }
-        if scan.bad_tail > 0 {
-            let reason = scan.reason.as_deref().unwrap_or("trailing bytes");
-            if newest {
-                tracing::warn!(
-                    file = %seg.path.display(),
-                    bytes = scan.bad_tail,
-                    reason,
-                    "spill: torn tail of an unacknowledged append cut"
-                );
-            } else {
-                tracing::error!(
-                    file = %seg.path.display(),
-                    bytes = scan.bad_tail,
-                    reason,
-                    "spill: corrupt data in a sealed segment cut; batches after it are lost"
-                );
-                metrics::counter!(role.names().corrupt).increment(1);
-                inner.corrupt += 1;
-            }
-            inner.torn_bytes += scan.bad_tail;
-            seg.truncate_tail()?;
-        }
-        inner.next_id = inner.next_id.max(seg.end_id());
-        inner.segments.insert(first, seg);
-    }
-    // Drained segments go; the newest stays only if it has live batches or
-    // is still empty (its name then is the next id).
-    let newest = inner.active_key();
-    let drained: Vec<u64> = inner
-        .segments
-        .iter()
-        .filter(|(k, s)| s.live_batches == 0 && (**k != newest || s.frames > 0))
-        .map(|(k, _)| *k)
-        .collect();
-    for key in drained {
-        if let Some(seg) = inner.segments.remove(&key) {
-            seg.remove(dir)?;
-            changed = true;
-        }
-    }
-    // Orphan ack files (a crash between a segment's two removals). A
-    // drained segment removed just above took its ack file with it.
-    for id in acks {
-        if !inner.segments.contains_key(&id) {
-            let path = dir.join(segment::ack_name(id));
-            match std::fs::remove_file(&path) {
-                Ok(()) => changed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpillError::io(&path, e)),
-            }
-        }
-    }
-    let active_ok = inner
-        .segments
-        .values()
-        .next_back()
-        .is_some_and(|s| s.end_id() == inner.next_id);
-    if !active_ok {
-        let seg = Segment::create(dir, inner.next_id)?;
-        inner.segments.insert(seg.first_id, seg);
-    }
-    if changed {
-        segment::sync_dir(dir)?;
-    }
-    Ok(inner)
 }

@@ -254,3 +254,36 @@ fn segment_log_reopens_after_a_small_active_segment_was_drained() {
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".ack")), "{names:?}");
 }
+
+/// A frame length enlarged by damage in a sealed segment (opened without
+/// checking every frame) must not swallow the intact frames after it; and
+/// a damage is counted once, not at every start.
+#[test]
+fn an_enlarged_length_costs_one_batch_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), SpillBackend::SegmentLog);
+    {
+        let s = open(&c).unwrap();
+        for i in 0..40 {
+            s.append(&payload(i), 1).unwrap();
+        }
+    }
+    let first = dir.path().join(segment::seg_name(1));
+    let mut bytes = std::fs::read(&first).unwrap();
+    // The second frame's length, doubled: still inside the file.
+    let first_len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+    let second = 24 + 8 + first_len;
+    let len = u32::from_le_bytes(bytes[second..second + 4].try_into().unwrap());
+    bytes[second..second + 4].copy_from_slice(&(len * 2).to_le_bytes());
+    std::fs::write(&first, &bytes).unwrap();
+    let (kept, corrupt) = {
+        let s = open(&c).unwrap();
+        (s.oldest(usize::MAX).unwrap(), s.stats().corrupt)
+    };
+    assert_eq!(kept.len(), 39, "only the damaged batch is lost");
+    assert!(kept.iter().all(|b| b.id.0 != 2));
+    assert_eq!(corrupt, 1);
+    let s = open(&c).unwrap();
+    assert_eq!(s.oldest(usize::MAX).unwrap().len(), 39);
+    assert_eq!(s.stats().corrupt, 0, "counted at the first start only");
+}

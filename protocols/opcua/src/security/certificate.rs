@@ -137,12 +137,14 @@ fn check_key_matches(
     let key_info = key
         .public_key_to_info()
         .map_err(|e| format!("client private key {}: {e}", key_path.display()))?;
-    let cert_info = cert
+    // The key itself (not the algorithm parameters, which encoders spell
+    // differently).
+    let cert_key = cert
         .to_der()
         .ok()
         .and_then(|der| x509_cert::Certificate::from_der(&der).ok())
-        .map(|c| c.tbs_certificate.subject_public_key_info);
-    if cert_info.as_ref() != Some(&key_info) {
+        .map(|c| c.tbs_certificate.subject_public_key_info.subject_public_key);
+    if cert_key.as_ref() != Some(&key_info.subject_public_key) {
         return Err(format!(
             "client private key {} does not belong to certificate {}; {fix}",
             key_path.display(),
