@@ -95,16 +95,14 @@ impl<R> Guarded<R> {
 
 impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let filled = buf.filled()[before..].to_vec();
-                Poll::Ready(self.scan(&filled))
-            }
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(this.scan(&buf.filled()[before..])),
             other => other,
         }
     }
