@@ -12,6 +12,8 @@
 //! - 10 removed (and one device's nodes changed, by SIGHUP): the removed
 //!   stop, their sessions close on the simulator, their last records
 //!   arrive; the changed one restarts alone and its seq continues;
+//! - a list over the loading limit (`--max-devices-per-file`): rejected,
+//!   the running set kept;
 //! - every record of the run arrives, gap-free per device.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -128,7 +130,14 @@ fn devices_added_removed_changed_and_a_bad_edit_rejected_while_running() {
         ),
     )
     .unwrap();
-    let mut daemon = Daemon::start(&config, addr, dir, "collector.log");
+    // The device list's loading limit, as an operator sets it.
+    let mut daemon = Daemon::start_with(
+        &config,
+        addr,
+        dir,
+        "collector.log",
+        &["--max-devices-per-file", "60"],
+    );
     daemon.wait_ready(Duration::from_secs(30));
     poll_until("50 devices read", Duration::from_secs(30), || {
         let r = reads(addr);
@@ -151,7 +160,8 @@ fn devices_added_removed_changed_and_a_bad_edit_rejected_while_running() {
     // An invalid edit: rejected whole, the 60 keep reading.
     let mut bad = all.clone();
     bad[3] = bad[3].replace("ns=2;s=Tag000", "ns=2;x=Tag000");
-    bad.push(all[0].clone());
+    // (In place of another entry: 61 entries would be over the limit.)
+    bad[5] = all[0].clone();
     let failed_before = metric_labelled(
         &daemon.metrics(),
         "collector_config_reloads_total",
@@ -222,6 +232,29 @@ fn devices_added_removed_changed_and_a_bad_edit_rejected_while_running() {
     let status = json(addr, "/status");
     assert!(status["last_error"].is_null(), "{status}");
     assert_eq!(status["devices"], 50, "{status}");
+
+    // A list over the loading limit (61 entries, the limit 60): rejected
+    // like any bad list, the 50 kept.
+    let mut over = all.clone();
+    over.push(all[59].replace("dev-00059", "dev-extra"));
+    publish(&mount, 5, &over);
+    let status = poll_until(
+        "the oversized list rejected",
+        Duration::from_secs(15),
+        || {
+            let s = json(addr, "/status");
+            (!s["last_error"].is_null())
+                .then_some(s)
+                .ok_or("no error yet".to_string())
+        },
+    );
+    assert!(
+        status["last_error"]
+            .to_string()
+            .contains("61 devices in one list; the limit is 60"),
+        "{status}"
+    );
+    assert_eq!(reads(addr).len(), 50);
     let metrics = daemon.metrics();
     assert_eq!(
         metric_labelled(

@@ -32,9 +32,21 @@ impl Daemon {
     /// Starts the daemon with `config`, logging to `dir/<log_name>` (and its
     /// stdout to `dir/<log_name>.stdout`).
     pub fn start(config: &Path, addr: SocketAddr, dir: &Path, log_name: &str) -> Daemon {
+        Daemon::start_with(config, addr, dir, log_name, &[])
+    }
+
+    /// [`Daemon::start`] with more global arguments (`--max-file-bytes`, ...).
+    pub fn start_with(
+        config: &Path,
+        addr: SocketAddr,
+        dir: &Path,
+        log_name: &str,
+        args: &[&str],
+    ) -> Daemon {
         let proc = Proc::spawn(
             "opc-collector",
             Command::new(collector_bin())
+                .args(args)
                 .args(["--log-format", "json", "run", "--config"])
                 .arg(config)
                 .arg("--http-addr")

@@ -9,6 +9,7 @@
 //! - [`daemon`]: the `opc-collector` child process and its final totals;
 //! - [`scrape`]: its HTTP surface and `/metrics` values;
 //! - [`records`]: the topic read back as per-device sequence numbers.
+//! - [`stacks`]: the independent OPC UA servers of the interop tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // test code: a panic is a failed test
@@ -22,6 +23,7 @@ pub mod loadgen;
 pub mod proc;
 pub mod records;
 pub mod scrape;
+pub mod stacks;
 
 pub use broker::{
     create_topic, create_topic_with, find_tansu, read_topic, start_broker, tansu_version,

@@ -49,12 +49,10 @@ pub struct SessionConfig {
     /// OPC UA application name presented to servers. Default `opc-collector`.
     pub application_name: String,
     /// The largest response accepted from a server, told to it in the
-    /// handshake (a server answers a larger one with an error). A broken
-    /// or hostile server that sends more anyway is cut off after this many
-    /// bytes' worth of its smallest allowed chunks (8 KiB): what one session
-    /// can make the collector buffer is this, or up to 8 times it if the
-    /// server uses 64 KiB chunks. Raise it for reads of very large arrays.
-    /// Default `16MiB`.
+    /// handshake (a server answers a larger one with an error). A broken or
+    /// hostile server that sends more anyway is cut off as its chunks pass
+    /// it, so one session can make the collector buffer at most this. Raise
+    /// it for reads of very large arrays. Default `16MiB`.
     #[serde(deserialize_with = "byte_size")]
     pub max_message_size: u64,
 }

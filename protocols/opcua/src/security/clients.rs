@@ -34,9 +34,6 @@ pub(super) struct SecureClients {
     pub(super) auto_accept: Client,
 }
 
-/// The smallest chunk OPC UA allows a peer to negotiate (Part 6, 7.1.2.3).
-const MIN_CHUNK_SIZE: u64 = 8192;
-
 /// Options every client shares: limits, timeouts, our own reconnects.
 pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> ClientBuilder {
     ClientBuilder::new()
@@ -52,13 +49,12 @@ pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> C
         .request_timeout(cfg.read_timeout)
         .max_array_length(MAX_ARRAY_LENGTH)
         .max_message_size(usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX))
-        // The library bounds an incoming message by its chunk count only
-        // (not its size): allow as many chunks as `max_message_size` makes
-        // at the smallest chunk a server may use (8 KiB), so a server that
-        // streams a 100 MB value is cut off there instead of buffered.
-        .max_chunk_count(
-            usize::try_from(cfg.max_message_size / MIN_CHUNK_SIZE).unwrap_or(usize::MAX),
-        )
+        // No chunk count: the library preallocates a queue of that many
+        // entries per session for what it sends (~64 bytes each: a count
+        // for 16 MiB of 8 KiB chunks cost ~100 KiB per session, measured),
+        // and bounds incoming messages by nothing else. `session::wire`
+        // bounds an incoming message by `max_message_size` itself.
+        .max_chunk_count(0)
         .max_chunk_size(SEND_CHUNK_SIZE)
         // Told to servers in Hello; `session::wire` holds them to it.
         .max_incoming_chunk_size(crate::session::RECEIVE_CHUNK_SIZE)

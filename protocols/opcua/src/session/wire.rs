@@ -1,12 +1,14 @@
 //! The TCP connection to a device, with every incoming chunk header checked
 //! before its body is read. The library's codec waits for the whole chunk
 //! a header announces (up to 4 GiB) and never compares it with the receive
-//! buffer it told the server in Hello, so one hostile or broken chunk
-//! header could make the collector buffer gigabytes. Here a chunk larger
-//! than that buffer, or with a header that is not OPC UA's, ends the
-//! connection as it arrives. Together with the chunk count (from
-//! `session.max_message_size`), this bounds what one session can make the
-//! collector hold.
+//! buffer it told the server in Hello, and it bounds a message only by its
+//! number of chunks, so one hostile or broken server could make the
+//! collector buffer gigabytes. Here the connection ends as soon as a chunk
+//! header is not OPC UA's, announces more than the receive buffer, or
+//! takes its message past `session.max_message_size` (chunks of a message
+//! are sent one after another, Part 6, 6.7.2.5, so the running sum of a
+//! message's chunks is its size). That bounds what one session can make
+//! the collector hold.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,24 +31,37 @@ pub(crate) const RECEIVE_CHUNK_SIZE: usize = 65_536;
 /// Message types a server may send (Part 6, 7.1.2).
 const TYPES: [&[u8; 3]; 6] = [b"ACK", b"ERR", b"OPN", b"MSG", b"CLO", b"RHE"];
 
+/// Slack over `max_message_size` for the chunks' own headers.
+const MESSAGE_SLACK: usize = 64 * 1024;
+
 /// Checks the chunk headers of a byte stream as it is read.
 pub(crate) struct Guarded<R> {
     inner: R,
     max_chunk: usize,
+    max_message: usize,
     head: [u8; 8],
     head_len: usize,
     /// Bytes of the current chunk's body still to come.
     remaining: usize,
+    /// Bytes of the message being received so far (its chunks before this).
+    message: usize,
 }
 
 impl<R> Guarded<R> {
-    pub(crate) fn new(inner: R, max_chunk: usize) -> Self {
+    /// `max_message`: 0 for no limit.
+    pub(crate) fn new(inner: R, max_chunk: usize, max_message: usize) -> Self {
         Self {
             inner,
             max_chunk,
+            max_message: if max_message == 0 {
+                usize::MAX
+            } else {
+                max_message.saturating_add(MESSAGE_SLACK)
+            },
             head: [0; 8],
             head_len: 0,
             remaining: 0,
+            message: 0,
         }
     }
 
@@ -88,6 +103,20 @@ impl<R> Guarded<R> {
                 ));
             }
             self.remaining = size - 8;
+            self.message = self.message.saturating_add(size);
+            if self.message > self.max_message {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the server sent a message of more than {} bytes (session.max_message_size)",
+                        self.max_message - MESSAGE_SLACK
+                    ),
+                ));
+            }
+            // A final (or aborted) chunk ends its message.
+            if self.head[3] != b'C' {
+                self.message = 0;
+            }
         }
         Ok(())
     }
@@ -175,7 +204,7 @@ async fn connect_tcp(
     let (reader, writer) = tokio::io::split(socket);
     Ok(StreamConnection::new(
         FramedRead::new(
-            Guarded::new(reader, RECEIVE_CHUNK_SIZE),
+            Guarded::new(reader, RECEIVE_CHUNK_SIZE, decoding.max_message_size),
             TcpCodec::new(decoding),
         ),
         writer,
@@ -200,17 +229,39 @@ mod tests {
         stream.extend(chunk(b"MSGC", 65_536));
         stream.extend(chunk(b"MSGF", 100));
         for step in [1, 7, 1000, stream.len()] {
-            let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+            let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 1 << 20);
             for part in stream.chunks(step) {
                 g.scan(part).unwrap();
             }
         }
-        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0);
         let mut huge = b"MSGF".to_vec();
         huge.extend_from_slice(&100_000_000u32.to_le_bytes());
         let e = g.scan(&huge).unwrap_err();
         assert!(e.to_string().contains("100000000"), "{e}");
-        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE);
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0);
         assert!(g.scan(b"\xfe\xfe\xfe\xfe\x10\x00\x00\x00").is_err());
+    }
+
+    /// A message is the sum of its chunks: intermediate chunks past the
+    /// limit end the connection; a final chunk starts the count again.
+    #[test]
+    fn a_message_over_the_limit_stops_at_the_chunk_that_crosses_it() {
+        let limit = 256 * 1024;
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, limit);
+        // Many whole messages: fine.
+        for _ in 0..20 {
+            g.scan(&chunk(b"MSGC", 65_536)).unwrap();
+            g.scan(&chunk(b"MSGF", 65_536)).unwrap();
+        }
+        let mut sent = 0;
+        let e = loop {
+            match g.scan(&chunk(b"MSGC", 8192)) {
+                Ok(()) => sent += 8192,
+                Err(e) => break e,
+            }
+        };
+        assert!(sent <= limit + MESSAGE_SLACK, "{sent}");
+        assert!(e.to_string().contains("session.max_message_size"), "{e}");
     }
 }
