@@ -60,7 +60,8 @@ fn jump(mut key: u64, buckets: u32) -> u32 {
 /// if set (e.g. from the `apps.kubernetes.io/pod-index` label through the
 /// downward API), else the `-N` suffix of `HOSTNAME` (a StatefulSet pod is
 /// `<name>-<ordinal>`), else `None`. A variable that is not a number is an
-/// error.
+/// error. Use it only for a fleet (a count above 1): a lone replica's
+/// hostname suffix (`ip-10-0-1-23`) is not an ordinal.
 pub fn index_from_env() -> Result<Option<u32>, String> {
     if let Some(v) = std::env::var("OPC_COLLECTOR_SHARD_INDEX")
         .ok()

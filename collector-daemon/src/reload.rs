@@ -37,9 +37,9 @@ pub(crate) struct ListStatus {
     pub shard_count: u32,
     /// Devices in the list (all shards).
     pub listed: usize,
-    /// Devices of this shard (scheduled, less any the adapter rejected).
+    /// Devices of this shard in the list.
     pub devices: usize,
-    /// Reloads applied and rejected since start.
+    /// Reloads applied since start.
     pub reloads_ok: u64,
     /// Reloads rejected since start.
     pub reloads_failed: u64,
@@ -52,9 +52,11 @@ pub(crate) struct ListStatus {
 /// Shared with the HTTP server.
 pub(crate) type SharedStatus = Arc<Mutex<ListStatus>>;
 
-/// Identity of what a path resolves to now (`None`: missing).
+/// Identity of what a path resolves to now: device, inode, size,
+/// modification and change time (a `chmod` that makes a file readable
+/// changes the last); `None`: missing or unreadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(u64, u64, u64, SystemTime)>);
+struct Stamp(Option<(u64, u64, u64, SystemTime, i64, i64)>);
 
 fn stamp(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
@@ -64,8 +66,26 @@ fn stamp(path: &Path) -> Stamp {
             m.ino(),
             m.len(),
             m.modified().unwrap_or(UNIX_EPOCH),
+            m.ctime(),
+            m.ctime_nsec(),
         )
     }))
+}
+
+/// Stamps of `paths`, off the runtime (a stalled network file system
+/// stalls only a blocking thread).
+async fn stamps(paths: Vec<PathBuf>) -> Vec<(PathBuf, Stamp)> {
+    tokio::task::spawn_blocking(move || {
+        paths
+            .into_iter()
+            .map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// This replica's devices of `cfg`.
@@ -85,6 +105,9 @@ pub(crate) fn shard_devices(cfg: &CollectorConfig, index: u32) -> (Shard, Vec<De
 
 /// Watches the files of a running configuration and feeds new device sets.
 pub(crate) struct Reloader {
+    /// SIGHUP, listened for from the start (its default action would end
+    /// the process while the collector is still starting).
+    hangup: Option<tokio::signal::unix::Signal>,
     path: PathBuf,
     limits: LoadLimits,
     index: u32,
@@ -96,7 +119,8 @@ pub(crate) struct Reloader {
 
 impl Reloader {
     /// For the configuration `running`, loaded from `path`, whose devices
-    /// of shard `index` the collector started with.
+    /// of shard `index` the collector started with. (A file edited between
+    /// that load and this call is seen at its next change.)
     pub(crate) fn new(
         path: &Path,
         limits: LoadLimits,
@@ -104,6 +128,13 @@ impl Reloader {
         running: CollectorConfig,
         sender: DeviceSetSender,
     ) -> Self {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the device files are still checked every 2s");
+                None
+            }
+        };
         let (shard, mine) = shard_devices(&running, index);
         publish_shard(shard);
         metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
@@ -118,6 +149,7 @@ impl Reloader {
             last_error: None,
         }));
         let mut r = Self {
+            hangup,
             path: path.to_path_buf(),
             limits,
             index,
@@ -129,7 +161,10 @@ impl Reloader {
         r.stamps = r
             .watched()
             .into_iter()
-            .map(|p| (p.clone(), stamp(&p)))
+            .map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            })
             .collect();
         r
     }
@@ -145,16 +180,10 @@ impl Reloader {
             .collect()
     }
 
-    /// Checks and reloads until `stop`.
+    /// Checks and reloads until `stop` (or until the collector takes no
+    /// more device sets).
     pub(crate) async fn run(mut self, stop: CancellationToken) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; the device files are still checked every 2s");
-                None
-            }
-        };
+        let mut hangup = self.hangup.take();
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -167,31 +196,30 @@ impl Reloader {
                     }
                 } => "SIGHUP",
                 _ = tick.tick() => {
-                    if !self.changed() {
+                    if !self.changed().await {
                         continue;
                     }
                     "a file changed"
                 }
             };
-            self.reload(why).await;
+            if !self.reload(why).await {
+                return;
+            }
         }
     }
 
     /// Whether a watched file changed since it was last read.
-    fn changed(&self) -> bool {
-        self.stamps.iter().any(|(p, s)| stamp(p) != *s)
+    async fn changed(&self) -> bool {
+        let now = stamps(self.stamps.iter().map(|(p, _)| p.clone()).collect()).await;
+        now != self.stamps
     }
 
     /// Reads the configuration again and applies its device list, or
-    /// rejects it whole.
-    async fn reload(&mut self, why: &str) {
+    /// rejects it whole. False once the collector takes no more sets.
+    async fn reload(&mut self, why: &str) -> bool {
         let started = Instant::now();
         // Taken before reading: a change during the read is seen next time.
-        let stamps: Vec<(PathBuf, Stamp)> = self
-            .watched()
-            .into_iter()
-            .map(|p| (p.clone(), stamp(&p)))
-            .collect();
+        let mut taken = stamps(self.watched()).await;
         let (path, limits) = (self.path.clone(), self.limits);
         let loaded = tokio::task::spawn_blocking(move || {
             CollectorConfig::load_within(&path, &OpcUaConfig, limits)
@@ -209,14 +237,25 @@ impl Reloader {
                     why,
                     "device list reload rejected; the running devices are kept"
                 );
-                self.stamps = stamps;
+                // Also watch the files the problems are in (a device file
+                // the new list names for the first time), so that fixing
+                // one is seen.
+                let mut named: Vec<PathBuf> = errors
+                    .iter()
+                    .filter_map(|e| e.file.clone())
+                    .filter(|f| !taken.iter().any(|(p, _)| p == f))
+                    .collect();
+                named.sort();
+                named.dedup();
+                taken.extend(stamps(named).await);
+                self.stamps = taken;
                 self.fail(problems);
-                return;
+                return true;
             }
             Err(e) => {
-                self.stamps = stamps;
+                self.stamps = taken;
                 self.fail(vec![format!("reload task: {e}")]);
-                return;
+                return true;
             }
         };
         let restart = restart_needed(&self.running, &cfg);
@@ -229,7 +268,7 @@ impl Reloader {
         let (shard, mine) = shard_devices(&cfg, self.index);
         let scheduled = mine.len();
         if !self.sender.send(mine) {
-            return;
+            return false;
         }
         publish_shard(shard);
         metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
@@ -254,14 +293,14 @@ impl Reloader {
         }
         self.running = cfg;
         // The new list may name other device files.
-        let mut stamps = stamps;
-        for p in self.watched() {
-            if !stamps.iter().any(|(q, _)| *q == p) {
-                let s = stamp(&p);
-                stamps.push((p, s));
-            }
-        }
-        self.stamps = stamps;
+        let new: Vec<PathBuf> = self
+            .watched()
+            .into_iter()
+            .filter(|p| !taken.iter().any(|(q, _)| q == p))
+            .collect();
+        taken.extend(stamps(new).await);
+        self.stamps = taken;
+        true
     }
 
     fn fail(&self, problems: Vec<String>) {

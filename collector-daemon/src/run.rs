@@ -44,15 +44,25 @@ pub(crate) async fn run(
     http_addr: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let cfg = load(path, limits)?;
+    // The index: configured, else from the environment, but only in a
+    // fleet (a lone replica's hostname suffix is not an ordinal).
     let index = match cfg.shard.index {
         Some(i) => i,
-        None => collector_core::shard::index_from_env()
+        None if cfg.shard.count > 1 => collector_core::shard::index_from_env()
             .map_err(|e| {
                 eprintln!("error: {e}");
                 Failure::Config
             })?
             .unwrap_or(0),
+        None => 0,
     };
+    if index >= cfg.shard.count {
+        eprintln!(
+            "error: shard index {index} is not below shard.count {} (shards are 0..count-1): this replica would read no device",
+            cfg.shard.count
+        );
+        return Err(Failure::Config);
+    }
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);

@@ -171,6 +171,31 @@ fn loading_limits_are_configurable() {
     assert_eq!(code, Some(2), "a bad limit is a usage error: {err}");
 }
 
+/// A replica whose shard index (here from the environment) is not below
+/// the fleet's count would read nothing: it refuses to start instead.
+#[test]
+fn a_shard_index_not_below_the_count_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.yaml");
+    std::fs::write(
+        &path,
+        "kafka:\n  brokers: localhost:9092\nshard:\n  count: 2\ndevices:\n  - id: d0\n    endpoint: opc.tcp://10.0.0.1:4840\n    nodes: [\"ns=2;s=T\"]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("OPC_COLLECTOR_SHARD_INDEX", "5")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("shard index 5 is not below shard.count 2"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validate_accepts_the_shipped_configs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");

@@ -183,6 +183,25 @@ impl Segment {
             next_id += 1;
             pos += u64::from(len);
         }
+        // Unchecked, an enlarged length ending exactly at the end of the
+        // file would swallow the frames after it unnoticed: its frame's
+        // checksum tells.
+        if !verify {
+            if let Some(last) = slots.back().filter(|s| s.len > 0) {
+                let blen = last.len as usize - FRAME_HEADER;
+                let mut fh = [0u8; FRAME_HEADER];
+                read_exact_at(&file, &mut fh, last.offset).map_err(|e| SpillError::io(&path, e))?;
+                let intact = match frame::header(&fh) {
+                    Some((_, crc)) => verified_at(&file, last.offset, blen, crc)
+                        .map_err(|e| SpillError::io(&path, e))?,
+                    None => false,
+                };
+                if !intact {
+                    drop(r);
+                    return Segment::open(dir, first_id, true, limit);
+                }
+            }
+        }
         scan.bad_tail = file_len - pos;
         drop(r);
         let mut s = Self::empty(dir, first_id, file, pos);
@@ -209,9 +228,13 @@ impl Segment {
             lost.extend(ids);
         }
         if !lost.is_empty() {
+            let created = self.ack.is_none();
             let file = self.write_acks(&lost)?;
             file.sync_all()
                 .map_err(|e| SpillError::io(&self.ack_path, e))?;
+            if let (true, Some(dir)) = (created, self.ack_path.parent()) {
+                segment::sync_dir(dir)?;
+            }
         }
         Ok(())
     }
@@ -353,9 +376,10 @@ pub(super) fn recover(dir: &Path, role: StoreRole) -> Result<Inner, SpillError> 
 }
 
 /// A segment whose header did not check out and that has frames: rewritten
-/// from its name and opened with every frame checked, a copy kept as
-/// `.corrupt` until frames were recovered; set aside if its header is of
-/// another version or nothing could be recovered.
+/// from its name and opened with every frame checked (only the 24 header
+/// bytes change; the original ones are put back if no frame could be
+/// recovered, and the file is then set aside as `.corrupt`). A whole
+/// header of another format version is set aside untouched.
 fn recover_header(
     dir: &Path,
     path: &Path,
@@ -377,18 +401,25 @@ fn recover_header(
         std::fs::rename(path, &aside).map_err(|e| SpillError::io(path, e))?;
         return Ok(None);
     }
-    std::fs::copy(path, &aside).map_err(|e| SpillError::io(path, e))?;
     Segment::repair_header(dir, first)?;
     let reopened = Segment::open(dir, first, true, limit)?;
     match reopened {
         Some((seg, scan)) if seg.frames > 0 => {
             tracing::error!(file = %path.display(), batches = seg.live_batches, "spill segment header corrupt; rewritten from the file name, its frames recovered");
-            std::fs::remove_file(&aside).map_err(|e| SpillError::io(&aside, e))?;
             Ok(Some((seg, scan)))
         }
         _ => {
+            // Put the original header back (the scan cut nothing: a file
+            // without a frame is all bad tail, cut only for live segments).
+            let original = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| write_all_at(&f, &h, 0).and_then(|()| f.sync_all()));
+            if let Err(e) = original {
+                tracing::warn!(file = %path.display(), error = %e, "cannot restore the damaged header");
+            }
             tracing::error!(file = %aside.display(), "spill segment header corrupt and no frame recoverable; set aside");
-            std::fs::remove_file(path).map_err(|e| SpillError::io(path, e))?;
+            std::fs::rename(path, &aside).map_err(|e| SpillError::io(path, e))?;
             Ok(None)
         }
     }

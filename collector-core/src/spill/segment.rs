@@ -96,10 +96,14 @@ pub(super) fn valid_header(h: &[u8], first_id: u64) -> bool {
     h.len() == SEGMENT_HEADER && h == header_bytes(first_id)
 }
 
-/// The format version of a header with our magic (`None`: not ours, or
-/// damaged in the magic).
+/// The format version of a whole header of ours: our magic and a checksum
+/// that holds (`None`: not ours, or damaged, a damaged version field
+/// included).
 pub(super) fn header_version(h: &[u8]) -> Option<u32> {
-    (h.len() >= 12 && &h[..8] == MAGIC).then(|| u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
+    let whole = h.len() == SEGMENT_HEADER
+        && &h[..8] == MAGIC
+        && h[20..24] == crc32fast::hash(&h[..20]).to_le_bytes();
+    whole.then(|| u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
 }
 
 pub fn ack_entry(id: u64) -> [u8; ACK_ENTRY] {

@@ -287,3 +287,37 @@ fn an_enlarged_length_costs_one_batch_counted_once() {
     assert_eq!(s.oldest(usize::MAX).unwrap().len(), 39);
     assert_eq!(s.stats().corrupt, 0, "counted at the first start only");
 }
+
+/// A length enlarged to end exactly at the end of a sealed segment raises
+/// no framing error; the last frame's checksum catches it, and the frame it
+/// swallowed is recovered.
+#[test]
+fn a_length_enlarged_to_the_end_of_the_file_swallows_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path(), SpillBackend::SegmentLog);
+    {
+        let s = open(&c).unwrap();
+        for i in 0..40 {
+            s.append(&payload(i), 1).unwrap();
+        }
+    }
+    let first = dir.path().join(segment::seg_name(1));
+    let mut bytes = std::fs::read(&first).unwrap();
+    // The frame before the last: its length made to reach the end.
+    let mut offsets = Vec::new();
+    let mut pos = 24;
+    while pos < bytes.len() {
+        offsets.push(pos);
+        pos += 8 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    assert!(offsets.len() >= 3, "{offsets:?}");
+    let victim = offsets[offsets.len() - 2];
+    let to_end = (bytes.len() - victim - 8) as u32;
+    bytes[victim..victim + 4].copy_from_slice(&to_end.to_le_bytes());
+    std::fs::write(&first, &bytes).unwrap();
+    let s = open(&c).unwrap();
+    let kept = s.oldest(usize::MAX).unwrap();
+    assert_eq!(kept.len(), 39, "only the damaged batch is lost");
+    let lost = offsets.len() as u64 - 1; // its id: frames are 1-based
+    assert!(kept.iter().all(|b| b.id.0 != lost));
+}

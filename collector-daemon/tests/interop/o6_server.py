@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import datetime
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -65,11 +64,9 @@ os.dup2(2, 1)
 
 import numpy as np  # noqa: E402  (o6 depends on numpy)
 import o6  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 from o6.ns import ns0  # noqa: E402
+
+import fixture_cert  # noqa: E402  (next to this script)
 
 APP_URI = "urn:o6-interop:server"
 NAMESPACE_URI = "urn:o6-interop:plant"
@@ -89,68 +86,6 @@ VARIABLES = {
     "Levels": (np.array([1.5, 2.25, -3.0], dtype=np.float32), ns0.datatypes.Float),
 }
 BROKEN = "Broken"
-
-
-def ensure_certificate(pki: Path) -> tuple[Path, Path]:
-    """Create a self-signed RSA 2048 application certificate unless one exists."""
-    key_path, cert_path = pki / "server_key.pem", pki / "server_cert.der"
-    if key_path.is_file() and cert_path.is_file():
-        return key_path, cert_path
-    pki.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "o6 interop server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        # OPC UA (Part 6, 6.2.2) wants the application URI as the first SAN
-        # entry; async-opcua checks exactly that one against applicationUri.
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(APP_URI),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=True,
-                data_encipherment=True,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    return key_path, cert_path
 
 
 class AnonymousOrOneUser(o6.AccessControl):
@@ -223,7 +158,7 @@ async def main() -> None:
     cert_path = None
     if args.user is not None:
         password = args.password_file.read_text().rstrip("\r\n")
-        key_path, cert_path = ensure_certificate(args.pki.absolute())
+        key_path, cert_path = fixture_cert.ensure_certificate(args.pki.absolute(), APP_URI, "o6 interop server")
         options.update(
             certificate=cert_path,
             privateKey=key_path,

@@ -6,9 +6,11 @@
 //! collector buffer gigabytes. Here the connection ends as soon as a chunk
 //! header is not OPC UA's, announces more than the receive buffer, or
 //! takes its message past `session.max_message_size` (chunks of a message
-//! are sent one after another, Part 6, 6.7.2.5, so the running sum of a
-//! message's chunks is its size). That bounds what one session can make
-//! the collector hold.
+//! are sent one after another, Part 6, so the running sum of a message's
+//! chunks is its size). On a plaintext channel (security None) a chunk of
+//! another request in the middle of a message is refused too; an encrypted
+//! channel hides the request id, so there the bound rests on the server
+//! being the trusted one the channel was opened with.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use opcua::client::transport::{
 };
 use opcua::client::ConnectionSource;
 use opcua::core::comms::tcp_codec::TcpCodec;
-use opcua::types::{DecodingOptions, EndpointDescription, Error, StatusCode};
+use opcua::types::{DecodingOptions, EndpointDescription, Error, MessageSecurityMode, StatusCode};
 use tokio::io::{AsyncRead, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
@@ -34,22 +36,35 @@ const TYPES: [&[u8; 3]; 6] = [b"ACK", b"ERR", b"OPN", b"MSG", b"CLO", b"RHE"];
 /// Slack over `max_message_size` for the chunks' own headers.
 const MESSAGE_SLACK: usize = 64 * 1024;
 
+/// Bytes of a chunk's head this module reads: message header (8), channel
+/// id, token id, sequence number, request id.
+const HEAD: usize = 24;
+
 /// Checks the chunk headers of a byte stream as it is read.
 pub(crate) struct Guarded<R> {
     inner: R,
     max_chunk: usize,
     max_message: usize,
-    head: [u8; 8],
+    /// Whether `MSG` chunks are plaintext (security None): their request
+    /// id can then be checked too.
+    plaintext: bool,
+    head: [u8; HEAD],
     head_len: usize,
-    /// Bytes of the current chunk's body still to come.
+    /// Bytes of the current chunk still to come after its head.
     remaining: usize,
     /// Bytes of the message being received so far (its chunks before this).
     message: usize,
+    /// The request id of the message being received, when known.
+    request: Option<u32>,
+}
+
+fn refuse(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
 impl<R> Guarded<R> {
     /// `max_message`: 0 for no limit.
-    pub(crate) fn new(inner: R, max_chunk: usize, max_message: usize) -> Self {
+    pub(crate) fn new(inner: R, max_chunk: usize, max_message: usize, plaintext: bool) -> Self {
         Self {
             inner,
             max_chunk,
@@ -58,15 +73,18 @@ impl<R> Guarded<R> {
             } else {
                 max_message.saturating_add(MESSAGE_SLACK)
             },
-            head: [0; 8],
+            plaintext,
+            head: [0; HEAD],
             head_len: 0,
             remaining: 0,
             message: 0,
+            request: None,
         }
     }
 
     /// Follows `data` through the chunk framing; an error for a header
-    /// that is not OPC UA's or a chunk over the limit.
+    /// that is not OPC UA's, a chunk over the limit, a message over its
+    /// limit, or (plaintext) a message interrupted by another's chunk.
     fn scan(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             if self.remaining > 0 {
@@ -75,47 +93,74 @@ impl<R> Guarded<R> {
                 data = &data[k..];
                 continue;
             }
-            let k = (8 - self.head_len).min(data.len());
+            // The message header first; for plaintext MSG chunks also the
+            // sequence header, with the request id.
+            let want = if self.head_len >= 8 && self.plaintext && &self.head[..3] == b"MSG" {
+                HEAD
+            } else {
+                8
+            };
+            let k = (want - self.head_len).min(data.len());
             self.head[self.head_len..self.head_len + k].copy_from_slice(&data[..k]);
             self.head_len += k;
             data = &data[k..];
-            if self.head_len < 8 {
+            if self.head_len < want {
                 continue;
             }
-            self.head_len = 0;
             let size = u32::from_le_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
                 as usize;
-            let known = TYPES.iter().any(|t| self.head[..3] == t[..])
-                && matches!(self.head[3], b'F' | b'C' | b'A');
-            if !known {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the server sent bytes that are not an OPC UA chunk",
-                ));
-            }
-            if !(8..=self.max_chunk).contains(&size) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
+            if self.head_len == 8 {
+                let known = TYPES.iter().any(|t| self.head[..3] == t[..])
+                    && matches!(self.head[3], b'F' | b'C' | b'A');
+                if !known {
+                    return Err(refuse(
+                        "the server sent bytes that are not an OPC UA chunk".into(),
+                    ));
+                }
+                if !(8..=self.max_chunk).contains(&size) {
+                    return Err(refuse(format!(
                         "the server announced a chunk of {size} bytes; the receive buffer is {}",
                         self.max_chunk
-                    ),
-                ));
+                    )));
+                }
+                if self.plaintext && &self.head[..3] == b"MSG" {
+                    if size < HEAD {
+                        return Err(refuse(format!("a message chunk of {size} bytes")));
+                    }
+                    continue;
+                }
             }
-            self.remaining = size - 8;
+            self.remaining = size - self.head_len;
+            self.head_len = 0;
+            if self.plaintext && &self.head[..3] == b"MSG" {
+                // Chunks of one message come one after another (Part 6):
+                // another request's chunk in the middle is not a server of
+                // ours, and would let a message grow past the limit.
+                let id = u32::from_le_bytes([
+                    self.head[20],
+                    self.head[21],
+                    self.head[22],
+                    self.head[23],
+                ]);
+                if self.request.is_some_and(|r| r != id) {
+                    return Err(refuse(format!(
+                        "the server interleaved chunks of two messages (requests {} and {id})",
+                        self.request.unwrap_or(0)
+                    )));
+                }
+                self.request = Some(id);
+            }
             self.message = self.message.saturating_add(size);
             if self.message > self.max_message {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the server sent a message of more than {} bytes (session.max_message_size)",
-                        self.max_message - MESSAGE_SLACK
-                    ),
-                ));
+                return Err(refuse(format!(
+                    "the server sent a message of more than {} bytes (session.max_message_size)",
+                    self.max_message - MESSAGE_SLACK
+                )));
             }
             // A final (or aborted) chunk ends its message.
             if self.head[3] != b'C' {
                 self.message = 0;
+                self.request = None;
             }
         }
         Ok(())
@@ -146,6 +191,7 @@ impl ConnectionSource for GuardedSource {
     fn get_connector(&self, endpoint: &EndpointDescription) -> Result<GuardedConnector, Error> {
         Ok(GuardedConnector {
             url: endpoint.endpoint_url.as_ref().to_string(),
+            plaintext: endpoint.security_mode == MessageSecurityMode::None,
         })
     }
 }
@@ -153,6 +199,8 @@ impl ConnectionSource for GuardedSource {
 /// Connects to one endpoint URL.
 pub(crate) struct GuardedConnector {
     url: String,
+    /// Security mode None: message chunks in the clear.
+    plaintext: bool,
 }
 
 type Transport = StreamTransport<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>;
@@ -166,9 +214,13 @@ impl Connector for GuardedConnector {
         outgoing_recv: tokio::sync::mpsc::Receiver<OutgoingMessage>,
         config: opcua::client::transport::TransportConfiguration,
     ) -> Result<Transport, Error> {
-        StreamConnector::new(connect_tcp, self.url.clone())
-            .connect(channel, outgoing_recv, config)
-            .await
+        let plaintext = self.plaintext;
+        StreamConnector::new(
+            move |url, decoding| connect_tcp(url, decoding, plaintext),
+            self.url.clone(),
+        )
+        .connect(channel, outgoing_recv, config)
+        .await
     }
 
     fn default_endpoint(&self) -> EndpointDescription {
@@ -179,6 +231,7 @@ impl Connector for GuardedConnector {
 async fn connect_tcp(
     url: String,
     decoding: DecodingOptions,
+    plaintext: bool,
 ) -> Result<StreamConnection<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>, Error> {
     let bad_url = |what: &str| {
         Error::new(
@@ -204,7 +257,12 @@ async fn connect_tcp(
     let (reader, writer) = tokio::io::split(socket);
     Ok(StreamConnection::new(
         FramedRead::new(
-            Guarded::new(reader, RECEIVE_CHUNK_SIZE, decoding.max_message_size),
+            Guarded::new(
+                reader,
+                RECEIVE_CHUNK_SIZE,
+                decoding.max_message_size,
+                plaintext,
+            ),
             TcpCodec::new(decoding),
         ),
         writer,
@@ -217,8 +275,14 @@ mod tests {
     use super::*;
 
     fn chunk(kind: &[u8; 4], size: u32) -> Vec<u8> {
+        request_chunk(kind, size, 7)
+    }
+
+    fn request_chunk(kind: &[u8; 4], size: u32, request: u32) -> Vec<u8> {
         let mut c = kind.to_vec();
         c.extend_from_slice(&size.to_le_bytes());
+        c.resize(20, 0);
+        c.extend_from_slice(&request.to_le_bytes());
         c.resize(size as usize, 0);
         c
     }
@@ -229,17 +293,17 @@ mod tests {
         stream.extend(chunk(b"MSGC", 65_536));
         stream.extend(chunk(b"MSGF", 100));
         for step in [1, 7, 1000, stream.len()] {
-            let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 1 << 20);
+            let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 1 << 20, true);
             for part in stream.chunks(step) {
                 g.scan(part).unwrap();
             }
         }
-        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0);
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0, true);
         let mut huge = b"MSGF".to_vec();
         huge.extend_from_slice(&100_000_000u32.to_le_bytes());
         let e = g.scan(&huge).unwrap_err();
         assert!(e.to_string().contains("100000000"), "{e}");
-        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0);
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 0, true);
         assert!(g.scan(b"\xfe\xfe\xfe\xfe\x10\x00\x00\x00").is_err());
     }
 
@@ -248,7 +312,7 @@ mod tests {
     #[test]
     fn a_message_over_the_limit_stops_at_the_chunk_that_crosses_it() {
         let limit = 256 * 1024;
-        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, limit);
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, limit, true);
         // Many whole messages: fine.
         for _ in 0..20 {
             g.scan(&chunk(b"MSGC", 65_536)).unwrap();
@@ -263,5 +327,19 @@ mod tests {
         };
         assert!(sent <= limit + MESSAGE_SLACK, "{sent}");
         assert!(e.to_string().contains("session.max_message_size"), "{e}");
+    }
+
+    /// On a plaintext channel, a final chunk of another request cannot
+    /// reset the count of a message still being received.
+    #[test]
+    fn another_requests_chunk_in_the_middle_of_a_message_is_refused() {
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 1 << 20, true);
+        g.scan(&request_chunk(b"MSGC", 65_536, 7)).unwrap();
+        let e = g.scan(&request_chunk(b"MSGF", 100, 8)).unwrap_err();
+        assert!(e.to_string().contains("interleaved"), "{e}");
+        // Encrypted channels cannot be checked that way; the size bound holds.
+        let mut g = Guarded::new((), RECEIVE_CHUNK_SIZE, 1 << 20, false);
+        g.scan(&request_chunk(b"MSGC", 65_536, 7)).unwrap();
+        g.scan(&request_chunk(b"MSGF", 100, 8)).unwrap();
     }
 }
