@@ -89,7 +89,11 @@ mod tests {
         assert_eq!(shard_of("anything", 0), 0);
         assert_eq!(shard_of("anything", 1), 0);
         // Fixed functions: these values must never change between versions.
-        assert_eq!(shard_of("dev-00000", 600), shard_of("dev-00000", 600));
+        // (Computed independently, from the published algorithms.)
+        assert_eq!(shard_of("dev-00000", 600), 305);
+        assert_eq!(shard_of("dev-00001", 600), 101);
+        assert_eq!(shard_of("plant-7/plc-0001234", 601), 303);
+        assert_eq!(shard_of("plant-7/plc-0001234", 2), 1);
         let spread: std::collections::HashSet<u32> = ids(1000).map(|id| shard_of(&id, 4)).collect();
         assert_eq!(spread.len(), 4);
     }

@@ -3,6 +3,7 @@
 //! and scheduled), `/devices` (per-device state, filtered and paginated),
 //! `/status` (the device list: shard, reloads, the last rejected one).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use collector_core::device_status::{DeviceBoard, DeviceStatus};
 use collector_core::health::Health;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::handover::HandoverView;
 
 /// What the HTTP server shows.
 #[derive(Clone)]
@@ -101,6 +104,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<crate::reload::ListSta
     Ok(Json(
         list.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .status
             .clone(),
     ))
 }
@@ -114,6 +118,9 @@ struct DevicesQuery {
     failing: Option<bool>,
     /// Only devices whose id starts with this.
     id_prefix: Option<String>,
+    /// Only devices of another shard still read here (`true`), or only this
+    /// shard's (`false`).
+    handover: Option<bool>,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
@@ -126,20 +133,55 @@ const MAX_PAGE: usize = 1000;
 struct DevicesPage {
     total: usize,
     offset: usize,
-    devices: Vec<DeviceStatus>,
+    devices: Vec<DeviceView>,
+}
+
+/// A device's state, with the shard that reads it (absent in the demo).
+#[derive(serde::Serialize)]
+struct DeviceView {
+    #[serde(flatten)]
+    status: DeviceStatus,
+    /// The device's shard: this replica's, or the one it is handed over to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<u32>,
+    /// Set while this replica still reads a device of another shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handover: Option<HandoverView>,
 }
 
 async fn devices(State(s): State<AppState>, Query(q): Query<DevicesQuery>) -> Json<DevicesPage> {
     let limit = q.limit.unwrap_or(100).min(MAX_PAGE);
+    let (index, handovers) = match &s.list {
+        Some(list) => {
+            let f = list
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (Some(f.status.shard_index), f.handovers.clone())
+        }
+        None => (None, HashMap::new()),
+    };
     let (total, devices) = s.devices.page(
         |d| {
             q.breaker.as_deref().is_none_or(|b| d.breaker.label() == b)
                 && q.failing.is_none_or(|f| (d.consecutive_failures > 0) == f)
                 && q.id_prefix.as_deref().is_none_or(|p| d.id.starts_with(p))
+                && q.handover
+                    .is_none_or(|h| handovers.contains_key(&d.id) == h)
         },
         q.offset,
         limit,
     );
+    let devices = devices
+        .into_iter()
+        .map(|status| {
+            let handover = handovers.get(&status.id).cloned();
+            DeviceView {
+                shard: handover.as_ref().map(|h| h.to_shard).or(index),
+                handover,
+                status,
+            }
+        })
+        .collect();
     Json(DevicesPage {
         total,
         offset: q.offset,

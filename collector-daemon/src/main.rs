@@ -6,6 +6,7 @@
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
+mod handover;
 mod http;
 mod reload;
 mod run;

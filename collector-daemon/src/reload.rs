@@ -9,9 +9,12 @@
 //! counted, and shown in `/status` until a good version replaces it.
 //!
 //! Only the device list and `shard.count` apply live (with
-//! `schedule.interval`, the default of the devices' intervals); another
-//! changed section is said once per reload (a restart applies it).
+//! `schedule.interval`, the default of the devices' intervals, and
+//! `shard.handover_grace`); another changed section is said once per
+//! reload (a restart applies it). A device a new count moves to another
+//! replica is still read here for the handover grace (`handover`).
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +28,8 @@ use collector_opcua::config::OpcUaConfig;
 use std::sync::{Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
+use crate::handover::{HandoverView, Handovers};
+
 /// How often the files are checked for a change.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -35,6 +40,11 @@ pub(crate) struct ListStatus {
     pub shard_index: u32,
     /// Shards in the fleet, as last read.
     pub shard_count: u32,
+    /// Changes of `shard_count` read since start.
+    pub shard_generation: u64,
+    /// Devices of other shards still read here until their handover
+    /// grace ends (`/devices?handover=true` lists them).
+    pub handovers: usize,
     /// Devices in the list (all shards).
     pub listed: usize,
     /// Devices of this shard in the list.
@@ -49,8 +59,18 @@ pub(crate) struct ListStatus {
     pub last_error: Option<Vec<String>>,
 }
 
+/// What the HTTP server shows of the fleet: `/status`, and the devices
+/// handing over in `/devices`.
+#[derive(Debug, Clone)]
+pub(crate) struct Fleet {
+    /// `/status`.
+    pub status: ListStatus,
+    /// The devices handing over, by id.
+    pub handovers: HashMap<Arc<str>, HandoverView>,
+}
+
 /// Shared with the HTTP server.
-pub(crate) type SharedStatus = Arc<Mutex<ListStatus>>;
+pub(crate) type SharedStatus = Arc<Mutex<Fleet>>;
 
 /// Identity of what a path resolves to now: device, inode, size,
 /// modification and change time (a `chmod` that makes a file readable
@@ -112,6 +132,10 @@ pub(crate) struct Reloader {
     limits: LoadLimits,
     index: u32,
     running: CollectorConfig,
+    /// This shard's devices of `running`.
+    mine: Vec<Device>,
+    /// Other shards' devices still read here.
+    handovers: Handovers,
     stamps: Vec<(PathBuf, Stamp)>,
     sender: DeviceSetSender,
     status: SharedStatus,
@@ -138,22 +162,31 @@ impl Reloader {
         let (shard, mine) = shard_devices(&running, index);
         publish_shard(shard);
         metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
-        let status = Arc::new(Mutex::new(ListStatus {
-            shard_index: shard.index,
-            shard_count: shard.count,
-            listed: running.devices.len(),
-            devices: mine.len(),
-            reloads_ok: 0,
-            reloads_failed: 0,
-            loaded_at: now_rfc3339(),
-            last_error: None,
+        let status = Arc::new(Mutex::new(Fleet {
+            status: ListStatus {
+                shard_index: shard.index,
+                shard_count: shard.count,
+                shard_generation: 0,
+                handovers: 0,
+                listed: running.devices.len(),
+                devices: mine.len(),
+                reloads_ok: 0,
+                reloads_failed: 0,
+                loaded_at: now_rfc3339(),
+                last_error: None,
+            },
+            handovers: HashMap::new(),
         }));
+        metrics::gauge!(names::SHARD_GENERATION).set(0.0);
+        metrics::gauge!(names::SHARD_HANDOVERS).set(0.0);
         let mut r = Self {
             hangup,
             path: path.to_path_buf(),
             limits,
             index,
             running,
+            mine,
+            handovers: Handovers::default(),
             stamps: Vec::new(),
             sender,
             status,
@@ -187,8 +220,20 @@ impl Reloader {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let handover_end = self.handovers.next_end();
             let why = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = async {
+                    match handover_end {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !self.end_handovers() {
+                        return;
+                    }
+                    continue;
+                }
                 Some(()) = async {
                     match hangup.as_mut() {
                         Some(h) => h.recv().await,
@@ -267,8 +312,30 @@ impl Reloader {
         }
         let (shard, mine) = shard_devices(&cfg, self.index);
         let scheduled = mine.len();
-        if !self.sender.send(mine) {
+        let before = self.scheduled_ids();
+        let resized = shard.count != self.running.shard.count;
+        let handing_over = self.handovers.follow(
+            &before,
+            &cfg.devices,
+            shard,
+            cfg.shard.handover_grace,
+            Instant::now(),
+        );
+        self.mine = mine;
+        if !self.send() {
             return false;
+        }
+        if resized {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.status.shard_generation += 1;
+            metrics::gauge!(names::SHARD_GENERATION).set(s.status.shard_generation as f64);
+        }
+        if handing_over > 0 {
+            tracing::info!(
+                devices = handing_over,
+                shards = shard.count,
+                "devices moved to other shards: still read here until their handover grace ends"
+            );
         }
         publish_shard(shard);
         metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
@@ -284,6 +351,7 @@ impl Reloader {
         );
         {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = &mut s.status;
             s.shard_count = shard.count;
             s.listed = cfg.devices.len();
             s.devices = scheduled;
@@ -306,8 +374,51 @@ impl Reloader {
     fn fail(&self, problems: Vec<String>) {
         metrics::counter!(names::CONFIG_RELOADS, "result" => "failed").increment(1);
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        s.reloads_failed += 1;
-        s.last_error = Some(problems);
+        s.status.reloads_failed += 1;
+        s.status.last_error = Some(problems);
+    }
+
+    /// The ids scheduled now: this shard's and those handing over.
+    fn scheduled_ids(&self) -> HashSet<Arc<str>> {
+        self.mine
+            .iter()
+            .chain(self.handovers.devices())
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    /// Sends this shard's devices and those handing over to the collector,
+    /// and shows the handovers. False once it takes no more sets.
+    fn send(&self) -> bool {
+        let set: Vec<Device> = self
+            .mine
+            .iter()
+            .chain(self.handovers.devices())
+            .cloned()
+            .collect();
+        if !self.sender.send(set) {
+            return false;
+        }
+        metrics::gauge!(names::SHARD_HANDOVERS).set(self.handovers.len() as f64);
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.status.handovers = self.handovers.len();
+        s.handovers = self.handovers.views();
+        true
+    }
+
+    /// Stops reading the devices whose handover grace is over. False once
+    /// the collector takes no more sets.
+    fn end_handovers(&mut self) -> bool {
+        let ended = self.handovers.expire(Instant::now());
+        if ended == 0 {
+            return true;
+        }
+        tracing::info!(
+            devices = ended,
+            still_handing_over = self.handovers.len(),
+            "handover grace over: devices of other shards no longer read here"
+        );
+        self.send()
     }
 }
 
@@ -318,7 +429,7 @@ fn publish_shard(shard: Shard) {
         tracing::warn!(
             shard = shard.index,
             shards = shard.count,
-            "this replica's shard is outside shard.count: it reads no device"
+            "this replica's shard is not below shard.count: it reads no device of its own (started before the count grew, or being scaled away)"
         );
     }
 }

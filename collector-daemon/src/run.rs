@@ -56,13 +56,10 @@ pub(crate) async fn run(
             .unwrap_or(0),
         None => 0,
     };
-    if index >= cfg.shard.count {
-        eprintln!(
-            "error: shard index {index} is not below shard.count {} (shards are 0..count-1): this replica would read no device",
-            cfg.shard.count
-        );
-        return Err(Failure::Config);
-    }
+    // An index not below the count (from the environment: a configured
+    // one is checked with the file) is a replica started ahead of its
+    // ConfigMap in a scale-up: it runs, reads nothing and says so, and
+    // takes its devices when it reads the new count.
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);

@@ -171,27 +171,24 @@ fn loading_limits_are_configurable() {
     assert_eq!(code, Some(2), "a bad limit is a usage error: {err}");
 }
 
-/// A replica whose shard index (here from the environment) is not below
-/// the fleet's count would read nothing: it refuses to start instead.
+/// A configured shard index not below the fleet's count is a contradiction
+/// in the file: exit 2 at the key's line. (An index from the environment
+/// may be ahead of the count in a scale-up: that replica starts and reads
+/// nothing until the count includes it, `tests/reload.rs`.)
 #[test]
-fn a_shard_index_not_below_the_count_refuses_to_start() {
+fn a_configured_shard_index_not_below_the_count_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.yaml");
     std::fs::write(
         &path,
-        "kafka:\n  brokers: localhost:9092\nshard:\n  count: 2\ndevices:\n  - id: d0\n    endpoint: opc.tcp://10.0.0.1:4840\n    nodes: [\"ns=2;s=T\"]\n",
+        "kafka:\n  brokers: localhost:9092\nshard:\n  count: 2\n  index: 5\ndevices:\n  - id: d0\n    endpoint: opc.tcp://10.0.0.1:4840\n    nodes: [\"ns=2;s=T\"]\n",
     )
     .unwrap();
-    let out = bin()
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("OPC_COLLECTOR_SHARD_INDEX", "5")
-        .output()
-        .unwrap();
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("shard index 5 is not below shard.count 2"),
+        stderr.contains("fleet.yaml:5") && stderr.contains("must be below shard.count"),
         "{stderr}"
     );
 }

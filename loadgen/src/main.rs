@@ -1,7 +1,10 @@
 //! `opc-loadgen` command line: serves a fleet of simulated OPC UA devices until
-//! SIGINT/SIGTERM (`serve`), or benchmarks the collector against them (`bench`).
+//! SIGINT/SIGTERM (`serve`), benchmarks the collector against them (`bench`),
+//! or runs a fleet of collectors through a resize and a rolling restart
+//! (`fleet`).
 
 mod bench;
+mod fleet;
 
 use std::{io::Write, net::SocketAddr, path::PathBuf};
 
@@ -25,6 +28,11 @@ enum Command {
     /// Benchmark the `opc-collector` binary: simulator, Kafka (mock or real)
     /// and the collector as a child process; prints a table and writes JSON.
     Bench(bench::BenchArgs),
+    /// Run N `opc-collector` replicas (shards of one device list) against
+    /// the simulator and Kafka, resize to N+1, restart one as a rolling
+    /// update does, and check the topic: every device read by its shard's
+    /// replica, no gap through the resize, nothing lost.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -203,5 +211,6 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     }
 }

@@ -232,6 +232,14 @@ pub struct ShardSection {
     /// a ConfigMap change resizes the fleet without restarting pods.
     /// Default 1 (one replica reads every device).
     pub count: u32,
+    /// How long this replica still reads a device that a new `count` moved
+    /// to another replica, after it read the new count (make-before-break:
+    /// the gaining replica starts at once, so for a while both read it).
+    /// Default: two of the device's intervals plus the 2 s file check
+    /// period. Set it above the time your replicas take to see a ConfigMap
+    /// change (docs/fleet.md).
+    #[serde(with = "opt_duration")]
+    pub handover_grace: Option<Duration>,
 }
 
 impl Default for ShardSection {
@@ -239,6 +247,7 @@ impl Default for ShardSection {
         Self {
             index: None,
             count: 1,
+            handover_grace: None,
         }
     }
 }

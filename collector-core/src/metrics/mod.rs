@@ -104,6 +104,10 @@ metric_table! {
     SHARD_INDEX: Gauge = "collector_shard_index", "This replica's shard index";
     /// Shards in the fleet (as this replica last read it).
     SHARD_COUNT: Gauge = "collector_shard_count", "Shards in the fleet (as this replica last read it)";
+    /// Changes of the shard count this replica has read since it started.
+    SHARD_GENERATION: Gauge = "collector_shard_generation", "Changes of the shard count this replica has read since it started";
+    /// Devices still read here until their handover grace ends (a resize moved them to another shard).
+    SHARD_HANDOVERS: Gauge = "collector_shard_handovers", "Devices still read here until their handover grace ends (a resize moved them to another shard)";
     /// Sessions by state (`state`: connected, connecting, disconnected).
     SESSIONS: Gauge = "collector_sessions", "Sessions by state (`state`: connected, connecting, disconnected)";
     /// Session connect attempts by result (`result`: ok, error, timeout).

@@ -110,9 +110,20 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts `bin --log-format json run --config CONFIG --http-addr HTTP`.
+    /// Starts `bin --log-format json run --config CONFIG --http-addr HTTP`,
+    /// logging to `dir/collector.log`.
     pub fn spawn(bin: &Path, config: &Path, http: SocketAddr, dir: &Path) -> anyhow::Result<Self> {
-        let log = dir.join("collector.log");
+        Self::spawn_with(bin, config, http, dir.join("collector.log"), &[])
+    }
+
+    /// The same, logging to `log`, with `env` added to its environment.
+    pub fn spawn_with(
+        bin: &Path,
+        config: &Path,
+        http: SocketAddr,
+        log: PathBuf,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
@@ -121,6 +132,7 @@ impl Collector {
             .arg("--http-addr")
             .arg(http.to_string())
             .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -4,8 +4,8 @@
 //! collector over a window after warm-up, checks every record on the topic,
 //! and prints a table plus a JSON report.
 
-mod collector;
-mod fleet;
+pub(crate) mod collector;
+pub(crate) mod fleet;
 mod procfs;
 mod report;
 mod verify;
