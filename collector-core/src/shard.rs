@@ -56,24 +56,48 @@ fn jump(mut key: u64, buckets: u32) -> u32 {
     u32::try_from(b).unwrap_or(0)
 }
 
-/// The index of this replica in a StatefulSet: `OPC_COLLECTOR_SHARD_INDEX`
-/// if set (e.g. from the `apps.kubernetes.io/pod-index` label through the
-/// downward API), else the `-N` suffix of `HOSTNAME` (a StatefulSet pod is
-/// `<name>-<ordinal>`), else `None`. A variable that is not a number is an
-/// error. Use it only for a fleet (a count above 1): a lone replica's
-/// hostname suffix (`ip-10-0-1-23`) is not an ordinal.
-pub fn index_from_env() -> Result<Option<u32>, String> {
-    if let Some(v) = std::env::var("OPC_COLLECTOR_SHARD_INDEX")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        return v.trim().parse().map(Some).map_err(|_| {
-            format!("OPC_COLLECTOR_SHARD_INDEX={v:?} is not a shard index (0, 1, ...)")
-        });
+/// Where a replica's shard index comes from when `shard.index` is not
+/// configured: `OPC_COLLECTOR_SHARD_INDEX` (e.g. from the
+/// `apps.kubernetes.io/pod-index` label through the downward API), else
+/// the `-N` suffix of `HOSTNAME` (a StatefulSet pod is `<name>-<ordinal>`).
+/// Read once at start; the index is worked out again whenever the count
+/// changes ([`IndexSource::index`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexSource {
+    /// `OPC_COLLECTOR_SHARD_INDEX`, if set.
+    pub variable: Option<u32>,
+    /// The ordinal suffix of `HOSTNAME`, if it has one.
+    pub hostname: Option<u32>,
+}
+
+impl IndexSource {
+    /// Reads the environment. A variable that is not a number is an error.
+    pub fn from_env() -> Result<Self, String> {
+        let variable = match std::env::var("OPC_COLLECTOR_SHARD_INDEX")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            Some(v) => Some(v.trim().parse().map_err(|_| {
+                format!("OPC_COLLECTOR_SHARD_INDEX={v:?} is not a shard index (0, 1, ...)")
+            })?),
+            None => None,
+        };
+        let hostname = std::env::var("HOSTNAME")
+            .ok()
+            .and_then(|host| host.rsplit_once('-').and_then(|(_, n)| n.parse().ok()));
+        Ok(Self { variable, hostname })
     }
-    Ok(std::env::var("HOSTNAME")
-        .ok()
-        .and_then(|host| host.rsplit_once('-').and_then(|(_, n)| n.parse().ok())))
+
+    /// This replica's index among `count`: `configured` if set, else the
+    /// variable (always: it is explicit), else the hostname's ordinal, but
+    /// only in a fleet (a count above 1: a lone collector on `ip-10-0-1-23`
+    /// is not replica 23), else 0.
+    pub fn index(&self, configured: Option<u32>, count: u32) -> u32 {
+        configured
+            .or(self.variable)
+            .or(self.hostname.filter(|_| count > 1))
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +120,25 @@ mod tests {
         assert_eq!(shard_of("plant-7/plc-0001234", 2), 1);
         let spread: std::collections::HashSet<u32> = ids(1000).map(|id| shard_of(&id, 4)).collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    #[test]
+    fn the_index_follows_the_count_for_a_hostname_only() {
+        let var = IndexSource {
+            variable: Some(1),
+            hostname: Some(7),
+        };
+        // The variable holds even while the count is 1 (a pod started
+        // before the count grew reads nothing, not shard 0 again).
+        assert_eq!(var.index(None, 1), 1);
+        assert_eq!(var.index(Some(0), 2), 0);
+        let host = IndexSource {
+            variable: None,
+            hostname: Some(1),
+        };
+        assert_eq!(host.index(None, 1), 0);
+        assert_eq!(host.index(None, 2), 1);
+        assert_eq!(IndexSource::default().index(None, 5), 0);
     }
 
     /// 1.2 M devices over 600 shards: every shard within 10 % of the mean

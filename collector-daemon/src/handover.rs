@@ -22,8 +22,11 @@ use crate::reload::CHECK_EVERY;
 /// check period apart, and a device the gaining replica starts is first
 /// read within an interval (its own phase).
 pub(crate) fn default_grace(d: &Device) -> Duration {
-    d.interval.saturating_mul(2) + CHECK_EVERY
+    d.interval.saturating_mul(2).saturating_add(CHECK_EVERY)
 }
+
+/// The longest grace honoured (a day), so that deadlines never overflow.
+const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// A device read here only until its grace ends.
 #[derive(Debug, Clone)]
@@ -83,7 +86,7 @@ impl Handovers {
                 continue;
             }
             let Some(d) = by_id.get(&**id) else { continue };
-            let grace = grace.unwrap_or_else(|| default_grace(d));
+            let grace = grace.unwrap_or_else(|| default_grace(d)).min(MAX_GRACE);
             self.by_id.insert(
                 id.clone(),
                 Handover {
@@ -210,6 +213,65 @@ mod tests {
         // The count goes back: every device is this shard's again.
         h.follow(&scheduled, &fewer, old, grace, t0 + Duration::from_secs(2));
         assert_eq!(h.len(), 0);
+    }
+
+    #[test]
+    fn a_handover_follows_an_edit_and_a_second_resize() {
+        let all = devices(300);
+        let (old, mid, new) = (
+            Shard { index: 0, count: 2 },
+            Shard { index: 0, count: 3 },
+            Shard { index: 0, count: 4 },
+        );
+        let mut h = Handovers::default();
+        let t0 = Instant::now();
+        let grace = Some(Duration::from_secs(60));
+        assert!(h.follow(&ids_of(&all, old), &all, mid, grace, t0) > 0);
+        let first = h.by_id.keys().next().unwrap().clone();
+        // Its interval is edited: the handover keeps the new definition.
+        let edited: Vec<Device> = all
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if d.id == first {
+                    d.interval = Duration::from_secs(5);
+                }
+                d
+            })
+            .collect();
+        let scheduled: HashSet<Arc<str>> = ids_of(&all, mid)
+            .into_iter()
+            .chain(h.by_id.keys().cloned())
+            .collect();
+        h.follow(&scheduled, &edited, new, grace, t0 + Duration::from_secs(1));
+        let f = &h.by_id[&first];
+        assert_eq!(f.device.interval, Duration::from_secs(5));
+        // ... and names the shard that reads it under the latest count, with
+        // its first deadline.
+        assert_eq!(f.to, shard_of(&first, 4));
+        assert_eq!(f.until, t0 + Duration::from_secs(60));
+        // Devices shard 0 lost to the second resize hand over from then.
+        assert!(h
+            .by_id
+            .values()
+            .any(|x| x.until == t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn an_absurd_grace_is_bounded() {
+        let all = devices(50);
+        let mut h = Handovers::default();
+        let before = ids_of(&all, Shard { index: 0, count: 1 });
+        let t0 = Instant::now();
+        let n = h.follow(
+            &before,
+            &all,
+            Shard { index: 0, count: 2 },
+            Some(Duration::MAX),
+            t0,
+        );
+        assert!(n > 0);
+        assert_eq!(h.next_end(), Some(t0 + MAX_GRACE));
     }
 
     #[test]

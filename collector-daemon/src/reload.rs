@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use collector_core::config::{Device, LoadLimits};
 use collector_core::metrics::names;
-use collector_core::shard::Shard;
+use collector_core::shard::{IndexSource, Shard};
 use collector_core::source::DeviceSetSender;
 use collector_core::CollectorConfig;
 use collector_opcua::config::OpcUaConfig;
@@ -108,10 +108,10 @@ async fn stamps(paths: Vec<PathBuf>) -> Vec<(PathBuf, Stamp)> {
     .unwrap_or_default()
 }
 
-/// This replica's devices of `cfg`.
-pub(crate) fn shard_devices(cfg: &CollectorConfig, index: u32) -> (Shard, Vec<Device>) {
+/// This replica's shard of `cfg`, and its devices.
+pub(crate) fn shard_devices(cfg: &CollectorConfig, source: &IndexSource) -> (Shard, Vec<Device>) {
     let shard = Shard {
-        index,
+        index: source.index(cfg.shard.index, cfg.shard.count),
         count: cfg.shard.count,
     };
     let mine = cfg
@@ -130,7 +130,8 @@ pub(crate) struct Reloader {
     hangup: Option<tokio::signal::unix::Signal>,
     path: PathBuf,
     limits: LoadLimits,
-    index: u32,
+    /// Where the shard index comes from (worked out again with each count).
+    index: IndexSource,
     running: CollectorConfig,
     /// This shard's devices of `running`.
     mine: Vec<Device>,
@@ -143,12 +144,12 @@ pub(crate) struct Reloader {
 
 impl Reloader {
     /// For the configuration `running`, loaded from `path`, whose devices
-    /// of shard `index` the collector started with. (A file edited between
-    /// that load and this call is seen at its next change.)
+    /// of its shard (`index`) the collector started with. (A file edited
+    /// between that load and this call is seen at its next change.)
     pub(crate) fn new(
         path: &Path,
         limits: LoadLimits,
-        index: u32,
+        index: IndexSource,
         running: CollectorConfig,
         sender: DeviceSetSender,
     ) -> Self {
@@ -159,7 +160,7 @@ impl Reloader {
                 None
             }
         };
-        let (shard, mine) = shard_devices(&running, index);
+        let (shard, mine) = shard_devices(&running, &index);
         publish_shard(shard);
         metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
         let status = Arc::new(Mutex::new(Fleet {
@@ -310,7 +311,7 @@ impl Reloader {
                 "these sections changed; only the device list and shard.count apply without a restart"
             );
         }
-        let (shard, mine) = shard_devices(&cfg, self.index);
+        let (shard, mine) = shard_devices(&cfg, &self.index);
         let scheduled = mine.len();
         let before = self.scheduled_ids();
         let resized = shard.count != self.running.shard.count;
@@ -352,6 +353,7 @@ impl Reloader {
         {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             let s = &mut s.status;
+            s.shard_index = shard.index;
             s.shard_count = shard.count;
             s.listed = cfg.devices.len();
             s.devices = scheduled;
@@ -400,9 +402,10 @@ impl Reloader {
             return false;
         }
         metrics::gauge!(names::SHARD_HANDOVERS).set(self.handovers.len() as f64);
+        let views = self.handovers.views();
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         s.status.handovers = self.handovers.len();
-        s.handovers = self.handovers.views();
+        s.handovers = views;
         true
     }
 
@@ -461,7 +464,6 @@ fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static 
     check(old.spill == new.spill, "spill");
     check(old.dead_letters == new.dead_letters, "dead_letters");
     check(old.http == new.http, "http");
-    check(old.shard.index == new.shard.index, "shard.index");
     check(old.protocol == new.protocol, "security/session");
     out
 }

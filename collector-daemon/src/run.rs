@@ -44,28 +44,21 @@ pub(crate) async fn run(
     http_addr: Option<SocketAddr>,
 ) -> Result<(), Failure> {
     let cfg = load(path, limits)?;
-    // The index: configured, else from the environment, but only in a
-    // fleet (a lone replica's hostname suffix is not an ordinal).
-    let index = match cfg.shard.index {
-        Some(i) => i,
-        None if cfg.shard.count > 1 => collector_core::shard::index_from_env()
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                Failure::Config
-            })?
-            .unwrap_or(0),
-        None => 0,
-    };
-    // An index not below the count (from the environment: a configured
-    // one is checked with the file) is a replica started ahead of its
-    // ConfigMap in a scale-up: it runs, reads nothing and says so, and
-    // takes its devices when it reads the new count.
+    // The index: configured, else from the environment (worked out again
+    // with every count). One not below the count (from the environment: a
+    // configured one is checked with the file) is a replica started ahead
+    // of its ConfigMap in a scale-up: it runs, reads nothing and says so,
+    // and takes its devices when it reads the new count.
+    let index = collector_core::shard::IndexSource::from_env().map_err(|e| {
+        eprintln!("error: {e}");
+        Failure::Config
+    })?;
     let addr = http_addr.unwrap_or(cfg.http.addr);
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
     // The device list is live: this replica's shard of it, re-read when
     // its files change (`reload`).
-    let (shard, mine) = reload::shard_devices(&cfg, index);
+    let (shard, mine) = reload::shard_devices(&cfg, &index);
     tracing::info!(
         shard = shard.index,
         shards = shard.count,

@@ -174,7 +174,7 @@ fn loading_limits_are_configurable() {
 /// A configured shard index not below the fleet's count is a contradiction
 /// in the file: exit 2 at the key's line. (An index from the environment
 /// may be ahead of the count in a scale-up: that replica starts and reads
-/// nothing until the count includes it, `tests/reload.rs`.)
+/// nothing until the count includes it: `tests/fleet.rs` starts one.)
 #[test]
 fn a_configured_shard_index_not_below_the_count_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -77,7 +77,7 @@ fn a_fleet_resized_and_restarted_reads_every_device_once_without_a_gap() {
         "owner_problems_before",
         "owner_problems_after",
         "owner_problems_last",
-        "moved_between_old_shards",
+        "moved_wrongly",
         "records_lost",
         "records_repeated",
         "undelivered",

@@ -44,21 +44,13 @@ fn entries(all: &str) -> Vec<String> {
 
 /// Publishes `entries` as version `v` of a ConfigMap-style mount in `dir`.
 fn publish(dir: &Path, v: u32, entries: &[String]) {
-    let version = dir.join(format!("..v{v}"));
-    std::fs::create_dir_all(&version).unwrap();
-    std::fs::write(
-        version.join("devices.yaml"),
-        format!("devices:\n{}", entries.concat()),
+    collector_testkit::configmap::publish(
+        dir,
+        "devices.yaml",
+        v,
+        &format!("devices:\n{}", entries.concat()),
     )
     .unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("..v{v}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("devices.yaml");
-    if !link.exists() {
-        std::os::unix::fs::symlink("..data/devices.yaml", &link).unwrap();
-    }
 }
 
 fn json(addr: SocketAddr, path: &str) -> Value {

@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(unix)]
+pub mod configmap;
 pub mod http;
 pub mod kafka;
 pub mod prom;

@@ -40,6 +40,14 @@ pub(crate) fn check_sections(
         "must be below shard.count (shards are 0..count-1)",
     );
     check(
+        cfg.shard
+            .handover_grace
+            .is_none_or(|g| g <= std::time::Duration::from_secs(24 * 3600)),
+        "shard",
+        "handover_grace",
+        "must be at most 24h",
+    );
+    check(
         cfg.workers.permits >= 1,
         "workers",
         "permits",

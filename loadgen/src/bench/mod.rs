@@ -8,7 +8,7 @@ pub(crate) mod collector;
 pub(crate) mod fleet;
 mod procfs;
 mod report;
-mod verify;
+pub(crate) mod verify;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

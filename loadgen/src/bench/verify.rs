@@ -1,7 +1,8 @@
-//! Reads the topic back while the bench runs (so a broker that trims old
-//! segments, like librdkafka's mock cluster, loses nothing before it is
-//! read) and, once the collector stopped, checks every device's records:
-//! sequence numbers unique and gap-free from the first to the last one seen.
+//! Reads the topic back while the bench (or a fleet run) runs, so a broker
+//! that trims old segments, like librdkafka's mock cluster, loses nothing
+//! before it is read; for the bench, once the collector stopped, checks
+//! every device's records: sequence numbers unique and gap-free from the
+//! first to the last one seen.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,27 +39,64 @@ struct Envelope {
     seq: u64,
 }
 
-/// A topic reader on its own thread.
-pub struct Reader {
+/// A topic reader on its own thread, folding each message into `S`.
+pub struct Reader<S = TopicCheck> {
     expected: Arc<AtomicU64>,
-    thread: JoinHandle<anyhow::Result<TopicCheck>>,
+    thread: JoinHandle<anyhow::Result<S>>,
 }
 
-impl Reader {
-    /// Starts reading `topic` from the beginning.
+impl Reader<TopicCheck> {
+    /// Starts reading `topic` from the beginning, checking each device's
+    /// sequence numbers.
     pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<Reader> {
+        let seqs: HashMap<String, Vec<u64>> = HashMap::new();
+        let reader =
+            Reader::start_with(bootstrap, topic, (seqs, TopicCheck::default()), |s, p| {
+                let (seqs, check) = s;
+                check.consumed += 1;
+                match p.and_then(|p| serde_json::from_slice::<Envelope>(p).ok()) {
+                    Some(e) => seqs.entry(e.device_id).or_default().push(e.seq),
+                    None => check.malformed += 1,
+                }
+            })?;
+        Ok(Reader {
+            expected: reader.expected,
+            thread: std::thread::spawn(move || {
+                let (mut seqs, mut check) = reader
+                    .thread
+                    .join()
+                    .map_err(|_| anyhow!("the topic reader panicked"))??;
+                for v in seqs.values_mut() {
+                    tally(v, &mut check);
+                }
+                check.devices_seen = seqs.len() as u64;
+                Ok(check)
+            }),
+        })
+    }
+}
+
+impl<S: Send + 'static> Reader<S> {
+    /// Starts reading `topic` from the beginning, each message's payload
+    /// folded into `state` by `fold`.
+    pub fn start_with(
+        bootstrap: &str,
+        topic: &str,
+        state: S,
+        fold: fn(&mut S, Option<&[u8]>),
+    ) -> anyhow::Result<Reader<S>> {
         let expected = Arc::new(AtomicU64::new(u64::MAX));
         let (b, t, e) = (bootstrap.to_string(), topic.to_string(), expected.clone());
         let thread = std::thread::Builder::new()
             .name("topic-reader".into())
-            .spawn(move || check_topic(&b, &t, &e, Duration::from_secs(10)))
+            .spawn(move || read_topic(&b, &t, &e, Duration::from_secs(10), state, fold))
             .context("starting the topic reader")?;
         Ok(Reader { expected, thread })
     }
 
     /// Tells the reader how many messages to expect; it stops when it has
     /// them, or nothing arrived for 10 s. Blocking.
-    pub fn finish(self, expected: u64) -> anyhow::Result<TopicCheck> {
+    pub fn finish(self, expected: u64) -> anyhow::Result<S> {
         self.expected.store(expected, Ordering::SeqCst);
         self.thread
             .join()
@@ -68,12 +106,14 @@ impl Reader {
 
 /// Reads `topic` from the beginning until `expected` (once known) messages
 /// were read, or nothing arrived for `idle` after it became known.
-fn check_topic(
+fn read_topic<S>(
     bootstrap: &str,
     topic: &str,
     expected: &AtomicU64,
     idle: Duration,
-) -> anyhow::Result<TopicCheck> {
+    mut state: S,
+    fold: fn(&mut S, Option<&[u8]>),
+) -> anyhow::Result<S> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "opc-loadgen-bench-reader")
@@ -109,11 +149,10 @@ fn check_topic(
     }
     consumer.assign(&tpl).context("assigning partitions")?;
     let mut last = Instant::now();
-    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut check = TopicCheck::default();
+    let mut consumed = 0u64;
     loop {
         let want = expected.load(Ordering::SeqCst);
-        if want != u64::MAX && (check.consumed >= want || last.elapsed() > idle) {
+        if want != u64::MAX && (consumed >= want || last.elapsed() > idle) {
             break;
         }
         if want == u64::MAX {
@@ -121,25 +160,15 @@ fn check_topic(
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                check.consumed += 1;
+                consumed += 1;
                 last = Instant::now();
-                match m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<Envelope>(p).ok())
-                {
-                    Some(e) => seqs.entry(e.device_id).or_default().push(e.seq),
-                    None => check.malformed += 1,
-                }
+                fold(&mut state, m.payload());
             }
             Some(Err(e)) => return Err(anyhow!("consuming {topic}: {e}")),
             None => {}
         }
     }
-    for v in seqs.values_mut() {
-        tally(v, &mut check);
-    }
-    check.devices_seen = seqs.len() as u64;
-    Ok(check)
+    Ok(state)
 }
 
 /// Adds one device's sequence numbers to the totals.

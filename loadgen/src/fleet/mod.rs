@@ -24,8 +24,9 @@ use collector_testkit::EmbeddedKafka;
 
 use crate::bench::collector;
 use crate::bench::fleet::{Fleet, FleetSpec};
+use crate::bench::verify;
 use analysis::{Seen, Window};
-use mount::{device_ids, fleet_config, publish};
+use mount::{fleet_config, publish};
 use replica::Replica;
 use report::FleetReport;
 
@@ -172,19 +173,18 @@ async fn drive(
     device_files: &[PathBuf],
     (bootstrap, topic): (&str, &str),
 ) -> anyhow::Result<FleetReport> {
-    let ids = device_ids(device_files)?;
-    if ids.len() != args.devices as usize {
-        bail!(
-            "the device file lists {} devices, not {}",
-            ids.len(),
-            args.devices
-        );
-    }
+    // The simulator's ids, as its device file lists them.
+    let ids: Vec<String> = (0..args.devices)
+        .map(opc_loadgen::model::device_id)
+        .collect();
     let mount = dir.join("config");
     let config = mount.join("fleet.yaml");
     let text = |count| fleet_config(args, count, device_files, bootstrap, topic);
     publish(&mount, 1, &text(args.replicas))?;
 
+    // Read the topic while the fleet runs: the mock cluster trims old
+    // segments, and nothing may go unread.
+    let reader = verify::Reader::start_with(bootstrap, topic, Records::default(), Records::fold)?;
     let mut guard = Guard(Vec::new());
     let all = &mut guard.0;
     for i in 0..args.replicas {
@@ -218,7 +218,10 @@ async fn drive(
         "shard.count {} -> {} published",
         args.replicas, args.resize_to
     ));
-    let handing = settle(all, args.resize_to).await?;
+    let grace = args
+        .handover_grace
+        .unwrap_or(args.interval * 2 + Duration::from_secs(2));
+    let handing = settle(all, args.resize_to, PATIENCE + grace).await?;
     let most_handing_over = handing.most;
     wait_all_read(all, ids.len(), "the resized fleet").await?;
     let settled = Utc::now();
@@ -252,21 +255,16 @@ async fn drive(
 
     let reads_ok: u64 = stopped.iter().map(|s| s.reads_ok).sum();
     let delivered: u64 = stopped.iter().map(|s| s.delivered).sum();
-    let (b, t) = (bootstrap.to_string(), topic.to_string());
-    let expected = usize::try_from(delivered).unwrap_or(usize::MAX);
-    let messages = tokio::task::spawn_blocking(move || {
-        collector_testkit::consume_all(
-            &b,
-            &t,
-            expected,
-            Duration::from_secs(5),
-            Duration::from_secs(120),
-        )
-    })
-    .await
-    .context("topic reader")?
-    .map_err(|e| anyhow::anyhow!("reading the topic back: {e}"))?;
-    let records = parse(&messages)?;
+    let read_back = tokio::task::spawn_blocking(move || reader.finish(delivered))
+        .await
+        .context("topic reader")??;
+    if read_back.malformed > 0 {
+        bail!(
+            "{} message(s) on the topic are not records",
+            read_back.malformed
+        );
+    }
+    let records = read_back.seen;
     note(format_args!("{} records read back", records.len()));
     let phases = Phases {
         all_read,
@@ -349,8 +347,9 @@ struct Handing {
     view_problems: Vec<String>,
 }
 
-/// Waits until every replica read `count` and handed over what it lost.
-async fn settle(all: &mut [Replica], count: u32) -> anyhow::Result<Handing> {
+/// Waits (up to `limit`) until every replica read `count` and handed
+/// over what it lost.
+async fn settle(all: &mut [Replica], count: u32, limit: Duration) -> anyhow::Result<Handing> {
     let t = Instant::now();
     let mut seen = Handing::default();
     loop {
@@ -370,10 +369,10 @@ async fn settle(all: &mut [Replica], count: u32) -> anyhow::Result<Handing> {
         if done {
             return Ok(seen);
         }
-        if t.elapsed() > PATIENCE {
+        if t.elapsed() > limit {
             let tails: Vec<String> = all.iter().map(Replica::log_tail).collect();
             bail!(
-                "the fleet did not settle on {count} shards within {PATIENCE:?}:\n{}",
+                "the fleet did not settle on {count} shards within {limit:?}:\n{}",
                 tails.join("\n")
             );
         }
@@ -399,28 +398,32 @@ fn check_views(r: &Replica, count: u32, seen: &mut Handing) -> anyhow::Result<()
     Ok(())
 }
 
-/// The records of the topic.
-fn parse(messages: &[collector_testkit::ConsumedMessage]) -> anyhow::Result<Vec<Seen>> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        device_id: String,
-        collector_id: String,
-        seq: u64,
-        read_time: DateTime<Utc>,
-    }
-    messages
-        .iter()
-        .map(|m| {
-            let e: Envelope = serde_json::from_slice(&m.payload)
-                .with_context(|| format!("message {}:{} is not a record", m.partition, m.offset))?;
-            Ok(Seen {
+/// The records of the topic, as the reader folds them in.
+#[derive(Debug, Default)]
+struct Records {
+    seen: Vec<Seen>,
+    malformed: u64,
+}
+
+impl Records {
+    fn fold(&mut self, payload: Option<&[u8]>) {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            device_id: String,
+            collector_id: String,
+            seq: u64,
+            read_time: DateTime<Utc>,
+        }
+        match payload.and_then(|p| serde_json::from_slice::<Envelope>(p).ok()) {
+            Some(e) => self.seen.push(Seen {
                 device: e.device_id,
                 collector: e.collector_id,
                 seq: e.seq,
                 read_time: e.read_time,
-            })
-        })
-        .collect()
+            }),
+            None => self.malformed += 1,
+        }
+    }
 }
 
 impl Phases {

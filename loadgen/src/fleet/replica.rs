@@ -97,11 +97,12 @@ impl Replica {
             .with_context(|| format!("replica {index}"))
     }
 
-    /// Waits until it answers `/readyz` with 200.
+    /// Waits until it answers `/readyz` with 200 (blocking: the runtime's
+    /// other tasks, the simulator's devices, move to another worker).
     pub fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let index = self.index;
-        self.running()?
-            .wait_http_ok("/readyz", limit)
+        let proc = self.running()?;
+        tokio::task::block_in_place(|| proc.wait_http_ok("/readyz", limit))
             .with_context(|| format!("replica {index}"))
     }
 
@@ -110,11 +111,10 @@ impl Replica {
         self.get_json("/status")
     }
 
-    /// Ids of the devices it reads that have been read at least once, and
-    /// how many it schedules.
+    /// Ids of the devices of its shard that have been read at least once,
+    /// and how many it schedules.
     pub fn devices_read(&self) -> anyhow::Result<(Vec<String>, usize)> {
-        let page = self.get_json("/devices?limit=1000&handover=false")?;
-        let list = page["devices"].as_array().cloned().unwrap_or_default();
+        let list = self.devices("handover=false")?;
         let read = list
             .iter()
             .filter(|d| d["reads_ok"].as_u64().unwrap_or(0) > 0)
@@ -125,8 +125,26 @@ impl Replica {
 
     /// The entries of `/devices` of the devices it hands over.
     pub fn handing_over(&self) -> anyhow::Result<Vec<Value>> {
-        let page = self.get_json("/devices?limit=1000&handover=true")?;
-        Ok(page["devices"].as_array().cloned().unwrap_or_default())
+        self.devices("handover=true")
+    }
+
+    /// Every entry of `/devices?<filter>`, a page at a time.
+    fn devices(&self, filter: &str) -> anyhow::Result<Vec<Value>> {
+        const PAGE: usize = 1000;
+        let mut all = Vec::new();
+        loop {
+            let page = self.get_json(&format!(
+                "/devices?{filter}&limit={PAGE}&offset={}",
+                all.len()
+            ))?;
+            let entries = page["devices"].as_array().cloned().unwrap_or_default();
+            let total = page["total"].as_u64().unwrap_or(0) as usize;
+            let last = entries.len() < PAGE;
+            all.extend(entries);
+            if last || all.len() >= total {
+                return Ok(all);
+            }
+        }
     }
 
     fn get_json(&self, path: &str) -> anyhow::Result<Value> {
@@ -145,7 +163,8 @@ impl Replica {
             return Ok(Duration::ZERO);
         };
         let t = Instant::now();
-        let status = proc.terminate(limit)?;
+        // Blocking: the simulator's devices move to another worker.
+        let status = tokio::task::block_in_place(|| proc.terminate(limit))?;
         let took = t.elapsed();
         if !status.success() {
             bail!(

@@ -36,9 +36,10 @@ pub struct FleetReport {
     pub moved_fraction: f64,
     /// What a consistent hash should move: 1 - before/after.
     pub moved_fraction_expected: f64,
-    /// Moved devices whose new shard is not one of the new replicas
-    /// (jump hash moves devices to new shards only).
-    pub moved_between_old_shards: usize,
+    /// Moved devices a consistent hash should not have moved: growing,
+    /// one whose new shard is an old one; shrinking, one whose old shard
+    /// remains.
+    pub moved_wrongly: usize,
     /// Devices not read by exactly their shard's replica before the resize.
     pub owner_problems_before: usize,
     /// ... after the handover.
@@ -101,7 +102,12 @@ pub(super) fn assess(
         .iter()
         .filter(|d| shard_of(d, n) != shard_of(d, m))
         .collect();
-    let between_old = moved.iter().filter(|d| shard_of(d, m) < n.min(m)).count();
+    // Growing, devices move to the new shards only; shrinking, only the
+    // removed shards' devices move.
+    let wrongly = moved
+        .iter()
+        .filter(|d| shard_of(d, m).max(shard_of(d, n)) < n.min(m))
+        .count();
     let mut examples = Vec::new();
     let mut owners = |w, count| {
         let (k, bad) = analysis::ownership_problems(records, ids, w, owner(count), 5);
@@ -128,7 +134,7 @@ pub(super) fn assess(
         moved_devices: moved.len(),
         moved_fraction: moved.len() as f64 / ids.len().max(1) as f64,
         moved_fraction_expected: 1.0 - f64::from(n.min(m)) / f64::from(n.max(m)),
-        moved_between_old_shards: between_old,
+        moved_wrongly: wrongly,
         owner_problems_before: before,
         owner_problems_after: after,
         owner_problems_last: last,
@@ -180,10 +186,10 @@ impl FleetReport {
             ),
         );
         expect(
-            self.moved_between_old_shards == 0,
+            self.moved_wrongly == 0,
             format!(
-                "{} device(s) moved between old shards",
-                self.moved_between_old_shards
+                "{} device(s) moved between shards that stayed",
+                self.moved_wrongly
             ),
         );
         expect(
@@ -212,11 +218,11 @@ impl FleetReport {
                 .map_or("default".to_string(), |g| format!("{g:.1} s"))
         );
         println!(
-            "  moved {} devices ({:.1} %, a consistent hash moves {:.1} %), {} between old shards",
+            "  moved {} devices ({:.1} %, a consistent hash moves {:.1} %), {} wrongly",
             self.moved_devices,
             100.0 * self.moved_fraction,
             100.0 * self.moved_fraction_expected,
-            self.moved_between_old_shards
+            self.moved_wrongly
         );
         println!(
             "  resize settled in {:.1} s; {} devices read by two replicas meanwhile; longest without a record {:.2} s",
