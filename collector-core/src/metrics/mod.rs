@@ -208,11 +208,60 @@ pub fn describe() {
         }
     }
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Every counter exported from the start, at 0 (each documented label
+    // value too): an alert on `increase()` sees the first event of a new
+    // process, and a dashboard's sum has a series to add to.
+    for m in ALL.iter().filter(|m| m.kind == Kind::Counter) {
+        match labels_of(m.help) {
+            Some((label, values)) => {
+                for v in values {
+                    metrics::counter!(m.name, label => v).increment(0);
+                }
+            }
+            None if !m.help.contains("by `") => metrics::counter!(m.name).increment(0),
+            None => {}
+        }
+    }
+}
+
+/// The label and its values a help text documents as ``(`label`: a, b)``.
+fn labels_of(help: &'static str) -> Option<(&'static str, Vec<&'static str>)> {
+    let rest = &help[help.find("(`")? + 2..];
+    let (label, rest) = rest.split_once("`: ")?;
+    let values = &rest[..rest.find(')')?];
+    Some((label, values.split(", ").map(str::trim).collect()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documented_label_values_are_read_from_the_help() {
+        let reloads = ALL
+            .iter()
+            .find(|m| m.name == names::CONFIG_RELOADS)
+            .map(|m| m.help);
+        assert_eq!(
+            reloads.and_then(labels_of),
+            Some(("result", vec!["ok", "failed"]))
+        );
+        assert_eq!(labels_of("Records acknowledged by Kafka"), None);
+        // Every labelled counter lists its values, or says `by `label``
+        // (values open-ended: not exported before their first event).
+        for m in ALL.iter().filter(|m| m.kind == Kind::Counter) {
+            if let Some((label, values)) = labels_of(m.help) {
+                assert!(!label.is_empty() && !values.is_empty(), "{}", m.name);
+                assert!(
+                    values.iter().all(|v| v
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())),
+                    "{}: {values:?}",
+                    m.name
+                );
+            }
+        }
+    }
 
     #[test]
     fn names_are_unique_and_follow_the_convention() {
