@@ -7,13 +7,18 @@
 #
 #   docker build -t opc-collector:0.1.0 .
 #   docker run --rm --read-only -v opc-state:/var/lib/opc-collector \
-#     -v $PWD/config:/etc/opc-collector:ro opc-collector:0.1.0 \
-#     run --config /etc/opc-collector/collector.yaml
+#     -v $PWD/my-config:/etc/opc-collector:ro opc-collector:0.1.0
+#
+# (my-config/ holds collector.yaml and the device files it names; without
+# a mount the image's collector.yaml, config/default.yaml, names a device
+# file that is not there and exits 2 at start, by design.)
 #
 # Expected size: about 45 MB (distroless cc, ~23 MB, plus the stripped
 # binary, ~20 MB, and zlib). docs/operations.md has the deployment.
 
-ARG RUST_VERSION=1.85
+# The workspace's rust-version (Cargo.toml): the oldest the locked
+# dependencies build with.
+ARG RUST_VERSION=1.89
 FROM rust:${RUST_VERSION}-bookworm AS build
 # librdkafka is built from source by rdkafka-sys: a C toolchain (in the
 # image), pkg-config, and the zlib and OpenSSL headers.

@@ -124,7 +124,6 @@ pub(crate) async fn run_device(
             continue;
         }
         transition(before, &breaker);
-        TickFired { device: &t }.emit();
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -134,6 +133,10 @@ pub(crate) async fn run_device(
             } => p,
         };
         let Some(permit) = permit else { break };
+        // Counted once the read will happen: a tick that the stop cut off
+        // while it waited for its connection or a permit is not a read, so
+        // ticks = reads ok + reads failed.
+        TickFired { device: &t }.emit();
         let started = Instant::now();
         let lateness = started.duration_since(deadline).as_secs_f64();
         let read_time = chrono::Utc::now();

@@ -334,10 +334,15 @@ fn check_overlay(overlay: &str, replicas: i32) {
         .requests
         .as_ref()
         .unwrap()["storage"];
+    // It holds the spill and the dead letters at their caps, and a GiB of
+    // slack (segments being written, the PKI).
     let cap = bytes(cfg["spill"]["max_bytes"].as_str().unwrap());
+    let dead = cfg["dead_letters"]["max_bytes"]
+        .as_str()
+        .map_or(1 << 30, bytes);
     assert!(
-        bytes(&storage.0) >= cap + (cap / 2).max(1 << 30),
-        "{overlay}: a {} volume for a {cap}-byte spill cap",
+        bytes(&storage.0) >= cap + dead + (1 << 30),
+        "{overlay}: a {} volume for a {cap}-byte spill cap and {dead} bytes of dead letters",
         storage.0
     );
     let config_mount = c

@@ -253,6 +253,11 @@ mod tests {
             if let Some((label, values)) = labels_of(m.help) {
                 assert!(!label.is_empty() && !values.is_empty(), "{}", m.name);
                 assert!(
+                    label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{}: label {label:?}",
+                    m.name
+                );
+                assert!(
                     values.iter().all(|v| v
                         .chars()
                         .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())),
