@@ -165,7 +165,7 @@ fn torture_child() {
                 let ids: Vec<_> = batches
                     .iter()
                     .map(|b| b.id)
-                    .filter(|_| xorshift(&mut x) % 5 != 0)
+                    .filter(|_| !xorshift(&mut x).is_multiple_of(5))
                     .collect();
                 let mut line = String::new();
                 for id in &ids {
