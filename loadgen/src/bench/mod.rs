@@ -101,21 +101,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     note(format_args!("work directory {}", dir.path().display()));
 
     // --- Kafka -------------------------------------------------------------------
-    let topic = args.topic.clone().unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        format!("opc-bench-{}-{t}", std::process::id())
-    });
-    let (kafka, bootstrap) = match &args.brokers {
-        Some(b) => (None, b.clone()),
-        None => {
-            let k = EmbeddedKafka::start(1, &topic, args.partitions)
-                .map_err(|e| anyhow::anyhow!("starting the mock Kafka cluster: {e}"))?;
-            let b = k.bootstrap_servers().to_string();
-            (Some(k), b)
-        }
-    };
+    let (kafka, bootstrap, topic) = kafka_endpoint(
+        args.brokers.as_deref(),
+        args.topic.as_deref(),
+        "opc-bench",
+        args.partitions,
+    )?;
     note(format_args!("kafka {bootstrap}, topic {topic}"));
 
     // --- devices -----------------------------------------------------------------
@@ -191,6 +182,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The topic (`topic`, else a fresh `<prefix>-<pid>-<ms>`) and where it is:
+/// `brokers`, else librdkafka's mock cluster started here with the topic
+/// (`partitions`), kept alive by the returned handle.
+pub(crate) fn kafka_endpoint(
+    brokers: Option<&str>,
+    topic: Option<&str>,
+    prefix: &str,
+    partitions: i32,
+) -> anyhow::Result<(Option<EmbeddedKafka>, String, String)> {
+    let topic = topic.map_or_else(
+        || {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("{prefix}-{}-{t}", std::process::id())
+        },
+        str::to_string,
+    );
+    Ok(match brokers {
+        Some(b) => (None, b.to_string(), topic),
+        None => {
+            let k = EmbeddedKafka::start(1, &topic, partitions)
+                .map_err(|e| anyhow::anyhow!("starting the mock Kafka cluster: {e}"))?;
+            let b = k.bootstrap_servers().to_string();
+            (Some(k), b, topic)
+        }
+    })
 }
 
 fn spec_processes(spec: &FleetSpec) -> usize {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use collector_testkit::EmbeddedKafka;
 
 use crate::bench::collector;
 use crate::bench::fleet::{Fleet, FleetSpec};
@@ -114,21 +113,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         }
     };
     note(format_args!("work directory {}", dir.display()));
-    let topic = args.topic.clone().unwrap_or_else(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        format!("opc-fleet-{}-{t}", std::process::id())
-    });
-    let (kafka, bootstrap) = match &args.brokers {
-        Some(b) => (None, b.clone()),
-        None => {
-            let k = EmbeddedKafka::start(1, &topic, 4)
-                .map_err(|e| anyhow::anyhow!("starting the mock Kafka cluster: {e}"))?;
-            let b = k.bootstrap_servers().to_string();
-            (Some(k), b)
-        }
-    };
+    let (kafka, bootstrap, topic) = crate::bench::kafka_endpoint(
+        args.brokers.as_deref(),
+        args.topic.as_deref(),
+        "opc-fleet",
+        4,
+    )?;
     let spec = FleetSpec {
         devices: args.devices,
         tags: args.tags,
@@ -218,10 +208,14 @@ async fn drive(
         "shard.count {} -> {} published",
         args.replicas, args.resize_to
     ));
-    let grace = args
-        .handover_grace
-        .unwrap_or(args.interval * 2 + Duration::from_secs(2));
-    let handing = settle(all, args.resize_to, PATIENCE + grace).await?;
+    // PATIENCE covers the collectors' default grace at any sensible
+    // interval; a grace given here is waited for on top.
+    let handing = settle(
+        all,
+        args.resize_to,
+        PATIENCE + args.handover_grace.unwrap_or_default(),
+    )
+    .await?;
     let most_handing_over = handing.most;
     wait_all_read(all, ids.len(), "the resized fleet").await?;
     let settled = Utc::now();
