@@ -18,6 +18,7 @@ use crate::security::{identity_token, token_type, SecurityError};
 use super::endpoint::{Endpoint, Live, LoopTask, Resume};
 use super::false_alarms::{quietly, without_false_alarms};
 use super::namespaces::discover;
+use super::pool::LeftBehind;
 use super::wire::GuardedSource;
 use super::Pool;
 
@@ -170,13 +171,29 @@ impl Pool {
             }
             Err(_) => return Err(abort_on_err(connect_err("session event loop ended".into()))),
         };
+        // A new session exists on the server from here: if this connect is
+        // cut off before it returns the session or closes it (its timeout,
+        // a shutdown), it stays there until its timeout: counted. (A
+        // reactivated session stays resumable: nothing is lost with it.)
+        let mut created = (opened == Opened::Created).then(|| {
+            LeftBehind::new(
+                url,
+                "the connect was cut off (connect_timeout or shutdown) after the server created the session",
+            )
+        });
         let (namespace_array, server_max) = match discover(&session).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = session.disconnect().await;
+                if let Some(c) = created.as_mut() {
+                    c.disarm();
+                }
                 return Err(abort_on_err(e));
             }
         };
+        if let Some(c) = created.as_mut() {
+            c.disarm();
+        }
         let cap = self.cfg.max_nodes_per_read as usize;
         let max_nodes_per_read = match (server_max, cap) {
             (0, 0) => usize::MAX,

@@ -340,7 +340,10 @@ impl Pool {
     /// Reactivates `resume`'s session on `ep` as soon as the server answers,
     /// and closes it. Counted as left behind if dropped before that.
     async fn close_left(&self, ep: Arc<Endpoint>, resume: Resume) {
-        let mut pending = LeftBehind(Some(ep.url.clone()));
+        let mut pending = LeftBehind::new(
+            &ep.url,
+            "its server did not answer again in time to close it",
+        );
         loop {
             self.limiter.until_ready().await;
             let mut offered = ep.state.lock().await.offered.clone();
@@ -351,7 +354,7 @@ impl Pool {
             .await;
             if let Ok(Ok((live, _))) = attempt {
                 let _ = close(&live, &ep.url, true).await;
-                pending.0 = None;
+                pending.disarm();
                 return;
             }
             // As for a device that refuses: one attempt per reconnect delay.
@@ -364,13 +367,31 @@ impl Pool {
 /// closed.
 const CLOSE_RETRY_MIN: Duration = Duration::from_millis(500);
 
-/// A session to close that is counted as left behind unless closed.
-struct LeftBehind(Option<String>);
+/// A session on a server that is counted as left behind (and why) if
+/// dropped before [`LeftBehind::disarm`]: closed, or handed on.
+pub(super) struct LeftBehind {
+    url: Option<String>,
+    why: &'static str,
+}
+
+impl LeftBehind {
+    pub(super) fn new(url: &str, why: &'static str) -> Self {
+        Self {
+            url: Some(url.to_string()),
+            why,
+        }
+    }
+
+    /// The session was closed or handed on: nothing left behind.
+    pub(super) fn disarm(&mut self) {
+        self.url = None;
+    }
+}
 
 impl Drop for LeftBehind {
     fn drop(&mut self) {
-        if let Some(url) = self.0.take() {
-            abandoned(&url, "its server did not answer again in time to close it");
+        if let Some(url) = self.url.take() {
+            abandoned(&url, self.why);
         }
     }
 }
