@@ -32,6 +32,28 @@ pub fn shard_of(device_id: &str, count: u32) -> u32 {
     jump(key(device_id), count.max(1))
 }
 
+/// The jump hash's path for `device_id` up to `limit` shards: each bucket
+/// `b` the hash visits, with the next bucket it visits (capped at
+/// `limit`). The device is in shard `b` for every count in `b+1..=next`,
+/// so a store that indexes these spans finds a shard's devices without
+/// hashing every row (the device registry does: docs/registry.md).
+pub fn spans(device_id: &str, limit: u32) -> Vec<(u32, u32)> {
+    let mut key = key(device_id);
+    let mut out = Vec::new();
+    let mut j: i64 = 0;
+    while j < i64::from(limit) {
+        let b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+        let next = j.min(i64::from(limit));
+        out.push((
+            u32::try_from(b).unwrap_or(0),
+            u32::try_from(next).unwrap_or(limit),
+        ));
+    }
+    out
+}
+
 /// A stable, well-mixed 64-bit key of an id.
 fn key(id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -120,6 +142,23 @@ mod tests {
         assert_eq!(shard_of("plant-7/plc-0001234", 2), 1);
         let spread: std::collections::HashSet<u32> = ids(1000).map(|id| shard_of(&id, 4)).collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    #[test]
+    fn spans_give_the_shard_of_every_count_up_to_their_limit() {
+        for id in ids(2000) {
+            let spans = spans(&id, 300);
+            assert_eq!(spans[0].0, 0, "{id}");
+            assert_eq!(spans.last().map(|s| s.1), Some(300), "{id}");
+            for count in 1..=300 {
+                let holding: Vec<u32> = spans
+                    .iter()
+                    .filter(|(b, next)| *b < count && count <= *next)
+                    .map(|(b, _)| *b)
+                    .collect();
+                assert_eq!(holding, vec![shard_of(&id, count)], "{id} among {count}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The command line: `run`, `validate`, `demo`, and the offline `spill`
-//! and `deadletter` tools.
+//! The command line: `run`, `validate`, `demo`, the offline `spill` and
+//! `deadletter` tools, and the device `registry`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,7 +69,7 @@ impl LimitArgs {
 
 /// The log filter of `run` and `validate` (see `--log-level`).
 pub(crate) const DEFAULT_LOG_FILTER: &str =
-    "info,opcua_server=warn,opcua_client=error,opcua_core=warn";
+    "info,opcua_server=warn,opcua_client=error,opcua_core=warn,tokio_postgres=warn";
 
 /// The log filter of `demo`: the demo's screen is its own lines. Warnings
 /// and errors of the collector and the simulator still show; async-opcua's
@@ -112,6 +112,15 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// The PostgreSQL device registry (`source: postgres`): create its
+    /// schema, import device files, export it (docs/registry.md).
+    Registry {
+        /// The YAML configuration (its `registry:` section); required.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
     /// What the dead letters hold, and requeueing them once the cause is
     /// fixed (offline: stop the collector first).
     Deadletter {
@@ -137,6 +146,28 @@ pub(crate) enum StateAction {
     /// Dead letters only: move them into the spill, where the collector
     /// replays them when it next runs.
     Requeue,
+}
+
+/// What to do with the device registry.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum RegistryAction {
+    /// Create the registry's schema, or bring it to this version
+    /// (idempotent).
+    Init,
+    /// Insert or update the devices of device files. Every entry of every
+    /// file is checked first (exit 2 and nothing written if one is wrong);
+    /// devices equal to their row are left alone.
+    Import {
+        /// Device files (`devices:` lists, as `device_files` takes).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write the enabled devices as a device file.
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

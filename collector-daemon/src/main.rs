@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod handover;
 mod http;
+mod registry;
 mod reload;
 mod run;
 mod state;
@@ -75,6 +76,8 @@ fn main() -> ExitCode {
             collector_core::spill::StoreRole::DeadLetters,
             action,
         ),
+        Command::Registry { config, action } => runtime()
+            .and_then(|rt| rt.block_on(registry::cli::run(config.as_deref(), limits, action))),
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         #[cfg(not(feature = "demo"))]

@@ -5,12 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use collector_core::config::LoadLimits;
+use collector_core::config::{LoadLimits, SourceKind};
 use collector_core::{Collector, CollectorConfig};
 use collector_opcua::config::OpcUaConfig;
 use collector_opcua::OpcUaProtocol;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::Registry;
 use crate::{http, reload, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
@@ -26,6 +27,15 @@ pub(crate) fn load(path: &Path, limits: LoadLimits) -> Result<CollectorConfig, F
 
 pub(crate) fn validate(path: &Path, limits: LoadLimits) -> Result<(), Failure> {
     let cfg = load(path, limits)?;
+    if cfg.source == SourceKind::Postgres {
+        println!(
+            "{}: OK (devices from the PostgreSQL registry, not contacted; kafka {} topic {})",
+            path.display(),
+            cfg.kafka.brokers,
+            cfg.kafka.topic
+        );
+        return Ok(());
+    }
     let nodes = collector_opcua::config::node_count(&cfg);
     println!(
         "{}: OK ({} devices, {} nodes, kafka {} topic {})",
@@ -57,17 +67,26 @@ pub(crate) async fn run(
     let metrics = telemetry::install_metrics()?;
     let protocol = Arc::new(OpcUaProtocol::new(&cfg).context("OPC UA client")?);
     // The device list is live: this replica's shard of it, re-read when
-    // its files change (`reload`).
+    // its files change (`reload`), or read from the registry and polled.
+    let registry = match cfg.source {
+        SourceKind::File => None,
+        SourceKind::Postgres => Some(Registry::new(&cfg.registry, limits).map_err(|e| {
+            eprintln!("error: {}: {}", path.display(), e.cause());
+            Failure::Config
+        })?),
+    };
     let (shard, mine) = reload::shard_devices(&cfg, &index);
-    tracing::info!(
-        shard = shard.index,
-        shards = shard.count,
-        listed = cfg.devices.len(),
-        devices = mine.len(),
-        "device list loaded"
-    );
+    if registry.is_none() {
+        tracing::info!(
+            shard = shard.index,
+            shards = shard.count,
+            listed = cfg.devices.len(),
+            devices = mine.len(),
+            "device list loaded"
+        );
+    }
     let (sender, source) = collector_core::source::channel(mine);
-    let reloader = reload::Reloader::new(path, limits, index, cfg.clone(), sender);
+    let mut reloader = reload::Reloader::new(path, limits, index, cfg.clone(), registry, sender);
     let list_status = reloader.status();
     let builder = Collector::builder(cfg).protocol(protocol).source(source);
     // Bind before building: recovering a large spill takes time, and
@@ -80,6 +99,13 @@ pub(crate) async fn run(
         list: Some(list_status),
     };
     let (_, http_task) = http::serve(addr, surface, stop_http.clone()).await?;
+    // With a registry: its devices before the collector starts
+    // (`/startupz` says 503 until then), however long it is unreachable.
+    if !reloader.first_load(shutdown_signal()).await {
+        stop_http.cancel();
+        let _ = http_task.await;
+        return Ok(());
+    }
     let collector = builder.build().await.context("starting the collector")?;
     let stop_reload = CancellationToken::new();
     let reload_task = tokio::spawn(reloader.run(stop_reload.clone()));

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::device::MIN_INTERVAL;
 use super::yaml::Node;
-use super::{kafka, CollectorConfig};
+use super::{kafka, CollectorConfig, SourceKind, REGISTRY_MAX_SHARDS};
 use crate::error::{ConfigError, ConfigErrors};
 
 pub(crate) fn check_sections(
@@ -138,6 +138,38 @@ pub(crate) fn check_sections(
             "id",
             "must not be empty",
         );
+    }
+    if cfg.source == SourceKind::Postgres {
+        let line = |field: &str| {
+            root.get("registry")
+                .and_then(|(n, l)| n.get(field).map(|(_, fl)| fl).or(Some(l)))
+                .or_else(|| root.get("source").map(|(_, l)| l))
+        };
+        if let Err((field, msg)) = cfg.registry.connection() {
+            errors.push(
+                ConfigError::new(msg)
+                    .at(path, line(field))
+                    .hint("see docs/registry.md"),
+            );
+        }
+        if cfg.registry.poll_interval < std::time::Duration::from_secs(1) {
+            errors.push(
+                ConfigError::new("registry.poll_interval: must be at least 1s")
+                    .at(path, line("poll_interval")),
+            );
+        }
+        if cfg.registry.timeout.is_zero() {
+            errors
+                .push(ConfigError::new("registry.timeout: must be > 0").at(path, line("timeout")));
+        }
+        if cfg.shard.count > REGISTRY_MAX_SHARDS {
+            errors.push(
+                ConfigError::new(format!(
+                    "shard.count: must be at most {REGISTRY_MAX_SHARDS} with `source: postgres` (the registry's shard index covers that many)"
+                ))
+                .at(path, line_of("shard", "count")),
+            );
+        }
     }
     for (field, msg) in kafka::check_kafka(&cfg.kafka) {
         errors.push(

@@ -10,7 +10,7 @@ use super::check::check_sections;
 use super::device::validate_device;
 use super::model::RawDevice;
 use super::yaml::{self, Node};
-use super::{CollectorConfig, ProtocolConfig, Settings};
+use super::{CollectorConfig, Device, ProtocolConfig, Settings, SourceKind};
 use crate::error::{ConfigError, ConfigErrors};
 
 /// The largest configuration or device file read, checked before reading
@@ -160,6 +160,8 @@ impl CollectorConfig {
                 "dead_letters" => section!(cfg.dead_letters),
                 "http" => section!(cfg.http),
                 "shard" => section!(cfg.shard),
+                "source" => section!(cfg.source),
+                "registry" => section!(cfg.registry),
                 "devices" => collect_devices(node, path, &owned, &mut raw_devices, &mut errors),
                 "device_files" => match yaml::deserialize::<Vec<PathBuf>>(node, key) {
                     Ok(files) => {
@@ -194,52 +196,19 @@ impl CollectorConfig {
 
         check_sections(&cfg, path, &root, &mut errors);
 
-        let default_interval = cfg.schedule.interval;
-        let mut seen: HashMap<Arc<str>, (Option<PathBuf>, usize)> = HashMap::new();
-        for RawEntry {
-            raw,
-            line,
-            file,
-            node,
-            settings,
-        } in raw_devices
-        {
-            let file_ref = file.as_deref();
-            let before = errors.0.len();
-            let device = validate_device(raw, default_interval, Some(line), &mut errors)
-                .map(|d| d.with_settings(settings));
-            for e in &mut errors.0[before..] {
-                if e.file.is_none() {
-                    e.file = file.clone();
-                }
-                if e.line.is_none() {
-                    e.line = Some(line);
-                }
-            }
-            if let Some(device) = device {
-                if let Some((first_file, first_line)) = seen.get(&device.id) {
-                    let first = match first_file {
-                        Some(f) => format!("{}:{first_line}", f.display()),
-                        None => format!("line {first_line}"),
-                    };
-                    errors.push(
-                        ConfigError::new(format!(
-                            "duplicate device id `{}` (first defined at {first})",
-                            device.id
-                        ))
-                        .at(file_ref, node.get("id").map(|(_, l)| l).or(Some(line)))
-                        .hint("device ids must be unique across all device files"),
-                    );
-                    continue;
-                }
-                seen.insert(device.id.clone(), (file.clone(), line));
-                cfg.devices.push(device);
-            }
-        }
+        cfg.devices = finish_devices(raw_devices, cfg.schedule.interval, &mut errors);
         // Devices the core found problems with are still checked by the
         // adapter (every problem at once); the result is an error anyway.
         errors.0.extend(adapter.validate(&cfg));
-        if cfg.devices.is_empty() && errors.is_empty() {
+        if cfg.source == SourceKind::Postgres {
+            if let Some((_, line)) = root.get("devices").or_else(|| root.get("device_files")) {
+                errors.push(
+                    ConfigError::new("`source: postgres` reads the devices from the registry; this file lists devices too")
+                        .at(path, Some(line))
+                        .hint("import them with `opc-collector registry import`, then remove them here"),
+                );
+            }
+        } else if cfg.devices.is_empty() && errors.is_empty() {
             errors.push(
                 ConfigError::new("no devices configured")
                     .at(path, None)
@@ -253,6 +222,99 @@ impl CollectorConfig {
             Err(errors)
         }
     }
+
+    /// The devices of a device-file document (a top-level `devices:`
+    /// list: an import file, a registry row), checked as the loader checks
+    /// a device file, against this configuration's defaults and protocol
+    /// sections; `origin` names the document in errors. Each device comes
+    /// with its entry as written, as JSON (for tools that store entries).
+    pub fn devices_from_yaml(
+        &self,
+        text: &str,
+        origin: Option<&Path>,
+        adapter: &dyn ProtocolConfig,
+        limits: LoadLimits,
+    ) -> Result<Vec<(Device, serde_json::Value)>, ConfigErrors> {
+        let root = yaml::parse_within(text, limits.max_alias_nodes)
+            .map_err(|errs| ConfigErrors(errs.into_iter().map(|e| e.at(origin, None)).collect()))?;
+        let mut errors = ConfigErrors::default();
+        let owned = Owned {
+            device_keys: adapter.device_keys(),
+            limits,
+        };
+        let mut raw = Vec::new();
+        match root.get("devices") {
+            Some((node, _)) => collect_devices(node, origin, &owned, &mut raw, &mut errors),
+            None => errors.push(
+                ConfigError::new("a device file must have a top-level `devices:` list")
+                    .at(origin, Some(root.line())),
+            ),
+        }
+        let entries: Vec<serde_json::Value> = raw.iter().map(|r| r.node.to_json()).collect();
+        let mut probe = CollectorConfig {
+            devices: Vec::new(),
+            ..self.clone()
+        };
+        probe.devices = finish_devices(raw, self.schedule.interval, &mut errors);
+        errors.0.extend(adapter.validate(&probe));
+        if !errors.is_empty() {
+            errors.0.sort_by_key(|e| (e.file.clone(), e.line));
+            return Err(errors);
+        }
+        Ok(probe.devices.into_iter().zip(entries).collect())
+    }
+}
+
+/// The core's checks of each entry, and of ids across entries: the valid
+/// devices (the caller knows from `errors` whether all were).
+fn finish_devices(
+    raw_devices: Vec<RawEntry>,
+    default_interval: std::time::Duration,
+    errors: &mut ConfigErrors,
+) -> Vec<Device> {
+    let mut devices = Vec::with_capacity(raw_devices.len());
+    let mut seen: HashMap<Arc<str>, (Option<PathBuf>, usize)> = HashMap::new();
+    for RawEntry {
+        raw,
+        line,
+        file,
+        node,
+        settings,
+    } in raw_devices
+    {
+        let file_ref = file.as_deref();
+        let before = errors.0.len();
+        let device = validate_device(raw, default_interval, Some(line), errors)
+            .map(|d| d.with_settings(settings));
+        for e in &mut errors.0[before..] {
+            if e.file.is_none() {
+                e.file = file.clone();
+            }
+            if e.line.is_none() {
+                e.line = Some(line);
+            }
+        }
+        if let Some(device) = device {
+            if let Some((first_file, first_line)) = seen.get(&device.id) {
+                let first = match first_file {
+                    Some(f) => format!("{}:{first_line}", f.display()),
+                    None => format!("line {first_line}"),
+                };
+                errors.push(
+                    ConfigError::new(format!(
+                        "duplicate device id `{}` (first defined at {first})",
+                        device.id
+                    ))
+                    .at(file_ref, node.get("id").map(|(_, l)| l).or(Some(line)))
+                    .hint("device ids must be unique across all device files"),
+                );
+                continue;
+            }
+            seen.insert(device.id.clone(), (file.clone(), line));
+            devices.push(device);
+        }
+    }
+    devices
 }
 
 /// The sections the core owns.
@@ -267,6 +329,8 @@ const CORE_SECTIONS: &[&str] = &[
     "dead_letters",
     "http",
     "shard",
+    "source",
+    "registry",
     "devices",
     "device_files",
 ];

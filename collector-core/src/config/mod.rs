@@ -16,6 +16,7 @@ mod load;
 mod model;
 #[cfg(test)]
 mod props;
+mod registry;
 mod secret;
 mod settings;
 mod yaml;
@@ -28,6 +29,9 @@ pub use load::{LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
     byte_size, duration, parse_byte_size, BatchConfig, BreakerConfig, CollectorSection,
     DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection, WorkerConfig,
+};
+pub use registry::{
+    check_connection_string, RegistrySection, RegistryUrl, SourceKind, REGISTRY_MAX_SHARDS,
 };
 pub use secret::{Secret, SecretSource};
 pub use settings::{NoProtocolConfig, ProtocolConfig, Settings};
@@ -59,6 +63,10 @@ pub struct CollectorConfig {
     pub http: HttpConfig,
     /// This replica's part of a fleet.
     pub shard: ShardSection,
+    /// Where the device list comes from: `file` (default) or `postgres`.
+    pub source: SourceKind,
+    /// The device registry, for `source: postgres`.
+    pub registry: RegistrySection,
     /// The device files read (`device_files`, resolved against the
     /// configuration's directory), for watching.
     pub device_files: Vec<std::path::PathBuf>,

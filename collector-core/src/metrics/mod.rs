@@ -108,6 +108,16 @@ metric_table! {
     SHARD_GENERATION: Gauge = "collector_shard_generation", "Changes of the shard count this replica has read since it started";
     /// Devices still read here until their handover grace ends (a resize moved them to another shard).
     SHARD_HANDOVERS: Gauge = "collector_shard_handovers", "Devices still read here until their handover grace ends (a resize moved them to another shard)";
+    /// Whether the device registry answered its last query (1) or not (0); absent with `source: file`.
+    REGISTRY_UP: Gauge = "collector_registry_up", "Whether the device registry answered its last query (1) or not (0); absent with `source: file`";
+    /// Queries of the device registry for this shard (`result`: ok, failed).
+    REGISTRY_POLLS: Counter = "collector_registry_polls_total", "Queries of the device registry for this shard (`result`: ok, failed)";
+    /// Registry rows of this shard skipped because they are not a valid device entry (each version of a row counted once).
+    REGISTRY_ROWS_REJECTED: Counter = "collector_registry_rows_rejected_total", "Registry rows of this shard skipped because they are not a valid device entry (each version of a row counted once)";
+    /// Registry rows of this shard, as last read (valid or not, enabled or not).
+    REGISTRY_ROWS: Gauge = "collector_registry_rows", "Registry rows of this shard, as last read (valid or not, enabled or not)";
+    /// Unix time the registry last answered a query of this shard.
+    REGISTRY_LAST_SYNC: Gauge = "collector_registry_last_sync_timestamp_seconds", "Unix time the registry last answered a query of this shard";
     /// Sessions by state (`state`: connected, connecting, disconnected).
     SESSIONS: Gauge = "collector_sessions", "Sessions by state (`state`: connected, connecting, disconnected)";
     /// Session connect attempts by result (`result`: ok, error, timeout).

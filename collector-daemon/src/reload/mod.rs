@@ -8,6 +8,10 @@
 //! whole: the running set stays, every problem is logged with `file:line`,
 //! counted, and shown in `/status` until a good version replaces it.
 //!
+//! With `source: postgres` the devices come from the registry instead
+//! (`registry`): the file still gives `shard.count` and the defaults, and
+//! the registry is polled for this shard's changes.
+//!
 //! Only the device list and `shard.count` apply live (with
 //! `schedule.interval`, the default of the devices' intervals, and
 //! `shard.handover_grace`); another changed section is said once per
@@ -29,6 +33,12 @@ use std::sync::{Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
 use crate::handover::{HandoverView, Handovers};
+use crate::registry::{Registry, RegistryView};
+
+mod registry;
+mod stamp;
+
+use stamp::{stamp, stamps, Stamp};
 
 /// How often the files are checked for a change.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -57,6 +67,9 @@ pub(crate) struct ListStatus {
     pub loaded_at: String,
     /// The problems of the last rejected reload, until one is applied.
     pub last_error: Option<Vec<String>>,
+    /// The device registry, with `source: postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryView>,
 }
 
 /// What the HTTP server shows of the fleet: `/status`, and the devices
@@ -71,42 +84,6 @@ pub(crate) struct Fleet {
 
 /// Shared with the HTTP server.
 pub(crate) type SharedStatus = Arc<Mutex<Fleet>>;
-
-/// Identity of what a path resolves to now: device, inode, size,
-/// modification and change time (a `chmod` that makes a file readable
-/// changes the last); `None`: missing or unreadable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(u64, u64, u64, SystemTime, i64, i64)>);
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    Stamp(std::fs::metadata(path).ok().map(|m| {
-        (
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.modified().unwrap_or(UNIX_EPOCH),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-    }))
-}
-
-/// Stamps of `paths`, off the runtime (a stalled network file system
-/// stalls only a blocking thread).
-async fn stamps(paths: Vec<PathBuf>) -> Vec<(PathBuf, Stamp)> {
-    tokio::task::spawn_blocking(move || {
-        paths
-            .into_iter()
-            .map(|p| {
-                let s = stamp(&p);
-                (p, s)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
-}
 
 /// This replica's shard of `cfg`, and its devices.
 pub(crate) fn shard_devices(cfg: &CollectorConfig, source: &IndexSource) -> (Shard, Vec<Device>) {
@@ -140,17 +117,24 @@ pub(crate) struct Reloader {
     stamps: Vec<(PathBuf, Stamp)>,
     sender: DeviceSetSender,
     status: SharedStatus,
+    /// The device registry, with `source: postgres`, and when to ask it
+    /// next.
+    registry: Option<Registry>,
+    next_poll: Instant,
 }
 
 impl Reloader {
     /// For the configuration `running`, loaded from `path`, whose devices
     /// of its shard (`index`) the collector started with. (A file edited
-    /// between that load and this call is seen at its next change.)
+    /// between that load and this call is seen at its next change.) With a
+    /// `registry`, the collector starts with none: [`Reloader::first_load`]
+    /// reads them.
     pub(crate) fn new(
         path: &Path,
         limits: LoadLimits,
         index: IndexSource,
         running: CollectorConfig,
+        registry: Option<Registry>,
         sender: DeviceSetSender,
     ) -> Self {
         let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -160,7 +144,10 @@ impl Reloader {
                 None
             }
         };
-        let (shard, mine) = shard_devices(&running, &index);
+        let (shard, mut mine) = shard_devices(&running, &index);
+        if registry.is_some() {
+            mine.clear();
+        }
         publish_shard(shard);
         metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
         let status = Arc::new(Mutex::new(Fleet {
@@ -175,6 +162,7 @@ impl Reloader {
                 reloads_failed: 0,
                 loaded_at: now_rfc3339(),
                 last_error: None,
+                registry: registry.as_ref().map(Registry::view),
             },
             handovers: HashMap::new(),
         }));
@@ -191,6 +179,8 @@ impl Reloader {
             stamps: Vec::new(),
             sender,
             status,
+            registry,
+            next_poll: Instant::now(),
         };
         r.stamps = r
             .watched()
@@ -231,6 +221,12 @@ impl Reloader {
                     }
                 } => {
                     if !self.end_handovers() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.next_poll.into()), if self.registry.is_some() => {
+                    if !self.poll_registry().await {
                         return;
                     }
                     continue;
@@ -304,6 +300,14 @@ impl Reloader {
                 return true;
             }
         };
+        if cfg.source != self.running.source {
+            self.stamps = taken;
+            self.fail(vec![format!(
+                "{}: `source` changed; a restart applies it (the running devices are kept)",
+                self.path.display()
+            )]);
+            return true;
+        }
         let restart = restart_needed(&self.running, &cfg);
         if !restart.is_empty() {
             tracing::warn!(
@@ -311,13 +315,75 @@ impl Reloader {
                 "these sections changed; only the device list and shard.count apply without a restart"
             );
         }
-        let (shard, mine) = shard_devices(&cfg, &self.index);
+        let shard = self.shard_of(&cfg);
+        let sent = match self.registry.as_mut() {
+            None => {
+                let (_, mine) = shard_devices(&cfg, &self.index);
+                self.apply(
+                    &cfg,
+                    shard,
+                    mine,
+                    &cfg.devices,
+                    cfg.devices.len(),
+                    why,
+                    started,
+                )
+            }
+            Some(registry) => {
+                // The defaults may have changed: every row is checked
+                // again. Unreachable, the rows held are kept (cut to the
+                // new shard) and the next poll loads the shard.
+                let _ = registry.sync(shard, &cfg, true).await;
+                self.next_poll = Instant::now() + registry.next_in();
+                let mine = registry.devices(shard);
+                let rows = registry.view().rows;
+                let listed = self.listed_with(&mine);
+                self.apply(&cfg, shard, mine, &listed, rows, why, started)
+            }
+        };
+        if !sent {
+            return false;
+        }
+        self.running = cfg;
+        // The new list may name other device files.
+        let new: Vec<PathBuf> = self
+            .watched()
+            .into_iter()
+            .filter(|p| !taken.iter().any(|(q, _)| q == p))
+            .collect();
+        taken.extend(stamps(new).await);
+        self.stamps = taken;
+        true
+    }
+
+    /// This replica's shard under `cfg`.
+    fn shard_of(&self, cfg: &CollectorConfig) -> Shard {
+        Shard {
+            index: self.index.index(cfg.shard.index, cfg.shard.count),
+            count: cfg.shard.count,
+        }
+    }
+
+    /// Makes `mine` (this `shard`'s devices under `cfg`) the running set,
+    /// with the handovers `listed` (every device the new list has, of any
+    /// shard) calls for. False once the collector takes no more sets.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &mut self,
+        cfg: &CollectorConfig,
+        shard: Shard,
+        mine: Vec<Device>,
+        listed: &[Device],
+        listed_count: usize,
+        why: &str,
+        started: Instant,
+    ) -> bool {
         let scheduled = mine.len();
         let before = self.scheduled_ids();
         let resized = shard.count != self.running.shard.count;
         let handing_over = self.handovers.follow(
             &before,
-            &cfg.devices,
+            listed,
             shard,
             cfg.shard.handover_grace,
             Instant::now(),
@@ -343,33 +409,25 @@ impl Reloader {
         metrics::gauge!(names::CONFIG_LAST_RELOAD).set(unix_now());
         tracing::info!(
             why,
-            listed = cfg.devices.len(),
+            listed = listed_count,
             shard = shard.index,
             shards = shard.count,
             devices = scheduled,
             took_ms = started.elapsed().as_millis() as u64,
             "device list reloaded"
         );
-        {
-            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            let s = &mut s.status;
-            s.shard_index = shard.index;
-            s.shard_count = shard.count;
-            s.listed = cfg.devices.len();
-            s.devices = scheduled;
-            s.reloads_ok += 1;
-            s.loaded_at = now_rfc3339();
-            s.last_error = None;
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = &mut s.status;
+        s.shard_index = shard.index;
+        s.shard_count = shard.count;
+        s.listed = listed_count;
+        s.devices = scheduled;
+        s.reloads_ok += 1;
+        s.loaded_at = now_rfc3339();
+        s.last_error = None;
+        if let Some(r) = &self.registry {
+            s.registry = Some(r.view());
         }
-        self.running = cfg;
-        // The new list may name other device files.
-        let new: Vec<PathBuf> = self
-            .watched()
-            .into_iter()
-            .filter(|p| !taken.iter().any(|(q, _)| q == p))
-            .collect();
-        taken.extend(stamps(new).await);
-        self.stamps = taken;
         true
     }
 
@@ -465,5 +523,6 @@ fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static 
     check(old.dead_letters == new.dead_letters, "dead_letters");
     check(old.http == new.http, "http");
     check(old.protocol == new.protocol, "security/session");
+    check(old.registry == new.registry, "registry");
     out
 }
