@@ -3,8 +3,9 @@
 //! What the workspace's tests, examples, demo and benchmark share to drive
 //! a collector from outside: an in-process Kafka-protocol cluster and a
 //! topic reader ([`kafka`]), a Prometheus text parser ([`prom`]), a minimal
-//! HTTP GET ([`http`]) and the collector's final statistics line
-//! ([`stopped`]). It exists so that each of these is written once.
+//! HTTP GET ([`http`]), the collector's final statistics line
+//! ([`stopped`]) and a throwaway PostgreSQL server ([`postgres`]). It
+//! exists so that each of these is written once.
 //!
 //! Dev-only: the shipped `opc-collector` binary never links it (the demo,
 //! which uses the embedded Kafka, is behind the daemon's `demo` feature).
@@ -15,6 +16,7 @@
 pub mod configmap;
 pub mod http;
 pub mod kafka;
+pub mod postgres;
 pub mod prom;
 pub mod stopped;
 
