@@ -162,6 +162,23 @@ pub(crate) enum RegistryAction {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Load one replica's shard as that replica would (read-only), and
+    /// say what it holds: rows, devices, rejected rows with their reason,
+    /// how long the load and an unchanged poll take, and what they cost.
+    Shard {
+        /// The replica's shard index.
+        #[arg(long)]
+        index: u32,
+        /// Shards in the fleet.
+        #[arg(long)]
+        count: u32,
+        /// Unchanged polls timed after the load.
+        #[arg(long, default_value_t = 20)]
+        polls: u32,
+        /// One JSON object instead of text (for benchmarks and scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the enabled devices as a device file.
     Export {
         /// Write here instead of standard output.

@@ -1,10 +1,12 @@
 //! `opc-loadgen` command line: serves a fleet of simulated OPC UA devices until
 //! SIGINT/SIGTERM (`serve`), benchmarks the collector against them (`bench`),
-//! or runs a fleet of collectors through a resize and a rolling restart
-//! (`fleet`).
+//! runs a fleet of collectors through a resize and a rolling restart
+//! (`fleet`), or measures the device registry at fleet scale
+//! (`registry-bench`).
 
 mod bench;
 mod fleet;
+mod registry_bench;
 
 use std::{io::Write, net::SocketAddr, path::PathBuf};
 
@@ -33,6 +35,10 @@ enum Command {
     /// update does, and check the topic: every device read by its shard's
     /// replica, no gap through the resize, nothing lost.
     Fleet(fleet::FleetArgs),
+    /// Benchmark the PostgreSQL device registry: a throwaway server, a
+    /// whole fleet imported (1.2 M devices), one replica's shard loaded and
+    /// polled; prints the figures and writes JSON.
+    RegistryBench(registry_bench::RegistryBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -212,5 +218,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Fleet(args) => fleet::run(args).await,
+        Command::RegistryBench(args) => registry_bench::run(args).await,
     }
 }

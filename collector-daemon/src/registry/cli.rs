@@ -68,6 +68,33 @@ pub(crate) async fn run(
             );
             Ok(())
         }
+        RegistryAction::Shard {
+            index,
+            count,
+            polls,
+            json,
+        } => {
+            let shard = collector_core::shard::Shard { index, count };
+            if count == 0 || index >= count || count > collector_core::config::REGISTRY_MAX_SHARDS {
+                eprintln!(
+                    "error: --index must be below --count, and --count 1 to {}",
+                    collector_core::config::REGISTRY_MAX_SHARDS
+                );
+                return Err(Failure::Config);
+            }
+            let report = super::probe::probe(&cfg, limits, shard, polls)
+                .await
+                .map_err(runtime)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(anyhow::Error::from)?
+                );
+            } else {
+                report.print();
+            }
+            Ok(())
+        }
         RegistryAction::Export { output } => {
             let client = connector.connect().await.map_err(runtime)?;
             check_schema(&client).await.map_err(runtime)?;

@@ -9,6 +9,7 @@
 
 pub(crate) mod cli;
 mod client;
+mod probe;
 mod rows;
 
 use std::collections::HashMap;
@@ -19,10 +20,10 @@ use collector_core::config::{Device, LoadLimits, RegistrySection};
 use collector_core::metrics::names;
 use collector_core::shard::Shard;
 use collector_core::CollectorConfig;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::{Client, Statement};
 
 pub(crate) use client::{Connector, RegistryError};
-use rows::{shard_cells, Row, COLUMNS};
+use rows::{cell_range, Row};
 
 /// What `/status` shows of the registry.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -63,10 +64,50 @@ impl Held {
     }
 }
 
+/// A replica's reads, prepared once a connection.
+struct Statements {
+    full: Statement,
+    delta: Statement,
+}
+
+/// The whole shard: the rows with one of the shard's cells `$1..=$2` (the
+/// GIN index), and the snapshot's xmin (on a row of its own when the shard
+/// is empty). The cells are listed by the database: given as a constant
+/// array, the planner would price a few thousand of them as matching most
+/// rows and scan the table (seconds at 1 M rows; measured).
+const FULL_READ: &str = r#"
+WITH mine AS MATERIALIZED (
+    SELECT id, endpoint, "interval", settings, enabled, version
+    FROM opc_collector.devices
+    WHERE shard_cells && ARRAY(SELECT generate_series($1::int4, $2::int4))
+)
+SELECT d.id, d.endpoint, d."interval", d.settings, d.enabled, d.version, s.xmin, false
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin) s
+LEFT JOIN mine d ON true"#;
+
+/// The shard's rows written by transactions the last read did not see
+/// (their xid is at least its xmin: the written_by index), and its rows
+/// deleted since (tombstones of ids not listed again). A written row is
+/// the shard's when one of its cells lies in `$2..=$3` (a few cells a
+/// row, so a mass update costs each replica a cheap pass, not an array
+/// comparison per row).
+const DELTA_READ: &str = r#"
+SELECT d.id, d.endpoint, d."interval", d.settings, d.enabled, d.version, s.xmin, false
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin) s
+LEFT JOIN opc_collector.devices d
+  ON d.written_by >= $1::text::xid8
+ AND EXISTS (SELECT 1 FROM unnest(d.shard_cells) c WHERE c BETWEEN $2 AND $3)
+UNION ALL
+SELECT t.id, NULL, NULL, NULL, NULL, NULL, NULL, true
+FROM opc_collector.tombstones t
+WHERE t.written_by >= $1::text::xid8
+  AND EXISTS (SELECT 1 FROM unnest(t.shard_cells) c WHERE c BETWEEN $2 AND $3)
+  AND NOT EXISTS (SELECT 1 FROM opc_collector.devices d WHERE d.id = t.id)"#;
+
 /// This replica's view of the registry: its shard's rows as last read.
 pub(crate) struct Registry {
     connector: Connector,
-    client: Option<Client>,
+    client: Option<(Client, Statements)>,
     limits: LoadLimits,
     poll_interval: Duration,
     /// The shard the rows are of, once loaded.
@@ -107,6 +148,18 @@ impl Registry {
             return self.poll_interval;
         }
         Duration::from_secs(1u64 << self.failures.saturating_sub(1).min(10)).min(self.poll_interval)
+    }
+
+    /// The id of the database process serving this replica (to measure
+    /// what its queries cost the database).
+    pub(crate) async fn backend_pid(&mut self) -> Option<i32> {
+        let (client, _) = self.client.as_ref()?;
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ok()?
+            .try_get(0)
+            .ok()
     }
 
     /// What `/status` shows.
@@ -151,82 +204,67 @@ impl Registry {
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
                 self.since = None;
-                if self.client.as_ref().is_some_and(Client::is_closed) {
-                    self.client = None;
-                }
+                // A fresh connection next time: one that timed out may
+                // be half-open (a partition) and never fail by itself.
+                self.client = None;
                 self.record_failure(&e);
                 Err(e)
             }
         }
     }
 
-    /// One consistent read: the snapshot's xmin, the rows, and the ids
-    /// deleted since the last read (none for a full read).
+    /// One consistent read (one statement: one snapshot): the snapshot's
+    /// xmin, the rows, and the ids deleted since the last read (none for a
+    /// full read). One round trip, statements prepared once a connection.
     async fn query(
         &mut self,
         shard: Shard,
         full: bool,
     ) -> Result<(String, Vec<Row>, Vec<String>), RegistryError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             let client = self.connector.connect().await?;
-            self.connector
-                .bounded(async { client::check_schema(&client).await })
+            let statements = self
+                .connector
+                .bounded(async {
+                    client::check_schema(&client).await?;
+                    Ok(Statements {
+                        full: client.prepare(FULL_READ).await?,
+                        delta: client.prepare(DELTA_READ).await?,
+                    })
+                })
                 .await?;
-            self.client = Some(client);
+            self.client = Some((client, statements));
         }
-        let cells = shard_cells(shard);
-        let since = if full { None } else { self.since.clone() };
-        let connector = self.connector.clone();
-        let Some(client) = self.client.as_mut() else {
+        let Some((client, statements)) = self.client.as_ref() else {
             return Err(RegistryError::Schema("no registry connection".into()));
         };
+        let (lo, hi) = cell_range(shard);
+        let since = if full { None } else { self.since.clone() };
         let read = async {
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let xmin: String = tx
-                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-                .await?
-                .try_get(0)?;
-            let (rows, gone) = match &since {
-                None => {
-                    let q = format!(
-                        "SELECT {COLUMNS} FROM opc_collector.devices WHERE shard_cells && $1::int4[]"
-                    );
-                    (tx.query(&q, &[&cells]).await?, Vec::new())
-                }
-                Some(since) => {
-                    let q = format!(
-                        "SELECT {COLUMNS} FROM opc_collector.devices \
-                         WHERE written_by >= $1::text::xid8 AND shard_cells && $2::int4[]"
-                    );
-                    let rows = tx.query(&q, &[since, &cells]).await?;
-                    let gone = tx
-                        .query(
-                            "SELECT DISTINCT t.id FROM opc_collector.tombstones t \
-                             WHERE t.written_by >= $1::text::xid8 AND t.shard_cells && $2::int4[] \
-                             AND NOT EXISTS (SELECT 1 FROM opc_collector.devices d WHERE d.id = t.id)",
-                            &[since, &cells],
-                        )
-                        .await?;
-                    (rows, gone)
-                }
+            let rows = match &since {
+                None => client.query(&statements.full, &[&lo, &hi]).await?,
+                Some(since) => client.query(&statements.delta, &[since, &lo, &hi]).await?,
             };
-            tx.commit().await?;
-            let rows = rows
-                .iter()
-                .map(Row::from_pg)
-                .collect::<Result<Vec<_>, _>>()?;
-            let gone = gone
-                .iter()
-                .map(|r| r.try_get::<_, String>(0))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((xmin, rows, gone))
+            let mut xmin = None;
+            let (mut out, mut gone) = (Vec::with_capacity(rows.len()), Vec::new());
+            for r in &rows {
+                if let Some(x) = r.try_get::<_, Option<String>>(6)? {
+                    xmin = Some(x);
+                }
+                let Some(id) = r.try_get::<_, Option<String>>(0)? else {
+                    continue; // the snapshot's row of a read that found none
+                };
+                if r.try_get::<_, bool>(7)? {
+                    gone.push(id);
+                } else {
+                    out.push(Row::from_pg(r)?);
+                }
+            }
+            let xmin =
+                xmin.ok_or_else(|| RegistryError::Schema("the read returned no snapshot".into()))?;
+            Ok((xmin, out, gone))
         };
-        connector.bounded(read).await
+        self.connector.bounded(read).await
     }
 
     /// Applies a read; whether any device changed.
@@ -253,7 +291,18 @@ impl Registry {
                 .remove(id.as_str())
                 .is_some_and(|h| h.effective().is_some());
         }
-        for row in rows {
+        // A delta read sees the rows of transactions that were still open
+        // at the last read again: unchanged, nothing to check.
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .filter(|row| {
+                full || next
+                    .get(row.id.as_str())
+                    .is_none_or(|h| h.version != row.version)
+            })
+            .collect();
+        let devices = rows::devices_of(&rows, base, self.limits);
+        for (row, device) in rows.into_iter().zip(devices) {
             let id: Arc<str> = Arc::from(row.id.as_str());
             let before = if full {
                 old.remove(&id)
@@ -261,15 +310,6 @@ impl Registry {
                 next.remove(&id)
             };
             let same_version = before.as_ref().is_some_and(|h| h.version == row.version);
-            // A delta read sees the rows of transactions that were still
-            // open at the last read again: unchanged, nothing to check.
-            if same_version && !full {
-                if let Some(h) = before {
-                    next.insert(id, h);
-                }
-                continue;
-            }
-            let device = row.device(base, self.limits);
             if let Err(reason) = &device {
                 // Reported once per version of the row.
                 if !(same_version && before.as_ref().is_some_and(|h| h.device.is_err())) {

@@ -110,15 +110,91 @@ impl Row {
         match base.devices_from_yaml(&doc, None, &OpcUaConfig, limits) {
             Ok(mut devices) if devices.len() == 1 => Ok(devices.remove(0).0),
             Ok(_) => Err("not one device".into()),
-            Err(errors) => Err(errors
-                .iter()
-                .map(|e| match &e.hint {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join("; ")),
+            Err(errors) => Err(errors.iter().map(reason_of).collect::<Vec<_>>().join("; ")),
         }
+    }
+}
+
+/// Every row's device, or why it is not one: checked as one device file
+/// (one entry a line), so the checks' fixed costs are paid once per read,
+/// not once per row. Rows with a problem are then told apart by the line
+/// it is reported at (a problem without one: each row checked alone).
+pub(crate) fn devices_of(
+    rows: &[Row],
+    base: &CollectorConfig,
+    limits: LoadLimits,
+) -> Vec<Result<Device, String>> {
+    let mut out: Vec<Option<Result<Device, String>>> = vec![None; rows.len()];
+    let mut entries = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        match row.entry() {
+            Ok(e) => entries.push((i, e)),
+            Err(reason) => out[i] = Some(Err(reason)),
+        }
+    }
+    let limits = LoadLimits {
+        max_devices_per_file: usize::MAX,
+        ..limits
+    };
+    // Two rounds: all entries; then those without a problem of their own.
+    for _ in 0..2 {
+        if entries.is_empty() {
+            break;
+        }
+        let mut doc = String::from("devices:\n");
+        for (_, e) in &entries {
+            doc.push_str("  - ");
+            doc.push_str(&e.to_string());
+            doc.push('\n');
+        }
+        match base.devices_from_yaml(&doc, None, &OpcUaConfig, limits) {
+            Ok(devices) if devices.len() == entries.len() => {
+                for ((i, _), (d, _)) in entries.iter().zip(devices) {
+                    out[*i] = Some(Ok(d));
+                }
+                entries.clear();
+            }
+            Ok(_) => break,
+            Err(errors) => {
+                let mut by_line: std::collections::HashMap<usize, Vec<String>> = Default::default();
+                let mut unplaced = false;
+                for e in errors.iter() {
+                    match e
+                        .line
+                        .and_then(|l| l.checked_sub(2))
+                        .filter(|k| *k < entries.len())
+                    {
+                        Some(k) => by_line.entry(k).or_default().push(reason_of(e)),
+                        None => unplaced = true,
+                    }
+                }
+                if unplaced || by_line.is_empty() {
+                    break;
+                }
+                let mut rest = Vec::with_capacity(entries.len());
+                for (k, (i, e)) in entries.into_iter().enumerate() {
+                    match by_line.remove(&k) {
+                        Some(reasons) => out[i] = Some(Err(reasons.join("; "))),
+                        None => rest.push((i, e)),
+                    }
+                }
+                entries = rest;
+            }
+        }
+    }
+    // What the rounds could not place: each row alone.
+    for (i, _) in entries {
+        out[i] = Some(rows[i].device(base, limits));
+    }
+    out.into_iter()
+        .map(|d| d.unwrap_or_else(|| Err("not checked".into())))
+        .collect()
+}
+
+fn reason_of(e: &collector_core::ConfigError) -> String {
+    match &e.hint {
+        Some(h) => format!("{} ({h})", e.message),
+        None => e.message.clone(),
     }
 }
 
@@ -144,6 +220,16 @@ pub(crate) fn shard_cells(shard: Shard) -> Vec<i32> {
     (shard.count..=REGISTRY_MAX_SHARDS)
         .map(|t| base + t as i32)
         .collect()
+}
+
+/// The same cells as a range (`lo..=hi`; empty for a replica that reads
+/// nothing).
+pub(crate) fn cell_range(shard: Shard) -> (i32, i32) {
+    let cells = shard_cells(shard);
+    match (cells.first(), cells.last()) {
+        (Some(lo), Some(hi)) => (*lo, *hi),
+        _ => (1, 0),
+    }
 }
 
 /// The cells the database stores for `id` (for tests against its
@@ -204,6 +290,56 @@ mod tests {
             }
         }
         assert!(shard_cells(Shard { index: 3, count: 3 }).is_empty());
+    }
+
+    fn row(id: &str, settings: Value) -> Row {
+        Row {
+            id: id.into(),
+            endpoint: "opc.tcp://127.0.0.1:4840".into(),
+            interval: None,
+            settings,
+            enabled: true,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_told_apart_from_good_ones_in_one_check() {
+        let base = CollectorConfig::from_yaml(
+            "kafka:\n  brokers: k:9092\nschedule:\n  interval: 7s\nsource: postgres\nregistry:\n  url: host=db\n",
+            None,
+            &OpcUaConfig,
+        )
+        .unwrap();
+        let nodes = serde_json::json!({"nodes": ["ns=2;s=A"]});
+        let mut rows = vec![
+            row("good-1", nodes.clone()),
+            row("bad-nodes", serde_json::json!({"nodes": 5})),
+            row("good-2", nodes.clone()),
+            row("bad-settings", serde_json::json!("x")),
+            row("bad id", nodes.clone()),
+        ];
+        rows[2].interval = Some("2s".into());
+        let out = devices_of(&rows, &base, LoadLimits::default());
+        let good: Vec<_> = out.iter().filter_map(|d| d.as_ref().ok()).collect();
+        assert_eq!(good.len(), 2, "{out:?}");
+        assert_eq!(good[0].interval, std::time::Duration::from_secs(7));
+        assert_eq!(good[1].interval, std::time::Duration::from_secs(2));
+        assert!(out[1].as_ref().unwrap_err().contains("nodes"), "{out:?}");
+        assert!(
+            out[3].as_ref().unwrap_err().contains("JSON object"),
+            "{out:?}"
+        );
+        assert!(out[4].as_ref().unwrap_err().contains("bad id"), "{out:?}");
+        // Each alone gives the same verdicts.
+        for (r, d) in rows.iter().zip(&out) {
+            assert_eq!(
+                r.device(&base, LoadLimits::default()).is_ok(),
+                d.is_ok(),
+                "{}",
+                r.id
+            );
+        }
     }
 
     #[test]
