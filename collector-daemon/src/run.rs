@@ -99,9 +99,21 @@ pub(crate) async fn run(
         list: Some(list_status),
     };
     let (_, http_task) = http::serve(addr, surface, stop_http.clone()).await?;
+    // One listener for SIGTERM/SIGINT from here on: the wait for the
+    // registry, the collector's start (a spill recovery) and its run all
+    // end on it.
+    let shutdown = CancellationToken::new();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
     // With a registry: its devices before the collector starts
     // (`/startupz` says 503 until then), however long it is unreachable.
-    if !reloader.first_load(shutdown_signal()).await {
+    if !reloader
+        .first_load(shutdown.clone().cancelled_owned())
+        .await
+    {
         stop_http.cancel();
         let _ = http_task.await;
         return Ok(());
@@ -110,7 +122,7 @@ pub(crate) async fn run(
     let stop_reload = CancellationToken::new();
     let reload_task = tokio::spawn(reloader.run(stop_reload.clone()));
     collector
-        .run(shutdown_signal())
+        .run(shutdown.cancelled_owned())
         .await
         .context("collector")?;
     stop_reload.cancel();

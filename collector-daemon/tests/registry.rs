@@ -39,6 +39,9 @@ use support::{
 const DEVICES: usize = 500;
 const TAGS: usize = 3;
 const SHARDS: u32 = 3;
+/// The replicas' `registry.poll_interval`, seconds: a change applies
+/// within it (plus the machine's slack: the test's own 10 s).
+const POLL_S: u64 = 2;
 
 fn json(addr: SocketAddr, path: &str) -> Value {
     match http_get(addr, path) {
@@ -72,7 +75,7 @@ fn config(dir: &Path, name: &str, url: &str, kafka: &str, shard: Option<u32>) ->
         format!(
             "collector:\n  id: {name}\n  state_dir: {}\nschedule:\n  interval: 1s\nbatch:\n  interval: 200ms\n\
              kafka:\n  brokers: {kafka}\nsession:\n  max_connects_per_second: 1000\n{shard}\
-             source: postgres\nregistry:\n  url: {url}\n  poll_interval: 2s\n  timeout: 3s\n",
+             source: postgres\nregistry:\n  url: {url}\n  poll_interval: {POLL_S}s\n  timeout: 3s\n",
             dir.join(format!("state-{name}")).display(),
         ),
     )
@@ -159,6 +162,12 @@ fn a_fleet_reads_its_shards_from_postgres_and_follows_its_changes() {
             .trim(),
         "500"
     );
+
+    // TRUNCATE would go unseen by polling replicas: refused.
+    let refused = pg
+        .psql("fleet", "TRUNCATE opc_collector.devices")
+        .unwrap_err();
+    assert!(refused.to_string().contains("DELETE"), "{refused}");
 
     // The database computes each id's shard cells as the shard function does.
     let cells = pg
@@ -266,7 +275,7 @@ fn a_fleet_reads_its_shards_from_postgres_and_follows_its_changes() {
     .unwrap();
     poll_until(
         "the changed device restarts",
-        Duration::from_secs(2 + 3),
+        Duration::from_secs(POLL_S + 10),
         || {
             let m = replicas[owner].metrics();
             (metric_labelled(&m, "collector_device_changes_total", "change=\"changed\"") >= 1.0)
@@ -277,7 +286,16 @@ fn a_fleet_reads_its_shards_from_postgres_and_follows_its_changes() {
     // A row deleted: the device stops and its session closes.
     let deleted = "dev-00011";
     let owner_d = shard_of(deleted, SHARDS) as usize;
-    assert_eq!(sim_device(stats, deleted)["current_sessions"], 1);
+    poll_until(
+        "the device to delete has its session",
+        Duration::from_secs(30),
+        || {
+            let d = sim_device(stats, deleted);
+            (d["current_sessions"] == 1)
+                .then_some(())
+                .ok_or_else(|| d.to_string())
+        },
+    );
     pg.psql(
         "fleet",
         &format!("DELETE FROM opc_collector.devices WHERE id = '{deleted}'"),

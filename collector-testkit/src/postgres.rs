@@ -86,11 +86,16 @@ impl Postgres {
     /// Creates a cluster and starts it on a free loopback port.
     pub fn start() -> Result<Postgres, PostgresError> {
         let bin = bin_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("pg-test-")
-            .tempdir()
-            .map_err(|e| PostgresError(format!("temp dir: {e}")))?;
         let run_as = is_root().then_some("postgres");
+        // Run as `postgres`, the server must reach its directory: under
+        // /tmp, not a TMPDIR below root's home.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("pg-test-");
+        let dir = match run_as {
+            Some(_) => builder.tempdir_in("/tmp"),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| PostgresError(format!("temp dir: {e}")))?;
         if let Some(user) = run_as {
             let chown = Command::new("chown")
                 .arg(user)

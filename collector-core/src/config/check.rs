@@ -152,9 +152,11 @@ pub(crate) fn check_sections(
                     .hint("see docs/registry.md"),
             );
         }
-        if cfg.registry.poll_interval < std::time::Duration::from_secs(1) {
+        if cfg.registry.poll_interval < std::time::Duration::from_secs(1)
+            || cfg.registry.poll_interval > std::time::Duration::from_secs(3600)
+        {
             errors.push(
-                ConfigError::new("registry.poll_interval: must be at least 1s")
+                ConfigError::new("registry.poll_interval: must be 1s to 1h")
                     .at(path, line("poll_interval")),
             );
         }

@@ -228,6 +228,8 @@ impl CollectorConfig {
     /// a device file, against this configuration's defaults and protocol
     /// sections; `origin` names the document in errors. Each device comes
     /// with its entry as written, as JSON (for tools that store entries).
+    /// Scalars are taken literally: no `${VAR}` expansion (such a document
+    /// comes from elsewhere and must not read this process's environment).
     pub fn devices_from_yaml(
         &self,
         text: &str,
@@ -235,7 +237,7 @@ impl CollectorConfig {
         adapter: &dyn ProtocolConfig,
         limits: LoadLimits,
     ) -> Result<Vec<(Device, serde_json::Value)>, ConfigErrors> {
-        let root = yaml::parse_within(text, limits.max_alias_nodes)
+        let root = yaml::parse_literal_within(text, limits.max_alias_nodes)
             .map_err(|errs| ConfigErrors(errs.into_iter().map(|e| e.at(origin, None)).collect()))?;
         let mut errors = ConfigErrors::default();
         let owned = Owned {

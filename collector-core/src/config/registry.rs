@@ -128,7 +128,7 @@ pub fn check_connection_string(s: &str) -> Result<(), String> {
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         let url = url::Url::parse(s)
             .map_err(|e| format!("registry.url is not a valid postgres:// URL: {e}"))?;
-        if url.password().is_some() {
+        if url.password().is_some() || url.query_pairs().any(|(k, _)| k == "password") {
             return Err(
                 "registry.url holds a password: give it in `password_env` or `password_file`, or the whole string in `url_env`/`url_file`".into(),
             );
@@ -202,6 +202,7 @@ mod tests {
         );
         for bad in [
             "postgres://c:hunter2@db/registry",
+            "postgres://c@db/registry?password=hunter2",
             "host=db password=hunter2",
             "mysql://db/x",
             "host=db dbname='open",

@@ -189,8 +189,23 @@ pub(crate) fn parse(text: &str) -> Result<Node, Vec<ConfigError>> {
 /// error is reported; a syntax error stops parsing. Aliases add at most
 /// `max_alias_nodes` nodes ([`MAX_ALIAS_NODES`] by default).
 pub(crate) fn parse_within(text: &str, max_alias_nodes: usize) -> Result<Node, Vec<ConfigError>> {
+    parse_with(text, max_alias_nodes, false)
+}
+
+/// [`parse_within`] with scalars taken literally (no `${VAR}` expansion):
+/// for documents from elsewhere (a registry row, a file to import), which
+/// must not read this process's environment.
+pub(crate) fn parse_literal_within(
+    text: &str,
+    max_alias_nodes: usize,
+) -> Result<Node, Vec<ConfigError>> {
+    parse_with(text, max_alias_nodes, true)
+}
+
+fn parse_with(text: &str, max_alias_nodes: usize, literal: bool) -> Result<Node, Vec<ConfigError>> {
     let mut builder = Builder {
         max_alias_nodes,
+        literal,
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(text);
@@ -232,6 +247,8 @@ struct Builder {
     max_alias_nodes: usize,
     /// Set once the alias budget is spent: later aliases are not expanded.
     alias_budget_spent: bool,
+    /// Scalars as written: no `${VAR}` expansion.
+    literal: bool,
     errors: Vec<ConfigError>,
 }
 
@@ -287,7 +304,12 @@ impl MarkedEventReceiver for Builder {
         let line = mark.line();
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
-                let text = match expand_env(&text) {
+                let expanded = if self.literal {
+                    Ok(text.to_string())
+                } else {
+                    expand_env(&text)
+                };
+                let text = match expanded {
                     Ok(t) => t,
                     Err(msg) => {
                         self.errors.push(

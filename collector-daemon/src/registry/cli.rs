@@ -43,7 +43,7 @@ pub(crate) async fn run(
                 .await
                 .map_err(|e| runtime(RegistryError::Query(e)))?;
             client
-                .batch_execute(SCHEMA_SQL)
+                .batch_execute(&format!("BEGIN;\n{SCHEMA_SQL}\nCOMMIT;"))
                 .await
                 .map_err(|e| runtime(RegistryError::Query(e)))?;
             check_schema(&client).await.map_err(runtime)?;

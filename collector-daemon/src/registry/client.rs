@@ -50,23 +50,42 @@ impl RegistryError {
     }
 }
 
-/// The connection settings, checked and with their secrets read.
+/// The connection settings, checked. Secrets are read again at every
+/// connect, so a rotated Secret needs no restart.
 #[derive(Clone)]
 pub(crate) struct Connector {
-    config: tokio_postgres::Config,
+    url: RegistryUrl,
     tls: MakeTlsConnector,
     timeout: Duration,
 }
 
 impl Connector {
-    /// Reads the connection string (and password) and builds the TLS
-    /// connector. Errors name the setting, never a secret's value.
+    /// Checks the connection settings (reading the secrets once) and builds
+    /// the TLS connector. Errors name the setting, never a secret's value.
     pub(crate) fn new(section: &RegistrySection) -> Result<Self, RegistryError> {
-        let (text, password) = match section
+        let url = section
             .connection()
-            .map_err(|(_, m)| RegistryError::Settings(m))?
-        {
-            RegistryUrl::Inline(url, password) => (url, password),
+            .map_err(|(_, m)| RegistryError::Settings(m))?;
+        let mut builder = SslConnector::builder(SslMethod::tls())
+            .map_err(|e| RegistryError::Settings(format!("TLS: {e}")))?;
+        if let Some(ca) = &section.ca_file {
+            builder.set_ca_file(ca).map_err(|e| {
+                RegistryError::Settings(format!("registry.ca_file {}: {e}", ca.display()))
+            })?;
+        }
+        let connector = Self {
+            url,
+            tls: MakeTlsConnector::new(builder.build()),
+            timeout: section.timeout,
+        };
+        connector.config()?;
+        Ok(connector)
+    }
+
+    /// The connection settings, with the secrets as they are now.
+    fn config(&self) -> Result<tokio_postgres::Config, RegistryError> {
+        let (text, password) = match &self.url {
+            RegistryUrl::Inline(url, password) => (url.clone(), password.clone()),
             RegistryUrl::Secret(source) => (
                 source
                     .read()
@@ -86,27 +105,17 @@ impl Connector {
         if config.get_application_name().is_none() {
             config.application_name("opc-collector");
         }
-        config.connect_timeout(section.timeout);
-        let mut builder = SslConnector::builder(SslMethod::tls())
-            .map_err(|e| RegistryError::Settings(format!("TLS: {e}")))?;
-        if let Some(ca) = &section.ca_file {
-            builder.set_ca_file(ca).map_err(|e| {
-                RegistryError::Settings(format!("registry.ca_file {}: {e}", ca.display()))
-            })?;
-        }
-        Ok(Self {
-            config,
-            tls: MakeTlsConnector::new(builder.build()),
-            timeout: section.timeout,
-        })
+        config.connect_timeout(self.timeout);
+        Ok(config)
     }
 
     /// Connects; the connection is driven by a task of its own until the
     /// client is dropped or the server goes away (`Client::is_closed`).
     pub(crate) async fn connect(&self) -> Result<Client, RegistryError> {
+        let config = self.config()?;
         let (client, connection) = self
             .bounded(async {
-                self.config
+                config
                     .connect(self.tls.clone())
                     .await
                     .map_err(RegistryError::Connect)
@@ -136,7 +145,7 @@ impl Connector {
 pub(crate) async fn check_schema(client: &Client) -> Result<(), RegistryError> {
     let row = client
         .query_opt(
-            "SELECT max(version) FROM opc_collector.schema_version",
+            "SELECT max(version), min(min_reader) FROM opc_collector.schema_version",
             &[],
         )
         .await
@@ -149,11 +158,17 @@ pub(crate) async fn check_schema(client: &Client) -> Result<(), RegistryError> {
                 RegistryError::Query(e)
             }
         })?;
-    let version: Option<i32> = row.and_then(|r| r.get(0));
-    match version {
-        Some(SCHEMA_VERSION) => Ok(()),
-        other => Err(RegistryError::Schema(format!(
-            "the registry's schema version is {other:?}; this opc-collector reads version {SCHEMA_VERSION}: run `opc-collector registry init`"
+    let (version, min_reader): (Option<i32>, Option<i32>) = match &row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (None, None),
+    };
+    match (version, min_reader) {
+        (Some(v), Some(m)) if v >= SCHEMA_VERSION && m <= SCHEMA_VERSION => Ok(()),
+        (Some(v), Some(m)) if m > SCHEMA_VERSION => Err(RegistryError::Schema(format!(
+            "the registry's schema (version {v}) needs an opc-collector that reads version {m} or later; this one reads {SCHEMA_VERSION}"
+        ))),
+        (v, _) => Err(RegistryError::Schema(format!(
+            "the registry's schema version is {v:?}; this opc-collector reads version {SCHEMA_VERSION}: run `opc-collector registry init`"
         ))),
     }
 }

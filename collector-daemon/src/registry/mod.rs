@@ -64,6 +64,23 @@ impl Held {
     }
 }
 
+/// How often a replica reads its whole shard even when polls find no
+/// change: a safety net for writes that bypass the triggers (a restore,
+/// replication with triggers off).
+const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// One read's result.
+struct Read {
+    /// The snapshot's xmin: the next poll asks for rows written by
+    /// transactions at or above it.
+    xmin: String,
+    /// The devices table's oid: a new one is a new table.
+    instance: i64,
+    rows: Vec<Row>,
+    gone: Vec<String>,
+    full: bool,
+}
+
 /// A replica's reads, prepared once a connection.
 struct Statements {
     full: Statement,
@@ -81,8 +98,10 @@ WITH mine AS MATERIALIZED (
     FROM opc_collector.devices
     WHERE shard_cells && ARRAY(SELECT generate_series($1::int4, $2::int4))
 )
-SELECT d.id, d.endpoint, d."interval", d.settings, d.enabled, d.version, s.xmin, false
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin) s
+SELECT d.id, d.endpoint, d."interval", d.settings::text, d.enabled, d.version, s.xmin, false, s.instance
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+             (SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'opc_collector' AND c.relname = 'devices') AS instance) s
 LEFT JOIN mine d ON true"#;
 
 /// The shard's rows written by transactions the last read did not see
@@ -92,13 +111,15 @@ LEFT JOIN mine d ON true"#;
 /// row, so a mass update costs each replica a cheap pass, not an array
 /// comparison per row).
 const DELTA_READ: &str = r#"
-SELECT d.id, d.endpoint, d."interval", d.settings, d.enabled, d.version, s.xmin, false
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin) s
+SELECT d.id, d.endpoint, d."interval", d.settings::text, d.enabled, d.version, s.xmin, false, s.instance
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+             (SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'opc_collector' AND c.relname = 'devices') AS instance) s
 LEFT JOIN opc_collector.devices d
   ON d.written_by >= $1::text::xid8
  AND EXISTS (SELECT 1 FROM unnest(d.shard_cells) c WHERE c BETWEEN $2 AND $3)
 UNION ALL
-SELECT t.id, NULL, NULL, NULL, NULL, NULL, NULL, true
+SELECT t.id, NULL, NULL, NULL, NULL, NULL, NULL, true, NULL
 FROM opc_collector.tombstones t
 WHERE t.written_by >= $1::text::xid8
   AND EXISTS (SELECT 1 FROM unnest(t.shard_cells) c WHERE c BETWEEN $2 AND $3)
@@ -115,6 +136,10 @@ pub(crate) struct Registry {
     /// The snapshot xmin of the last query: every row written by a
     /// transaction not visible then has an xid at or above it.
     since: Option<String>,
+    /// The devices table's oid at the last read.
+    instance: Option<i64>,
+    /// When the whole shard was last read.
+    last_full: Option<std::time::Instant>,
     rows: HashMap<Arc<str>, Held>,
     /// Failed queries in a row (backoff).
     failures: u32,
@@ -135,6 +160,8 @@ impl Registry {
             poll_interval: section.poll_interval,
             loaded: None,
             since: None,
+            instance: None,
+            last_full: None,
             rows: HashMap::new(),
             failures: 0,
             view: RegistryView::default(),
@@ -191,13 +218,31 @@ impl Registry {
         base: &CollectorConfig,
         full: bool,
     ) -> Result<bool, RegistryError> {
-        let full = full || self.loaded != Some(shard) || self.since.is_none();
-        match self.query(shard, full).await {
-            Ok((since, rows, gone)) => {
+        let full = full
+            || self.loaded != Some(shard)
+            || self.since.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= FULL_READ_EVERY);
+        let mut read = self.query(shard, full).await;
+        // A table dropped and created again (a new instance) between two
+        // polls: its versions and xids mean nothing here; read it whole.
+        if let Ok(r) = &read {
+            if !full && self.instance.is_some_and(|i| i != r.instance) {
+                read = self.query(shard, true).await;
+            }
+        }
+        match read {
+            Ok(r) => {
                 self.failures = 0;
-                self.since = Some(since);
+                self.since = Some(r.xmin);
+                self.instance = Some(r.instance);
                 self.loaded = Some(shard);
-                let changed = self.apply(rows, gone, full, base);
+                let full = r.full;
+                if full {
+                    self.last_full = Some(std::time::Instant::now());
+                }
+                let changed = self.apply(r.rows, r.gone, full, base);
                 self.record_ok();
                 Ok(changed)
             }
@@ -216,11 +261,7 @@ impl Registry {
     /// One consistent read (one statement: one snapshot): the snapshot's
     /// xmin, the rows, and the ids deleted since the last read (none for a
     /// full read). One round trip, statements prepared once a connection.
-    async fn query(
-        &mut self,
-        shard: Shard,
-        full: bool,
-    ) -> Result<(String, Vec<Row>, Vec<String>), RegistryError> {
+    async fn query(&mut self, shard: Shard, full: bool) -> Result<Read, RegistryError> {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             let client = self.connector.connect().await?;
             let statements = self
@@ -245,11 +286,12 @@ impl Registry {
                 None => client.query(&statements.full, &[&lo, &hi]).await?,
                 Some(since) => client.query(&statements.delta, &[since, &lo, &hi]).await?,
             };
-            let mut xmin = None;
+            let (mut xmin, mut instance) = (None, 0);
             let (mut out, mut gone) = (Vec::with_capacity(rows.len()), Vec::new());
             for r in &rows {
                 if let Some(x) = r.try_get::<_, Option<String>>(6)? {
                     xmin = Some(x);
+                    instance = r.try_get::<_, Option<i64>>(8)?.unwrap_or(0);
                 }
                 let Some(id) = r.try_get::<_, Option<String>>(0)? else {
                     continue; // the snapshot's row of a read that found none
@@ -262,7 +304,13 @@ impl Registry {
             }
             let xmin =
                 xmin.ok_or_else(|| RegistryError::Schema("the read returned no snapshot".into()))?;
-            Ok((xmin, out, gone))
+            Ok(Read {
+                xmin,
+                instance,
+                rows: out,
+                gone,
+                full: since.is_none(),
+            })
         };
         self.connector.bounded(read).await
     }

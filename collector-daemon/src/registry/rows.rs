@@ -31,18 +31,29 @@ pub(crate) struct Row {
     pub enabled: bool,
     /// Bumped by the database on every write (0 for rows not yet stored).
     pub version: i64,
+    /// Why the row could not even be decoded (its settings), if so.
+    pub undecodable: Option<String>,
 }
 
 impl Row {
     /// A row of a query of [`COLUMNS`].
     pub(crate) fn from_pg(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
+        // As text, parsed here: jsonb holds values serde_json refuses
+        // (numbers beyond f64, deep nesting); such a row is rejected alone
+        // instead of failing the shard's read.
+        let settings: String = r.try_get(3)?;
+        let (settings, undecodable) = match serde_json::from_str(&settings) {
+            Ok(v) => (v, None),
+            Err(e) => (Value::Null, Some(format!("settings cannot be read: {e}"))),
+        };
         Ok(Row {
             id: r.try_get(0)?,
             endpoint: r.try_get(1)?,
             interval: r.try_get(2)?,
-            settings: r.try_get(3)?,
+            settings,
             enabled: r.try_get(4)?,
             version: r.try_get(5)?,
+            undecodable,
         })
     }
 
@@ -69,11 +80,33 @@ impl Row {
             settings: Value::Object(settings),
             enabled: true,
             version: 0,
+            undecodable: None,
         }
     }
 
     /// The row as a device file entry.
     pub(crate) fn entry(&self) -> Result<Value, String> {
+        if let Some(why) = &self.undecodable {
+            return Err(why.clone());
+        }
+        if self.id.trim() != self.id {
+            return Err(format!(
+                "id {:?} has blanks around it (it would hash to another shard than the device it names)",
+                self.id
+            ));
+        }
+        // A row must not make the daemon read this pod's files or
+        // environment (and send them to the row's endpoint as a password).
+        if let Some(sec) = self.settings.get("security") {
+            if let Some(key) = ["user", "user_certificate"]
+                .iter()
+                .find(|k| sec.get(**k).is_some())
+            {
+                return Err(format!(
+                    "security.{key} cannot be set in a registry row (its password or key files would be read from the collector's pod for whoever can write rows); set it in the configuration's `security:` section"
+                ));
+            }
+        }
         let Value::Object(settings) = &self.settings else {
             return Err(format!(
                 "settings must be a JSON object of the device's keys (nodes, security, ...), not {}",
@@ -261,14 +294,26 @@ pub(crate) fn rows_of_file(
         _ => std::fs::read_to_string(path)
             .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?,
     };
-    base.devices_from_yaml(&text, Some(path), &OpcUaConfig, limits)
-        .map(|devices| {
-            devices
-                .iter()
-                .map(|(_, entry)| Row::from_entry(entry))
-                .collect()
+    let devices = base
+        .devices_from_yaml(&text, Some(path), &OpcUaConfig, limits)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let mut problems = Vec::new();
+    let rows = devices
+        .iter()
+        .map(|(device, entry)| {
+            let mut row = Row::from_entry(entry);
+            row.id = device.id.to_string();
+            if let Err(why) = row.entry() {
+                problems.push(format!("{}: device `{}`: {why}", path.display(), row.id));
+            }
+            row
         })
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+        .collect();
+    if problems.is_empty() {
+        Ok(rows)
+    } else {
+        Err(problems)
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +345,7 @@ mod tests {
             settings,
             enabled: true,
             version: 1,
+            undecodable: None,
         }
     }
 
@@ -318,11 +364,19 @@ mod tests {
             row("good-2", nodes.clone()),
             row("bad-settings", serde_json::json!("x")),
             row("bad id", nodes.clone()),
+            row(" padded", nodes.clone()),
+            row(
+                "user",
+                serde_json::json!({"nodes": ["ns=2;s=A"], "security": {"user": {"username": "u", "password_file": "/etc/shadow"}}}),
+            ),
+            row("env", nodes.clone()),
         ];
+        // Taken literally: a row cannot read the collector's environment.
+        rows[7].endpoint = "opc.tcp://${HOME}:4840".into();
         rows[2].interval = Some("2s".into());
         let out = devices_of(&rows, &base, LoadLimits::default());
         let good: Vec<_> = out.iter().filter_map(|d| d.as_ref().ok()).collect();
-        assert_eq!(good.len(), 2, "{out:?}");
+        assert_eq!(good.len(), 3, "{out:?}");
         assert_eq!(good[0].interval, std::time::Duration::from_secs(7));
         assert_eq!(good[1].interval, std::time::Duration::from_secs(2));
         assert!(out[1].as_ref().unwrap_err().contains("nodes"), "{out:?}");
@@ -331,6 +385,14 @@ mod tests {
             "{out:?}"
         );
         assert!(out[4].as_ref().unwrap_err().contains("bad id"), "{out:?}");
+        assert!(out[5].as_ref().unwrap_err().contains("blanks"), "{out:?}");
+        assert!(
+            out[6].as_ref().unwrap_err().contains("security.user"),
+            "{out:?}"
+        );
+        // `${HOME}` stays as written (here even a host the URL parser takes).
+        let env = out[7].as_ref().unwrap();
+        assert_eq!(env.endpoint, "opc.tcp://${HOME}:4840");
         // Each alone gives the same verdicts.
         for (r, d) in rows.iter().zip(&out) {
             assert_eq!(

@@ -1,7 +1,12 @@
 -- The opc-collector device registry, schema version 1 (docs/registry.md).
--- Applied by `opc-collector registry init`; every statement is idempotent,
--- so applying it again (a newer daemon's migration) changes nothing that is
--- already right.
+-- PostgreSQL 14 or later. Applied by `opc-collector registry init` in one
+-- transaction; every statement is idempotent, so applying it again (a newer
+-- daemon's migration) changes nothing that is already right.
+
+-- One init at a time, and never stuck behind a long import holding the
+-- table: fail fast instead (the replicas' reads queue behind a waiting lock).
+SET LOCAL lock_timeout = '5s';
+SELECT pg_advisory_xact_lock(7283641);
 
 CREATE SCHEMA IF NOT EXISTS opc_collector;
 
@@ -11,15 +16,17 @@ CREATE SEQUENCE IF NOT EXISTS opc_collector.device_version;
 
 -- One row per device: the fields of a device entry of a device file.
 CREATE TABLE IF NOT EXISTS opc_collector.devices (
-    -- The device id (the Kafka key of its records).
-    id          text PRIMARY KEY,
+    -- The device id (the Kafka key of its records), as the device files
+    -- write it: no surrounding blanks.
+    id          text PRIMARY KEY CHECK (id = btrim(id) AND id <> ''),
     -- opc.tcp://host:port[/path]
     endpoint    text NOT NULL,
     -- The read interval as in YAML ('10s', '500ms'); NULL: schedule.interval.
     "interval"  text,
     -- The protocol adapter's keys of the entry as JSON: nodes, security
     -- overrides, ... (the same keys and values as in YAML).
-    settings    jsonb NOT NULL DEFAULT '{}'::jsonb,
+    settings    jsonb NOT NULL DEFAULT '{}'::jsonb
+                CHECK (octet_length(settings::text) <= 262144),
     -- false: listed, but not read.
     enabled     boolean NOT NULL DEFAULT true,
     -- Maintained by the triggers below; writers leave them out.
@@ -34,13 +41,13 @@ CREATE INDEX IF NOT EXISTS devices_shard_cells ON opc_collector.devices USING gi
 CREATE INDEX IF NOT EXISTS devices_written_by ON opc_collector.devices (written_by);
 
 -- Deleted (or renamed) devices, so that polling replicas see deletions.
--- Rows older than a day are pruned by the delete trigger (a replica whose
--- registry was unreachable for longer loads its whole shard again).
+-- Rows older than a week are pruned by a trigger (a replica whose registry
+-- was unreachable loads its whole shard again anyway).
 CREATE TABLE IF NOT EXISTS opc_collector.tombstones (
     id          text NOT NULL,
     shard_cells int4[] NOT NULL,
     written_by  xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    deleted_at  timestamptz NOT NULL DEFAULT now()
+    deleted_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS tombstones_written_by ON opc_collector.tombstones (written_by);
 CREATE INDEX IF NOT EXISTS tombstones_deleted_at ON opc_collector.tombstones (deleted_at);
@@ -124,23 +131,36 @@ BEGIN
     RETURN OLD;
 END $$;
 
+-- Tombstones older than a week go: a replica that has not polled for that
+-- long reloads its whole shard anyway (after any failed query it does).
 CREATE OR REPLACE FUNCTION opc_collector.prune_tombstones() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM opc_collector.tombstones WHERE deleted_at < now() - interval '1 day';
+    DELETE FROM opc_collector.tombstones WHERE deleted_at < clock_timestamp() - interval '7 days';
     RETURN NULL;
 END $$;
 
-DROP TRIGGER IF EXISTS device_written ON opc_collector.devices;
-CREATE TRIGGER device_written BEFORE INSERT OR UPDATE ON opc_collector.devices
-    FOR EACH ROW EXECUTE FUNCTION opc_collector.device_written();
-DROP TRIGGER IF EXISTS device_deleted ON opc_collector.devices;
-CREATE TRIGGER device_deleted AFTER DELETE ON opc_collector.devices
-    FOR EACH ROW EXECUTE FUNCTION opc_collector.device_deleted();
-DROP TRIGGER IF EXISTS prune_tombstones ON opc_collector.devices;
-CREATE TRIGGER prune_tombstones AFTER DELETE ON opc_collector.devices
-    FOR EACH STATEMENT EXECUTE FUNCTION opc_collector.prune_tombstones();
+-- TRUNCATE fires no row trigger: polling replicas would never see the
+-- devices go. Refused; DELETE does the same and leaves tombstones.
+CREATE OR REPLACE FUNCTION opc_collector.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of opc_collector.devices is refused: replicas would not see the devices go; use DELETE FROM opc_collector.devices';
+END $$;
 
--- Which schema version this is.
-CREATE TABLE IF NOT EXISTS opc_collector.schema_version (version int PRIMARY KEY);
-INSERT INTO opc_collector.schema_version VALUES (1) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE TRIGGER device_written BEFORE INSERT OR UPDATE ON opc_collector.devices
+    FOR EACH ROW EXECUTE FUNCTION opc_collector.device_written();
+CREATE OR REPLACE TRIGGER device_deleted AFTER DELETE ON opc_collector.devices
+    FOR EACH ROW EXECUTE FUNCTION opc_collector.device_deleted();
+CREATE OR REPLACE TRIGGER prune_tombstones AFTER DELETE OR UPDATE OF id ON opc_collector.devices
+    FOR EACH STATEMENT EXECUTE FUNCTION opc_collector.prune_tombstones();
+CREATE OR REPLACE TRIGGER refuse_truncate BEFORE TRUNCATE ON opc_collector.devices
+    FOR EACH STATEMENT EXECUTE FUNCTION opc_collector.refuse_truncate();
+
+-- Which schema version this is, and the oldest daemon that reads it (a
+-- later version that keeps what version 1 readers need leaves this at 1).
+CREATE TABLE IF NOT EXISTS opc_collector.schema_version (
+    version    int PRIMARY KEY,
+    min_reader int NOT NULL DEFAULT 1
+);
+INSERT INTO opc_collector.schema_version VALUES (1, 1) ON CONFLICT DO NOTHING;

@@ -226,8 +226,11 @@ impl Reloader {
                     continue;
                 }
                 _ = tokio::time::sleep_until(self.next_poll.into()), if self.registry.is_some() => {
-                    if !self.poll_registry().await {
-                        return;
+                    // A poll in flight gives way to a stop (its timeout
+                    // could otherwise hold the shutdown).
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        sent = self.poll_registry() => if !sent { return },
                     }
                     continue;
                 }
@@ -244,8 +247,9 @@ impl Reloader {
                     "a file changed"
                 }
             };
-            if !self.reload(why).await {
-                return;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                sent = self.reload(why) => if !sent { return },
             }
         }
     }
