@@ -1,5 +1,6 @@
 //! The command line: `run`, `validate`, `demo`, the offline `spill` and
-//! `deadletter` tools, and the device `registry`'s.
+//! `deadletter` tools, the device `registry`'s, and the operator tools
+//! `endpoints`, `browse` and `read`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,6 +105,15 @@ pub(crate) enum Command {
     },
     /// Run the real pipeline against simulated devices and an in-process Kafka.
     Demo(DemoArgs),
+    /// What a server offers: endpoints, token policy ids, its certificate's
+    /// fingerprint, what `auto` picks and why, operation limits, namespaces.
+    Endpoints(crate::tools::EndpointsArgs),
+    /// The address space as a tree (data types, access, history); with
+    /// --emit-device, a device entry for the variables found.
+    Browse(crate::tools::BrowseArgs),
+    /// One Read, printed as the record's samples would be (exit 1 if it
+    /// fails or a node is Bad).
+    Read(crate::tools::ReadArgs),
     /// What the spill holds (offline: stop the collector first).
     Spill {
         /// The YAML configuration (its state dir); required.

@@ -13,6 +13,7 @@ mod reload;
 mod run;
 mod state;
 mod telemetry;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -76,6 +77,11 @@ fn main() -> ExitCode {
             collector_core::spill::StoreRole::DeadLetters,
             action,
         ),
+        Command::Endpoints(args) => {
+            runtime().and_then(|rt| rt.block_on(tools::endpoints(args, limits)))
+        }
+        Command::Browse(args) => runtime().and_then(|rt| rt.block_on(tools::browse(args, limits))),
+        Command::Read(args) => runtime().and_then(|rt| rt.block_on(tools::read(args, limits))),
         Command::Registry { config, action } => runtime()
             .and_then(|rt| rt.block_on(registry::cli::run(config.as_deref(), limits, action))),
         #[cfg(feature = "demo")]

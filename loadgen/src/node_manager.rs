@@ -10,17 +10,17 @@ use std::{
 };
 
 use async_trait::async_trait;
-use opcua::types::{DateTime, NodeId, StatusCode, TimestampsToReturn};
+use opcua::types::{DateTime, NodeClass, NodeId, ReferenceTypeId, StatusCode, TimestampsToReturn};
 use opcua_nodes::DefaultTypeTree;
 use opcua_server::{
     diagnostics::NamespaceMetadata,
-    node_manager::{NodeManager, ReadNode, RequestContext, ServerContext},
+    node_manager::{BrowseNode, NodeManager, ReadNode, RequestContext, ServerContext},
     ServerStatusWrapper,
 };
 
 use crate::{
     model,
-    nodes::{DeviceSpace, StatusSnapshot, SHIFTED_NAMESPACE_URI},
+    nodes::{DeviceSpace, Node, StatusSnapshot, SHIFTED_NAMESPACE_URI},
     stats::DeviceCounters,
 };
 
@@ -148,6 +148,55 @@ impl NodeManager for DeviceNodeManager {
                 .space
                 .read(resolved, item, timestamps_to_return, now, &status);
             node.set_result(result);
+        }
+        Ok(())
+    }
+
+    /// Browse: the Objects folder organizes the device's tags (so an
+    /// operator tool can find them); every other node has no children.
+    /// References beyond the client's per-node maximum come back through a
+    /// continuation point.
+    async fn browse(
+        &self,
+        _context: &RequestContext,
+        nodes_to_browse: &mut [BrowseNode],
+    ) -> Result<(), StatusCode> {
+        for node in nodes_to_browse.iter_mut() {
+            let Some(resolved) = self.space.resolve(node.node_id()) else {
+                node.set_status(StatusCode::BadNodeIdUnknown);
+                continue;
+            };
+            node.set_status(StatusCode::Good);
+            // Namespace 0, numeric: Organizes (35), or with subtypes
+            // HierarchicalReferences (33) and References (31); or any.
+            let t = node.reference_type_id();
+            let numeric = match (&t.identifier, t.namespace) {
+                (opcua::types::Identifier::Numeric(n), 0) => Some(*n),
+                _ => None,
+            };
+            let hierarchical = t.is_null()
+                || numeric == Some(ReferenceTypeId::Organizes as u32)
+                || (node.include_subtypes()
+                    && matches!(
+                        numeric,
+                        Some(n) if n == ReferenceTypeId::HierarchicalReferences as u32
+                            || n == ReferenceTypeId::References as u32
+                    ));
+            if resolved != Node::Objects
+                || !hierarchical
+                || !node.allows_forward()
+                || !node.allows_node_class(NodeClass::Variable)
+            {
+                continue;
+            }
+            let mut next = node.take_continuation_point::<u32>().map_or(0, |b| *b);
+            while next < self.space.tags && node.remaining() > 0 {
+                node.add_unchecked(self.space.tag_reference(next));
+                next += 1;
+            }
+            if next < self.space.tags {
+                node.set_next_continuation_point(Box::new(next));
+            }
         }
         Ok(())
     }

@@ -7,8 +7,9 @@
 
 use opcua::types::{
     AttributeId, DataTypeId, DataValue, DateTime, ExtensionObject, Identifier, LocalizedText,
-    NodeClass, NodeId, NumericRange, QualifiedName, ServerState, ServerStatusDataType, StatusCode,
-    TimestampsToReturn, UAString, VariableId, Variant,
+    NodeClass, NodeId, NumericRange, QualifiedName, ReferenceDescription, ReferenceTypeId,
+    ServerState, ServerStatusDataType, StatusCode, TimestampsToReturn, UAString, VariableId,
+    VariableTypeId, Variant,
 };
 
 use opcua_server::node_manager::ParsedReadValueId;
@@ -37,6 +38,8 @@ pub const SERVED_NS0_VARIABLES: [VariableId; 8] = [
 /// A node of the virtual address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
+    /// The Objects folder (`i=85`): browsing it lists the device's tags.
+    Objects,
     /// One of [`SERVED_NS0_VARIABLES`].
     Server(VariableId),
     /// Device tag with this index (`ns=2;s=TagNNN`).
@@ -104,6 +107,7 @@ impl DeviceSpace {
     /// Resolve a node id to a node of this device, if it exists.
     pub fn resolve(&self, id: &NodeId) -> Option<Node> {
         match (id.namespace, &id.identifier) {
+            (0, Identifier::Numeric(85)) => Some(Node::Objects),
             (0, Identifier::Numeric(n)) => SERVED_NS0_VARIABLES
                 .iter()
                 .find(|v| **v as u32 == *n)
@@ -127,6 +131,21 @@ impl DeviceSpace {
         status: &dyn Fn() -> StatusSnapshot,
     ) -> DataValue {
         let node_id = &item.node_id;
+        if node == Node::Objects {
+            let v: Variant = match item.attribute_id {
+                AttributeId::NodeId => node_id.clone().into(),
+                AttributeId::NodeClass => (NodeClass::Object as i32).into(),
+                AttributeId::BrowseName => QualifiedName::new(0, "Objects").into(),
+                AttributeId::DisplayName => LocalizedText::new("", "Objects").into(),
+                AttributeId::EventNotifier => 0u8.into(),
+                _ => return status_only(StatusCode::BadAttributeIdInvalid),
+            };
+            return DataValue {
+                value: Some(v),
+                status: Some(StatusCode::Good),
+                ..Default::default()
+            };
+        }
         let index_range = &item.index_range;
         let (data_type, value_rank) = data_type_of(node);
         let attr_value: Variant = match item.attribute_id {
@@ -178,6 +197,7 @@ impl DeviceSpace {
                 Some(model_to_variant(model::value_at(self.device, tag, at_ms)))
             }
             Node::Server(id) => Some(self.server_value(id, now, &status())),
+            Node::Objects => None,
         };
         let (value, code) = match value {
             None => (None, StatusCode::from(model::BAD_SENSOR_FAILURE)),
@@ -227,6 +247,20 @@ impl DeviceSpace {
             _ => Variant::Empty,
         }
     }
+
+    /// The reference from the Objects folder to tag `tag` (`Organizes`).
+    pub fn tag_reference(&self, tag: u32) -> ReferenceDescription {
+        let name = model::node_name(tag);
+        ReferenceDescription {
+            reference_type_id: ReferenceTypeId::Organizes.into(),
+            is_forward: true,
+            node_id: NodeId::new(self.device_namespace, name.as_str()).into(),
+            browse_name: QualifiedName::new(self.device_namespace, name.as_str()),
+            display_name: LocalizedText::new("", &name),
+            node_class: NodeClass::Variable,
+            type_definition: NodeId::from(VariableTypeId::BaseDataVariableType).into(),
+        }
+    }
 }
 
 fn status_only(code: StatusCode) -> DataValue {
@@ -238,6 +272,7 @@ fn status_only(code: StatusCode) -> DataValue {
 
 fn browse_name(node: Node) -> String {
     match node {
+        Node::Objects => "Objects".to_string(),
         Node::Tag(tag) => model::node_name(tag),
         Node::Server(id) => {
             let name = format!("{id:?}");
@@ -262,6 +297,7 @@ pub fn kind_data_type(kind: TagKind) -> (DataTypeId, i32) {
 
 fn data_type_of(node: Node) -> (DataTypeId, i32) {
     match node {
+        Node::Objects => (DataTypeId::BaseDataType, -1),
         Node::Tag(tag) => kind_data_type(model::tag_kind(tag)),
         Node::Server(id) => match id {
             VariableId::Server_ServerArray | VariableId::Server_NamespaceArray => {
@@ -342,7 +378,9 @@ mod tests {
                 VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
             ))
         );
-        assert_eq!(s.resolve(&NodeId::new(0, 85u32)), None);
+        // The Objects folder (browsed by the operator tools); not the root.
+        assert_eq!(s.resolve(&NodeId::new(0, 85u32)), Some(Node::Objects));
+        assert_eq!(s.resolve(&NodeId::new(0, 84u32)), None);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   (trust list, pinned fingerprint, opt-in auto-accept) and the client's
 //!   application certificate.
 //! - `convert`: OPC UA values to the collector's record types.
+//! - `inspect`: what the operator tools (`endpoints`, `browse`, `read`)
+//!   ask a server, through the same sessions and security.
 //!
 //! ```no_run
 //! # async fn demo(cfg: collector_core::CollectorConfig) -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +24,7 @@
 
 pub mod config;
 mod convert;
+pub mod inspect;
 mod reader;
 mod security;
 mod session;

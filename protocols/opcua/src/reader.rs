@@ -83,6 +83,11 @@ impl OpcUaReader {
 }
 
 fn resolve_one(n: &NodeAddress, live: &Live) -> Result<ReadValueId, StatusCode> {
+    node_id_of(n, live).map(ReadValueId::from)
+}
+
+/// The node id `n` means on `live`'s server (its namespace index now).
+pub(crate) fn node_id_of(n: &NodeAddress, live: &Live) -> Result<NodeId, StatusCode> {
     let ns = match &n.namespace {
         Namespace::Index(i) => match live.remap.get(i) {
             None => *i,
@@ -106,7 +111,7 @@ fn resolve_one(n: &NodeAddress, live: &Live) -> Result<ReadValueId, StatusCode> 
             None => return Err(StatusCode::BadNodeIdInvalid),
         },
     };
-    Ok(ReadValueId::from(id))
+    Ok(id)
 }
 
 #[async_trait]

@@ -155,7 +155,7 @@ fn check_key_matches(
 }
 
 /// SHA-256 of a certificate's DER encoding.
-pub(super) fn fingerprint(der: &[u8]) -> Fingerprint {
+pub(crate) fn fingerprint(der: &[u8]) -> Fingerprint {
     Fingerprint(Sha256::digest(der).into())
 }
 

@@ -39,7 +39,7 @@ fn mode_rank(m: MessageSecurityMode) -> u8 {
 
 /// The endpoint to use among those offered: allowed by the device's policy
 /// and mode, accepting its identity; the strongest if several.
-pub(super) fn select_endpoint(
+pub(crate) fn select_endpoint(
     url: &str,
     sec: &DeviceSecurity,
     offered: &[EndpointDescription],

@@ -27,7 +27,9 @@ mod identity;
 mod server_checks;
 mod trust;
 
+pub(crate) use certificate::fingerprint;
 pub(crate) use clients::Clients;
+pub(crate) use endpoint::select_endpoint;
 pub(crate) use identity::{identity_token, token_type};
 
 /// Why a secure session could not be prepared. `Trust` and `Auth` are

@@ -24,5 +24,6 @@ mod pool;
 mod wire;
 
 pub(crate) use endpoint::{Endpoint, Live};
+pub(crate) use false_alarms::without_false_alarms;
 pub(crate) use pool::Pool;
 pub(crate) use wire::RECEIVE_CHUNK_SIZE;

@@ -59,6 +59,11 @@ impl Pool {
         }
     }
 
+    /// The OPC UA clients (for GetEndpoints without a session).
+    pub(crate) fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
     pub(crate) fn config(&self) -> &SessionConfig {
         &self.cfg
     }
