@@ -77,11 +77,9 @@ fn main() -> ExitCode {
             collector_core::spill::StoreRole::DeadLetters,
             action,
         ),
-        Command::Endpoints(args) => {
-            runtime().and_then(|rt| rt.block_on(tools::endpoints(args, limits)))
-        }
-        Command::Browse(args) => runtime().and_then(|rt| rt.block_on(tools::browse(args, limits))),
-        Command::Read(args) => runtime().and_then(|rt| rt.block_on(tools::read(args, limits))),
+        Command::Endpoints(args) => tool(tools::endpoints(args, limits)),
+        Command::Browse(args) => tool(tools::browse(args, limits)),
+        Command::Read(args) => tool(tools::read(args, limits)),
         Command::Registry { config, action } => runtime()
             .and_then(|rt| rt.block_on(registry::cli::run(config.as_deref(), limits, action))),
         #[cfg(feature = "demo")]
@@ -102,6 +100,15 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs an operator tool; at the end, blocking work still running (a DNS
+/// lookup on a dead resolver) is not waited for past a second.
+fn tool(work: impl std::future::Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    let rt = runtime()?;
+    let outcome = rt.block_on(work);
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -211,13 +211,19 @@ async fn reads_match_the_model() {
             .read(&value_ids(&[
                 "ns=2;s=Tag020".to_string(),
                 "ns=2;s=Nope".to_string(),
-                "ns=0;i=85".to_string(),
+                "ns=0;i=84".to_string(),
             ]))
             .await
             .unwrap();
         for dv in r {
             assert_eq!(dv.status, Some(StatusCode::BadNodeIdUnknown));
         }
+        // The Objects folder exists (it is browsable) but has no Value.
+        let r = conn
+            .read(&value_ids(&["ns=0;i=85".to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(r[0].status, Some(StatusCode::BadAttributeIdInvalid));
         conn.close().await;
     }
 

@@ -228,16 +228,23 @@ impl CollectorConfig {
     /// a device file, against this configuration's defaults and protocol
     /// sections; `origin` names the document in errors. Each device comes
     /// with its entry as written, as JSON (for tools that store entries).
-    /// Scalars are taken literally: no `${VAR}` expansion (such a document
-    /// comes from elsewhere and must not read this process's environment).
+    /// `expansion` says whether `${VAR}` is replaced from the environment
+    /// (a device file, as `device_files` reads it) or scalars are taken
+    /// literally (a document from elsewhere, e.g. a registry row, which
+    /// must not read this process's environment).
     pub fn devices_from_yaml(
         &self,
         text: &str,
         origin: Option<&Path>,
+        expansion: EnvExpansion,
         adapter: &dyn ProtocolConfig,
         limits: LoadLimits,
     ) -> Result<Vec<(Device, serde_json::Value)>, ConfigErrors> {
-        let root = yaml::parse_literal_within(text, limits.max_alias_nodes)
+        let parse = match expansion {
+            EnvExpansion::Expand => yaml::parse_within,
+            EnvExpansion::Literal => yaml::parse_literal_within,
+        };
+        let root = parse(text, limits.max_alias_nodes)
             .map_err(|errs| ConfigErrors(errs.into_iter().map(|e| e.at(origin, None)).collect()))?;
         let mut errors = ConfigErrors::default();
         let owned = Owned {
@@ -317,6 +324,16 @@ fn finish_devices(
         }
     }
     devices
+}
+
+/// Whether `${VAR}` in a document is replaced from the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvExpansion {
+    /// `${VAR}` and `${VAR:-default}` replaced, `$$` a literal `$` (the
+    /// configuration and its device files).
+    Expand,
+    /// Every scalar as written.
+    Literal,
 }
 
 /// The sections the core owns.

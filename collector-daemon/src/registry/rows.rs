@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use collector_core::config::{Device, LoadLimits, REGISTRY_MAX_SHARDS};
+use collector_core::config::{Device, EnvExpansion, LoadLimits, REGISTRY_MAX_SHARDS};
 use collector_core::shard::Shard;
 use collector_core::CollectorConfig;
 use collector_opcua::config::OpcUaConfig;
@@ -140,7 +140,7 @@ impl Row {
     ) -> Result<Device, String> {
         let entry = self.entry()?;
         let doc = serde_json::json!({ "devices": [entry] }).to_string();
-        match base.devices_from_yaml(&doc, None, &OpcUaConfig, limits) {
+        match base.devices_from_yaml(&doc, None, EnvExpansion::Literal, &OpcUaConfig, limits) {
             Ok(mut devices) if devices.len() == 1 => Ok(devices.remove(0).0),
             Ok(_) => Err("not one device".into()),
             Err(errors) => Err(errors.iter().map(reason_of).collect::<Vec<_>>().join("; ")),
@@ -180,7 +180,7 @@ pub(crate) fn devices_of(
             doc.push_str(&e.to_string());
             doc.push('\n');
         }
-        match base.devices_from_yaml(&doc, None, &OpcUaConfig, limits) {
+        match base.devices_from_yaml(&doc, None, EnvExpansion::Literal, &OpcUaConfig, limits) {
             Ok(devices) if devices.len() == entries.len() => {
                 for ((i, _), (d, _)) in entries.iter().zip(devices) {
                     out[*i] = Some(Ok(d));
@@ -295,7 +295,13 @@ pub(crate) fn rows_of_file(
             .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?,
     };
     let devices = base
-        .devices_from_yaml(&text, Some(path), &OpcUaConfig, limits)
+        .devices_from_yaml(
+            &text,
+            Some(path),
+            EnvExpansion::Expand,
+            &OpcUaConfig,
+            limits,
+        )
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let mut problems = Vec::new();
     let rows = devices

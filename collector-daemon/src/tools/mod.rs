@@ -58,6 +58,9 @@ pub(crate) struct BrowseArgs {
     /// Where --emit-device writes (a device file: `devices:` and the entry).
     #[arg(long, short, requires = "emit_device")]
     pub output: Option<PathBuf>,
+    /// Replace --output if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -92,8 +95,12 @@ fn inspector(cfg: &collector_core::CollectorConfig) -> Result<Inspector, Failure
     })
 }
 
-/// A server-side failure: printed as the daemon would log it, exit 1.
+/// A failure: a configuration problem exits 2, the server's exits 1.
 fn server_failure(e: collector_core::ReadError) -> Failure {
+    if let collector_core::ReadError::Config(m) = &e {
+        eprintln!("error: {m}");
+        return Failure::Config;
+    }
     Failure::Runtime(anyhow::anyhow!("{e}"))
 }
 
@@ -111,6 +118,12 @@ pub(crate) async fn browse(args: BrowseArgs, limits: LoadLimits) -> Result<(), F
     if rest.len() > 1 {
         eprintln!("error: browse takes one start node (got {})", rest.len());
         return Err(Failure::Config);
+    }
+    if let Some(node) = rest.first() {
+        if let Err(e) = node.parse::<collector_opcua::config::NodeAddress>() {
+            eprintln!("error: start node {node:?}: {e} (quote it: `;` ends a shell command)");
+            return Err(Failure::Config);
+        }
     }
     let (cfg, device) = target::resolve(url, &[], &args.target, limits)?;
     let inspector = inspector(&cfg)?;
@@ -131,8 +144,8 @@ pub(crate) async fn read(args: ReadArgs, limits: LoadLimits) -> Result<(), Failu
         eprintln!("error: read needs node ids after the address (e.g. ns=2;s=Temperature)");
         return Err(Failure::Config);
     }
-    let (_cfg, device) = target::resolve(url, nodes, &args.target, limits)?;
-    let inspector = inspector(&_cfg)?;
+    let (cfg, device) = target::resolve(url, nodes, &args.target, limits)?;
+    let inspector = inspector(&cfg)?;
     let samples = inspector.read(&device).await;
     inspector.close().await;
     let samples = samples.map_err(server_failure)?;

@@ -3,10 +3,10 @@
 
 use std::io::Write as _;
 
-use collector_core::config::Device;
+use collector_core::config::{Device, EnvExpansion};
 use collector_core::record::{Record, Sample};
 use collector_core::CollectorConfig;
-use collector_opcua::inspect::{Browsed, ServerInfo};
+use collector_opcua::inspect::{Browsed, BrowsedNode, ServerInfo};
 
 use super::BrowseArgs;
 use crate::Failure;
@@ -45,13 +45,13 @@ pub(super) fn endpoints(info: &ServerInfo, as_json: bool) -> Result<(), Failure>
             println!("      {:<12} policy id `{}`{over}", t.kind, t.policy_id);
         }
     }
-    match &info.chosen {
-        Ok(c) => println!("chosen: {c}"),
-        Err(e) => println!("chosen: none: {e}"),
+    match (&info.chosen, &info.not_chosen) {
+        (Some(c), _) => println!("chosen: {c}"),
+        (None, e) => println!("chosen: none: {}", e.as_deref().unwrap_or("?")),
     }
     println!("  because {}", info.why);
     match &info.session {
-        Ok(s) => {
+        Some(s) => {
             println!("operation limits (0: none given):");
             for (name, n) in &s.operation_limits {
                 println!("  {name:<42} {n}");
@@ -61,7 +61,10 @@ pub(super) fn endpoints(info: &ServerInfo, as_json: bool) -> Result<(), Failure>
                 println!("  {i:>3}  {uri}");
             }
         }
-        Err(e) => println!("session with these settings: not opened: {e}"),
+        None => println!(
+            "session with these settings: not opened: {}",
+            info.session_error.as_deref().unwrap_or("?")
+        ),
     }
     Ok(())
 }
@@ -79,16 +82,24 @@ pub(super) fn browse(
     device: &Device,
     cfg: &CollectorConfig,
 ) -> Result<(), Failure> {
-    let shown: Vec<_> = browsed
-        .nodes
-        .iter()
-        .filter(|n| !args.variables_only || n.node_class == "Variable")
-        .filter(|n| matches(args.filter.as_deref(), &n.name, &n.browse_name))
-        .collect();
+    let keep = |n: &BrowsedNode| {
+        (!args.variables_only || n.node_class == "Variable")
+            && matches(args.filter.as_deref(), &n.name, &n.browse_name)
+    };
+    let shown: Vec<&BrowsedNode> = browsed.nodes.iter().filter(|n| keep(n)).collect();
     if browsed.truncated {
         eprintln!(
             "warning: stopped at {} nodes (--max-nodes): the tree is incomplete",
             browsed.nodes.len()
+        );
+    }
+    for i in &browsed.incomplete {
+        eprintln!("warning: children not listed: {i}");
+    }
+    if browsed.skipped_remote > 0 {
+        eprintln!(
+            "note: {} references to nodes of other servers not followed",
+            browsed.skipped_remote
         );
     }
     if let Some(id) = &args.emit_device {
@@ -98,45 +109,63 @@ pub(super) fn browse(
         return json(&serde_json::json!({
             "nodes": shown,
             "truncated": browsed.truncated,
+            "incomplete": browsed.incomplete,
             "namespaces": browsed.namespaces,
         }));
     }
-    let flat = args.filter.is_some() || args.variables_only;
-    for n in shown {
-        let detail = if n.node_class == "Variable" {
-            let mut access = Vec::new();
-            if n.readable {
-                access.push("read");
-            }
-            if n.history_readable {
-                access.push("history");
-            }
-            if n.historizing {
-                access.push("historizing");
-            }
-            format!(
-                "  {} [{}]",
-                n.data_type.as_deref().unwrap_or("?"),
-                access.join(", ")
-            )
-        } else {
-            format!("  ({})", n.node_class)
-        };
-        if flat {
-            println!("{}  {}{detail}", n.path.join("/"), n.node_id);
-        } else {
-            let indent = "  ".repeat(n.depth.saturating_sub(1) as usize);
-            println!("{indent}{}  {}{detail}", n.name, n.node_id);
+    if args.filter.is_some() || args.variables_only {
+        // A selection: one line each, with its path.
+        for n in shown {
+            println!("{}  {}{}", n.path.join("/"), n.node_id, detail(n));
+        }
+        return Ok(());
+    }
+    // The tree: each node under its parent (depth first).
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); browsed.nodes.len()];
+    let mut roots = Vec::new();
+    for (i, n) in browsed.nodes.iter().enumerate() {
+        match n.parent {
+            Some(p) if p < children.len() => children[p].push(i),
+            _ => roots.push(i),
         }
     }
+    let mut stack: Vec<usize> = roots.into_iter().rev().collect();
+    while let Some(i) = stack.pop() {
+        let n = &browsed.nodes[i];
+        let indent = "  ".repeat(n.depth.saturating_sub(1) as usize);
+        println!("{indent}{}  {}{}", n.name, n.node_id, detail(n));
+        stack.extend(children[i].iter().rev());
+    }
     Ok(())
+}
+
+/// A node's type and access (a variable), or its class.
+fn detail(n: &BrowsedNode) -> String {
+    if n.node_class != "Variable" {
+        return format!("  ({})", n.node_class);
+    }
+    let mut access = Vec::new();
+    if n.readable {
+        access.push("read");
+    }
+    if n.history_readable {
+        access.push("history");
+    }
+    if n.historizing {
+        access.push("historizing");
+    }
+    format!(
+        "  {} [{}]",
+        n.data_type.as_deref().unwrap_or("?"),
+        access.join(", ")
+    )
 }
 
 /// A device entry for the readable variables shown, checked by the same
 /// loader as a device file before it is written.
 fn emit_device(
     id: &str,
-    shown: &[&collector_opcua::inspect::BrowsedNode],
+    shown: &[&BrowsedNode],
     args: &BrowseArgs,
     device: &Device,
     cfg: &CollectorConfig,
@@ -150,7 +179,9 @@ fn emit_device(
         eprintln!("error: no readable variable found (widen --depth or --filter)");
         return Err(Failure::Runtime(anyhow::anyhow!("nothing to emit")));
     }
-    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    // A device file's scalars have `${VAR}` expanded and `$$` read as `$`:
+    // `$` doubled, so the values read back as found.
+    let q = |s: &str| serde_json::Value::String(s.replace('$', "$$")).to_string();
     let mut text = format!(
         "# written by opc-collector browse {}\ndevices:\n  - id: {}\n    endpoint: {}\n    nodes:\n",
         device.endpoint,
@@ -168,11 +199,16 @@ fn emit_device(
         .get("security")
         .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
     {
-        text.push_str(&format!("    security: {sec}\n"));
+        text.push_str(&format!(
+            "    security: {}\n",
+            sec.to_string().replace('$', "$$")
+        ));
     }
+    // Checked as the daemon reads a device file.
     cfg.devices_from_yaml(
         &text,
         None,
+        EnvExpansion::Expand,
         &collector_opcua::config::OpcUaConfig,
         Default::default(),
     )
@@ -183,6 +219,13 @@ fn emit_device(
         Failure::Runtime(anyhow::anyhow!("the emitted entry is not valid"))
     })?;
     match &args.output {
+        Some(path) if path.exists() && !args.force => {
+            eprintln!(
+                "error: {} exists: give --force to replace it (a device file may hold other devices)",
+                path.display()
+            );
+            return Err(Failure::Config);
+        }
         Some(path) => {
             std::fs::write(path, &text).map_err(|e| {
                 Failure::Runtime(anyhow::anyhow!("writing {}: {e}", path.display()))

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use collector_core::config::{Device, LoadLimits};
+use collector_core::config::{Device, EnvExpansion, LoadLimits};
 use collector_core::CollectorConfig;
 use collector_opcua::config::OpcUaConfig;
 
@@ -52,9 +52,10 @@ pub(crate) struct TargetArgs {
     /// (as `endpoints` prints it).
     #[arg(long, conflicts_with = "config")]
     pub server_fingerprint: Option<String>,
-    /// Connecting, and each request, at most this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
+    /// Connecting, and each request, at most this long (default 10s; with
+    /// --config the device's `session:` timeouts apply).
+    #[arg(long, conflicts_with = "config", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 /// A YAML scalar: JSON's string syntax is YAML's double-quoted one; `$`
@@ -98,16 +99,17 @@ pub(crate) fn resolve(
                 e.extend(s.clone());
             }
             let text = serde_json::json!({ "devices": [entry] }).to_string();
-            device = cfg
-                .devices_from_yaml(&text, Some(path), &OpcUaConfig, limits)
+            let checked = cfg
+                .devices_from_yaml(&text, None, EnvExpansion::Literal, &OpcUaConfig, limits)
                 .map_err(|errors| {
                     for e in errors.iter() {
-                        eprintln!("error: {e}");
+                        eprintln!("error: device `{id}` with these nodes: {}", e.message);
                     }
                     Failure::Config
-                })?
-                .remove(0)
-                .0;
+                })?;
+            if let Some((d, _)) = checked.into_iter().next() {
+                device = d;
+            }
         }
         cfg.devices = vec![device.clone()];
         return Ok((cfg, device));
@@ -141,7 +143,8 @@ pub(crate) fn resolve(
     } else {
         nodes.iter().map(|n| q(n)).collect()
     };
-    let timeout = q(&humantime::format_duration(t.timeout).to_string());
+    let timeout =
+        q(&humantime::format_duration(t.timeout.unwrap_or(Duration::from_secs(10))).to_string());
     let mut fleet = vec![format!(
         "pki_dir: {}",
         q(&t.pki_dir

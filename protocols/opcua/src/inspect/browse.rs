@@ -13,7 +13,7 @@ use collector_core::ReadError;
 use opcua::types::{
     AttributeId, BrowseDescription, BrowseDirection, BrowseResult, BrowseResultMask, ByteString,
     DataTypeId, Identifier, NodeClass, NodeClassMask, NodeId, ObjectId, ReadValueId,
-    ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
+    ReferenceDescription, ReferenceTypeId, StatusCode, TimestampsToReturn, VariableId, Variant,
 };
 
 use crate::config::NodeAddress;
@@ -37,6 +37,9 @@ pub struct BrowseOptions {
 pub struct BrowsedNode {
     /// Levels below the start node (1: a child).
     pub depth: u32,
+    /// The index of its parent in [`Browsed::nodes`] (None: a child of the
+    /// start node).
+    pub parent: Option<usize>,
     /// Display name.
     pub name: String,
     /// Browse name (`ns:name`).
@@ -66,6 +69,11 @@ pub struct Browsed {
     pub nodes: Vec<BrowsedNode>,
     /// True when `max_nodes` stopped the walk before `depth`.
     pub truncated: bool,
+    /// Nodes whose children could not be listed (the node and the
+    /// server's status): the tree is incomplete below them.
+    pub incomplete: Vec<String>,
+    /// References to nodes of other servers (not followed).
+    pub skipped_remote: usize,
     /// The server's namespace array.
     pub namespaces: Vec<String>,
 }
@@ -82,24 +90,21 @@ pub(super) async fn browse(
         .settings
         .device(device)
         .map_err(|e| ReadError::Config(collector_core::error::ConfigErrors(e).to_string()))?;
+    let start_address: Option<NodeAddress> = match &opts.start {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e: String| ReadError::Config(format!("start node {text:?}: {e}")))?,
+        ),
+    };
     let ep = protocol.pool.endpoint(&device.endpoint, &opc.security);
     let live = protocol.pool.session(&ep).await?;
     let timeout = protocol.pool.config().read_timeout;
-    let mut namespaces = vec![String::new(); live.namespaces.len()];
-    for (uri, i) in &live.namespaces {
-        if let Some(slot) = namespaces.get_mut(usize::from(*i)) {
-            *slot = uri.clone();
-        }
-    }
-    let start = match &opts.start {
-        None => NodeId::from(ObjectId::ObjectsFolder),
-        Some(text) => {
-            let address: NodeAddress = text
-                .parse()
-                .map_err(|e: String| ReadError::Config(format!("start node {text:?}: {e}")))?;
-            crate::reader::node_id_of(&address, &live)
-                .map_err(|code| ReadError::Service(format!("start node {text}: {code}")))?
-        }
+    let namespaces = live.namespace_array.clone();
+    let start = match (&start_address, &opts.start) {
+        (Some(address), Some(text)) => crate::reader::node_id_of(address, &live)
+            .map_err(|code| ReadError::Service(format!("start node {text}: {code}")))?,
+        _ => NodeId::from(ObjectId::ObjectsFolder),
     };
     // The start node must exist: a typo fails here, not as an empty tree.
     let check = read_attrs(
@@ -112,111 +117,215 @@ pub(super) async fn browse(
     if let Some(code) = check.first().and_then(|v| v.1).filter(|c| c.is_bad()) {
         return Err(ReadError::Service(format!("start node {start}: {code}")));
     }
+    // Nodes per Browse request: the server's MaxNodesPerBrowse, at most ours.
+    let limit = read_attrs(
+        &live,
+        &[NodeId::from(
+            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+        )],
+        &[AttributeId::Value],
+        timeout,
+    )
+    .await?;
+    let batch = match limit.first().and_then(|v| v.0.clone()) {
+        Some(Variant::UInt32(n)) if n > 0 => (n as usize).min(BROWSE_BATCH),
+        _ => BROWSE_BATCH,
+    };
 
-    let mut out: Vec<BrowsedNode> = Vec::new();
-    let mut found: Vec<NodeId> = Vec::new();
-    let mut seen: HashSet<NodeId> = HashSet::from([start.clone()]);
-    let mut frontier: VecDeque<(NodeId, u32, Vec<String>)> =
-        VecDeque::from([(start, 0, Vec::new())]);
+    let mut walk = Walk {
+        out: Vec::new(),
+        found: Vec::new(),
+        seen: HashSet::from([start.clone()]),
+        incomplete: Vec::new(),
+        skipped_remote: 0,
+        namespaces: &namespaces,
+    };
+    // (node, its index in `out` (None: the start node), depth, path)
+    let mut frontier: VecDeque<(NodeId, Option<usize>, u32, Vec<String>)> =
+        VecDeque::from([(start, None, 0, Vec::new())]);
     let mut truncated = false;
-    let batch = BROWSE_BATCH;
     'walk: while !frontier.is_empty() {
-        let level: Vec<(NodeId, u32, Vec<String>)> = frontier.drain(..).collect();
+        let level: Vec<_> = frontier.drain(..).collect();
         for chunk in level.chunks(batch) {
-            let depth = chunk[0].1 + 1;
+            let depth = chunk[0].2 + 1;
             if depth > opts.depth {
                 break 'walk;
             }
-            let results =
-                browse_all(&live, chunk.iter().map(|c| c.0.clone()).collect(), timeout).await?;
-            for ((_, _, path), refs) in chunk.iter().zip(results) {
+            let ids: Vec<NodeId> = chunk.iter().map(|c| c.0.clone()).collect();
+            let budget = opts.max_nodes.saturating_sub(walk.out.len());
+            let results = browse_all(&live, &ids, budget, timeout, &mut walk.incomplete).await?;
+            for ((_, parent, _, path), refs) in chunk.iter().zip(results) {
                 for r in refs {
-                    let id = r.node_id.node_id.clone();
-                    if !r.node_id.namespace_uri.is_empty()
-                        || r.node_id.server_index != 0
-                        || !seen.insert(id.clone())
-                    {
-                        continue;
-                    }
-                    if out.len() >= opts.max_nodes {
+                    let Some(id) = walk.local(&r) else { continue };
+                    if walk.out.len() >= opts.max_nodes {
                         truncated = true;
                         break 'walk;
                     }
-                    let name = r.display_name.text.to_string();
-                    let mut node_path = path.clone();
-                    node_path.push(name.clone());
-                    found.push(id.clone());
-                    out.push(BrowsedNode {
-                        depth,
-                        name,
-                        browse_name: format!(
-                            "{}:{}",
-                            r.browse_name.namespace_index, r.browse_name.name
-                        ),
-                        node_id: with_uri(&id, &namespaces),
-                        node_class: format!("{:?}", r.node_class),
-                        data_type: None,
-                        readable: false,
-                        history_readable: false,
-                        historizing: false,
-                        path: node_path.clone(),
-                    });
+                    let index = walk.push(&r, id.clone(), *parent, depth, path);
                     if matches!(r.node_class, NodeClass::Object | NodeClass::Variable) {
-                        frontier.push_back((id, depth, node_path));
+                        let path = walk.out[index].path.clone();
+                        frontier.push_back((id, Some(index), depth, path));
                     }
                 }
             }
         }
     }
+    let Walk {
+        mut out,
+        found,
+        incomplete,
+        skipped_remote,
+        ..
+    } = walk;
     describe_variables(&live, &mut out, &found, &namespaces, timeout).await?;
     Ok(Browsed {
         nodes: out,
         truncated,
+        incomplete,
+        skipped_remote,
         namespaces,
     })
 }
 
+/// What the walk has found so far.
+struct Walk<'a> {
+    out: Vec<BrowsedNode>,
+    /// The node ids of `out`, in order.
+    found: Vec<NodeId>,
+    seen: HashSet<NodeId>,
+    incomplete: Vec<String>,
+    skipped_remote: usize,
+    namespaces: &'a [String],
+}
+
+impl Walk<'_> {
+    /// The reference's target as a node id of this server, if it is one
+    /// not seen before (one on another server is counted and skipped).
+    fn local(&mut self, r: &ReferenceDescription) -> Option<NodeId> {
+        if r.node_id.server_index != 0 {
+            self.skipped_remote += 1;
+            return None;
+        }
+        let mut id = r.node_id.node_id.clone();
+        if !r.node_id.namespace_uri.is_empty() {
+            let uri = r.node_id.namespace_uri.as_ref();
+            match self.namespaces.iter().position(|u| u == uri) {
+                Some(i) => id.namespace = u16::try_from(i).ok()?,
+                None => {
+                    self.skipped_remote += 1;
+                    return None;
+                }
+            }
+        }
+        self.seen.insert(id.clone()).then_some(id)
+    }
+
+    /// Adds a node; its index in `out`.
+    fn push(
+        &mut self,
+        r: &ReferenceDescription,
+        id: NodeId,
+        parent: Option<usize>,
+        depth: u32,
+        path: &[String],
+    ) -> usize {
+        let name = r.display_name.text.to_string();
+        let mut node_path = path.to_vec();
+        node_path.push(name.clone());
+        self.out.push(BrowsedNode {
+            depth,
+            parent,
+            name,
+            browse_name: format!("{}:{}", r.browse_name.namespace_index, r.browse_name.name),
+            node_id: with_uri(&id, self.namespaces),
+            node_class: format!("{:?}", r.node_class),
+            data_type: None,
+            readable: false,
+            history_readable: false,
+            historizing: false,
+            path: node_path,
+        });
+        self.found.push(id);
+        self.out.len() - 1
+    }
+}
+
 /// The forward hierarchical references of each node, continuation points
-/// followed to the end.
+/// followed until `budget` references were gathered for a node (then
+/// released). A node the server could not browse (its status) is listed in
+/// `incomplete`; one refused for lack of continuation points is browsed
+/// again alone.
 async fn browse_all(
     live: &Live,
-    nodes: Vec<NodeId>,
+    nodes: &[NodeId],
+    budget: usize,
     timeout: Duration,
-) -> Result<Vec<Vec<opcua::types::ReferenceDescription>>, ReadError> {
-    let descriptions: Vec<BrowseDescription> = nodes
-        .into_iter()
-        .map(|node_id| BrowseDescription {
-            node_id,
-            browse_direction: BrowseDirection::Forward,
-            reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
-            include_subtypes: true,
-            node_class_mask: (NodeClassMask::OBJECT
-                | NodeClassMask::VARIABLE
-                | NodeClassMask::METHOD)
-                .bits(),
-            result_mask: BrowseResultMask::All as u32,
-        })
-        .collect();
+    incomplete: &mut Vec<String>,
+) -> Result<Vec<Vec<ReferenceDescription>>, ReadError> {
+    let description = |node_id: &NodeId| BrowseDescription {
+        node_id: node_id.clone(),
+        browse_direction: BrowseDirection::Forward,
+        reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+        include_subtypes: true,
+        node_class_mask: (NodeClassMask::OBJECT | NodeClassMask::VARIABLE | NodeClassMask::METHOD)
+            .bits(),
+        result_mask: BrowseResultMask::All as u32,
+    };
+    let descriptions: Vec<BrowseDescription> = nodes.iter().map(description).collect();
     let results = bounded(timeout, live.session.browse(&descriptions, 1000, None)).await?;
+    if results.len() != nodes.len() {
+        return Err(ReadError::Service(format!(
+            "Browse of {} nodes returned {} results",
+            nodes.len(),
+            results.len()
+        )));
+    }
     let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        out.push(follow(live, r, timeout).await?);
+    for (node, r) in nodes.iter().zip(results) {
+        let r = if r.status_code == StatusCode::BadNoContinuationPoints {
+            // Alone, its continuation point is the only one.
+            let again = bounded(
+                timeout,
+                live.session.browse(&[description(node)], 1000, None),
+            )
+            .await?;
+            match again.into_iter().next() {
+                Some(r) => r,
+                None => {
+                    incomplete.push(format!("{node}: no result"));
+                    out.push(Vec::new());
+                    continue;
+                }
+            }
+        } else {
+            r
+        };
+        if r.status_code.is_bad() {
+            incomplete.push(format!("{node}: {}", r.status_code));
+            out.push(Vec::new());
+            continue;
+        }
+        out.push(follow(live, node, r, budget, timeout, incomplete).await?);
     }
     Ok(out)
 }
 
-/// A browse result's references, with those behind its continuation points.
+/// A browse result's references, with those behind its continuation
+/// points, up to `budget` (the rest released on the server).
 async fn follow(
     live: &Live,
+    node: &NodeId,
     mut r: BrowseResult,
+    budget: usize,
     timeout: Duration,
-) -> Result<Vec<opcua::types::ReferenceDescription>, ReadError> {
+    incomplete: &mut Vec<String>,
+) -> Result<Vec<ReferenceDescription>, ReadError> {
     let mut refs = r.references.take().unwrap_or_default();
     let mut cp: ByteString = r.continuation_point;
-    // Bounded: a server that keeps returning continuation points cannot
-    // hold the tool (10,000 pages).
-    for _ in 0..10_000 {
-        if cp.is_null_or_empty() {
+    while !cp.is_null_or_empty() {
+        if refs.len() >= budget {
+            // Enough for the node cap: release the server's state.
+            let _ = bounded(timeout, live.session.browse_next(true, &[cp])).await;
             return Ok(refs);
         }
         let next = bounded(
@@ -227,10 +336,13 @@ async fn follow(
         let Some(mut n) = next.into_iter().next() else {
             return Ok(refs);
         };
+        if n.status_code.is_bad() {
+            incomplete.push(format!("{node}: BrowseNext {}", n.status_code));
+            return Ok(refs);
+        }
         refs.extend(n.references.take().unwrap_or_default());
         cp = n.continuation_point;
     }
-    let _ = live.session.browse_next(true, &[cp]).await;
     Ok(refs)
 }
 
@@ -273,6 +385,13 @@ async fn read_attrs(
             live.session.read(chunk, TimestampsToReturn::Neither, 0.0),
         )
         .await?;
+        if dvs.len() != chunk.len() {
+            return Err(ReadError::Service(format!(
+                "Read of {} attributes returned {} values",
+                chunk.len(),
+                dvs.len()
+            )));
+        }
         out.extend(
             dvs.into_iter()
                 .map(|dv| (dv.value, dv.status.filter(|s| s.is_bad()))),
@@ -331,7 +450,9 @@ fn type_name(t: &NodeId, namespaces: &[String]) -> String {
     with_uri(t, namespaces)
 }
 
-/// `id` as a device's `nodes` takes it: with its namespace URI.
+/// `id` as a device's `nodes` takes it: with its namespace URI when that
+/// reads back as the same node (a URI without `;`, listed once), else with
+/// its index.
 fn with_uri(id: &NodeId, namespaces: &[String]) -> String {
     let ident = match &id.identifier {
         Identifier::Numeric(n) => format!("i={n}"),
@@ -341,7 +462,9 @@ fn with_uri(id: &NodeId, namespaces: &[String]) -> String {
     };
     match id.namespace {
         0 => ident,
-        ns => match namespaces.get(usize::from(ns)).filter(|u| !u.is_empty()) {
+        ns => match namespaces.get(usize::from(ns)).filter(|u| {
+            !u.is_empty() && !u.contains(';') && namespaces.iter().filter(|o| o == u).count() == 1
+        }) {
             Some(uri) => format!("nsu={uri};{ident}"),
             None => format!("ns={ns};{ident}"),
         },

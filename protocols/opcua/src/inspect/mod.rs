@@ -55,8 +55,11 @@ impl Inspector {
         reader.read().await
     }
 
-    /// Closes the sessions opened.
+    /// Closes the sessions opened, waiting at most the connect timeout
+    /// (a server that stopped answering would otherwise hold the close:
+    /// its session is then left to time out on the server).
     pub async fn close(&self) {
-        self.protocol.shutdown().await;
+        let limit = self.protocol.pool.config().connect_timeout;
+        let _ = tokio::time::timeout(limit, self.protocol.shutdown()).await;
     }
 }

@@ -29,14 +29,17 @@ pub struct ServerInfo {
     pub certificates: Vec<CertificateInfo>,
     /// Its endpoints, as offered.
     pub endpoints: Vec<OfferedEndpoint>,
-    /// What the device's settings pick (`policy/mode`, token policy id),
-    /// or why nothing matches.
-    pub chosen: Result<String, String>,
+    /// What the device's settings pick (`policy/mode`, token policy id).
+    pub chosen: Option<String>,
+    /// Why nothing matches, when nothing does.
+    pub not_chosen: Option<String>,
     /// Why that is the choice.
     pub why: String,
     /// Namespaces and limits, through a session with the device's
-    /// settings, or why it did not open.
-    pub session: Result<SessionInfo, String>,
+    /// settings.
+    pub session: Option<SessionInfo>,
+    /// Why that session did not open, when it did not.
+    pub session_error: Option<String>,
 }
 
 /// A server certificate.
@@ -242,9 +245,11 @@ pub(super) async fn endpoints(
             .unwrap_or_default(),
         certificates,
         endpoints: eps.iter().map(offered).collect(),
-        chosen,
+        not_chosen: chosen.as_ref().err().cloned(),
+        chosen: chosen.ok(),
         why,
-        session,
+        session_error: session.as_ref().err().cloned(),
+        session: session.ok(),
     })
 }
 

@@ -204,7 +204,8 @@ impl Pool {
         tracing::debug!(endpoint = %url, security = %chosen, identity = %sec.identity.describe(), max_nodes_per_read, "session connected");
         let remap = ep.remap(&namespace_array);
         let namespaces = namespace_array
-            .into_iter()
+            .iter()
+            .cloned()
             .enumerate()
             .filter_map(|(i, uri)| u16::try_from(i).ok().map(|i| (uri, i)))
             .collect();
@@ -214,6 +215,7 @@ impl Pool {
                 alive,
                 loop_task,
                 namespaces,
+                namespace_array,
                 remap,
                 max_nodes_per_read,
                 generation,

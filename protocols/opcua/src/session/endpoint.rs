@@ -44,6 +44,8 @@ pub(crate) struct Live {
     pub(super) loop_task: LoopTask,
     /// Namespace URI -> index, read at connect.
     pub(crate) namespaces: HashMap<String, u16>,
+    /// The server's namespace array as read (index = position).
+    pub(crate) namespace_array: Vec<String>,
     /// Namespace indexes that moved since the first session on this
     /// endpoint (old index -> new index, or None if the URI is gone):
     /// configured `ns=` ids keep meaning what they meant at first connect.
