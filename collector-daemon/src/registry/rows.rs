@@ -242,27 +242,22 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// The cells whose rows are `shard`'s: `index * 8192 + t` for every `t`
-/// from the count to the registry's limit (none for an index not below
-/// the count: such a replica reads nothing).
-pub(crate) fn shard_cells(shard: Shard) -> Vec<i32> {
+/// The cells whose rows are `shard`'s, as a range `lo..=hi`: `index *
+/// 8192 + t` for every `t` from the count to the registry's limit (an
+/// empty range for an index not below the count: it reads nothing).
+pub(crate) fn cell_range(shard: Shard) -> (i32, i32) {
     if shard.index >= shard.count || shard.count > REGISTRY_MAX_SHARDS {
-        return Vec::new();
+        return (1, 0);
     }
     let base = shard.index as i32 * CELL_STRIDE;
-    (shard.count..=REGISTRY_MAX_SHARDS)
-        .map(|t| base + t as i32)
-        .collect()
+    (base + shard.count as i32, base + REGISTRY_MAX_SHARDS as i32)
 }
 
-/// The same cells as a range (`lo..=hi`; empty for a replica that reads
-/// nothing).
-pub(crate) fn cell_range(shard: Shard) -> (i32, i32) {
-    let cells = shard_cells(shard);
-    match (cells.first(), cells.last()) {
-        (Some(lo), Some(hi)) => (*lo, *hi),
-        _ => (1, 0),
-    }
+/// The cells of [`cell_range`], listed (for tests).
+#[cfg(test)]
+fn shard_cells(shard: Shard) -> Vec<i32> {
+    let (lo, hi) = cell_range(shard);
+    (lo..=hi).collect()
 }
 
 /// The cells the database stores for `id` (for tests against its

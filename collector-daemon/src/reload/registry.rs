@@ -7,7 +7,6 @@ use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use collector_core::config::Device;
-use collector_core::shard::Shard;
 
 use super::{now_rfc3339, Reloader};
 
@@ -31,14 +30,9 @@ impl Reloader {
     /// answers (backing off), and hands them to the collector. False if
     /// `stop` came first.
     pub(crate) async fn first_load(&mut self, stop: impl std::future::Future<Output = ()>) -> bool {
+        let shard = self.shard_of(&self.running);
         let Some(registry) = self.registry.as_mut() else {
             return true;
-        };
-        let shard = Shard {
-            index: self
-                .index
-                .index(self.running.shard.index, self.running.shard.count),
-            count: self.running.shard.count,
         };
         tokio::pin!(stop);
         loop {

@@ -85,18 +85,16 @@ pub(crate) fn resolve(
             )));
         };
         if !nodes.is_empty() {
-            let mut settings = device.settings.to_json();
-            if let Some(m) = settings.as_object_mut() {
+            // The device's entry with these nodes, checked as an entry is.
+            let mut entry = device.settings.to_json();
+            if let Some(m) = entry.as_object_mut() {
                 m.insert("nodes".into(), serde_json::json!(nodes));
-            }
-            // Checked as the entry would be.
-            let doc = serde_json::json!({"devices": [{
-                "id": &*device.id, "endpoint": device.endpoint,
-                "interval": humantime::format_duration(device.interval).to_string(),
-            }]});
-            let mut entry = doc["devices"][0].clone();
-            if let (Some(e), Some(s)) = (entry.as_object_mut(), settings.as_object()) {
-                e.extend(s.clone());
+                m.insert("id".into(), serde_json::json!(&*device.id));
+                m.insert("endpoint".into(), serde_json::json!(device.endpoint));
+                m.insert(
+                    "interval".into(),
+                    serde_json::json!(humantime::format_duration(device.interval).to_string()),
+                );
             }
             let text = serde_json::json!({ "devices": [entry] }).to_string();
             let checked = cfg
