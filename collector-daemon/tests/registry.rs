@@ -33,7 +33,7 @@ use collector_testkit::{consume_all, EmbeddedKafka};
 use serde_json::Value;
 use support::{
     collector_bin, free_port, http_get, loadgen_bin, metric, metric_labelled, poll_until,
-    start_loadgen_with, Daemon, LogsOnFailure,
+    port_below_ephemeral, start_loadgen_with, Daemon, LogsOnFailure,
 };
 
 const DEVICES: usize = 500;
@@ -423,17 +423,6 @@ fn a_fleet_reads_its_shards_from_postgres_and_follows_its_changes() {
     .collect();
     assert_eq!(sizes, BTreeSet::from([1, TAGS]));
     logs.passed();
-}
-
-/// A free port below the ephemeral range, for the simulator's stats: it
-/// binds its 500 device servers on OS-chosen (ephemeral) ports before its
-/// stats address, so a just-released ephemeral port can go to one of them.
-fn port_below_ephemeral() -> u16 {
-    let start = 20_000 + (std::process::id() % 10_000) as u16;
-    (start..32_000)
-        .chain(20_000..start)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port below 32000")
 }
 
 /// Two new ids of `shard` of [`SHARDS`].

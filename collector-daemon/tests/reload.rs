@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use collector_testkit::{consume_all, EmbeddedKafka};
 use serde_json::Value;
 use support::{
-    free_port, http_get, loadgen_bin, metric_labelled, poll_until, start_loadgen_with, Daemon,
-    LogsOnFailure, SeqSet,
+    free_port, http_get, loadgen_bin, metric_labelled, poll_until, port_below_ephemeral,
+    start_loadgen_with, Daemon, LogsOnFailure, SeqSet,
 };
 
 const TAGS: usize = 5;
@@ -89,7 +89,7 @@ fn devices_added_removed_changed_and_a_bad_edit_rejected_while_running() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let logs = LogsOnFailure::new(dir);
-    let stats_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stats_addr = SocketAddr::from(([127, 0, 0, 1], port_below_ephemeral()));
     let generated = dir.join("all-devices.yaml");
     let mut sim = start_loadgen_with(
         &loadgen_bin(),

@@ -192,6 +192,17 @@ pub fn log_file(dir: &Path, name: &str) -> File {
     File::create(dir.join(name)).unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
 
+/// A free port below the ephemeral range, for the simulator's stats: it
+/// binds its device servers on OS-chosen (ephemeral) ports before its
+/// stats address, so a just-released ephemeral port can go to one of them.
+pub fn port_below_ephemeral() -> u16 {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 32000")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
