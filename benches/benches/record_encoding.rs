@@ -33,6 +33,7 @@ fn record(tags: usize) -> Record {
         read_time: now,
         samples,
         part: None,
+        origin: Default::default(),
     }
 }
 

@@ -41,6 +41,7 @@ fn record(seq: u64) -> Record {
         read_time: now,
         samples,
         part: None,
+        origin: Default::default(),
     }
 }
 

@@ -87,6 +87,7 @@ mod tests {
             read_time: chrono::Utc::now(),
             samples: Vec::new(),
             part: None,
+            origin: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 pub use crate::breaker::BreakerState;
 use crate::histogram::LatencyHistogram;
-use crate::protocol::SessionState;
+use crate::protocol::{Delivery, SessionState};
 
 /// One device's state, as served by `/devices`.
 #[derive(Debug, Clone, Serialize)]
@@ -25,8 +25,15 @@ pub struct DeviceStatus {
     pub breaker: BreakerState,
     /// The session as the protocol adapter sees it.
     pub session: SessionState,
-    /// When the last successful read started.
+    /// How the device's data arrives (`poll` or `push`).
+    pub delivery: Delivery,
+    /// When the last successful read started (for a pushed device: when
+    /// its last changes arrived).
     pub last_success: Option<DateTime<Utc>>,
+    /// Seconds since `last_success` when this view was taken: how stale
+    /// the device's data is (a subscription that stopped delivering shows
+    /// here first).
+    pub last_data_age_seconds: Option<f64>,
     /// When the last read failed, and why.
     pub last_error_at: Option<DateTime<Utc>>,
     /// The last error (no secrets: errors never carry credentials).
@@ -63,7 +70,9 @@ impl DeviceBoard {
             endpoint: endpoint.to_string(),
             breaker: BreakerState::Closed,
             session: SessionState::Unknown,
+            delivery: Delivery::Poll,
             last_success: None,
+            last_data_age_seconds: None,
             last_error_at: None,
             last_error: None,
             consecutive_failures: 0,
@@ -90,13 +99,18 @@ impl DeviceBoard {
         limit: usize,
     ) -> (usize, Vec<DeviceStatus>) {
         let all = self.devices.read();
+        let now = Utc::now();
         let mut total = 0;
         let mut page = Vec::new();
         for entry in all.iter() {
             let s = entry.lock();
             if filter(&s) {
                 if total >= offset && page.len() < limit {
-                    page.push(s.clone());
+                    let mut view = s.clone();
+                    view.last_data_age_seconds = view.last_success.map(|at| {
+                        (now - at).num_milliseconds().max(0) as f64 / 1000.0
+                    });
+                    page.push(view);
                 }
                 total += 1;
             }

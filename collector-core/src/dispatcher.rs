@@ -348,6 +348,7 @@ mod tests {
                     read_time: chrono::Utc::now(),
                     samples: Vec::new(),
                     part: None,
+                    origin: Default::default(),
                 })
                 .collect(),
             reason: FlushReason::Count,

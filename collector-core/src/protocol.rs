@@ -39,6 +39,25 @@ pub trait DeviceReader: Send {
     /// in configuration order, Bad ones included; `Err` means no record.
     async fn read(&mut self) -> Result<Vec<Sample>, ReadError>;
 
+    /// How this device's data arrives: read on the device's interval
+    /// ([`Delivery::Poll`], the default) or pushed by the adapter
+    /// ([`Delivery::Push`]: the core waits on [`DeviceReader::changes`]).
+    fn delivery(&self) -> Delivery {
+        Delivery::Poll
+    }
+
+    /// For [`Delivery::Push`]: waits for the next batch of changes (one
+    /// record: the samples of one notification, in the order the server
+    /// sent them), setting up what it needs (a session, a subscription)
+    /// first. `Err` counts as a failed read against the device's breaker,
+    /// and the next call starts over. Must be cancel-safe: a stop drops
+    /// the future. The default refuses: a polled reader has no changes.
+    async fn changes(&mut self) -> Result<Vec<Sample>, ReadError> {
+        Err(ReadError::Config(
+            "this device is polled; it pushes no changes".into(),
+        ))
+    }
+
     /// Releases this device's hold on its session.
     async fn close(&mut self);
 
@@ -63,4 +82,17 @@ pub enum SessionState {
     Backoff,
     /// Not open.
     Disconnected,
+}
+
+/// How a device's data reaches the core (serialized in snake case for
+/// `/devices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// The core reads every node on the device's interval.
+    #[default]
+    Poll,
+    /// The adapter pushes changes (e.g. an OPC UA subscription); the core
+    /// turns each batch into a record.
+    Push,
 }

@@ -31,6 +31,34 @@ pub struct Record {
     /// encoding exceeded what the sink accepts (see [`RecordPart`]);
     /// `None` for a whole read.
     pub part: Option<RecordPart>,
+    /// How the samples were obtained: a read of every node, or the data
+    /// changes of one publish response of a subscription.
+    pub origin: Origin,
+}
+
+/// How a record's samples were obtained (`origin` in the JSON encoding,
+/// written only when it is not [`Origin::Read`], so polled records are
+/// unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A read of every configured node, in configuration order.
+    #[default]
+    Read,
+    /// The data changes of one publish response: only the nodes that
+    /// changed (a node may appear more than once, oldest first), each
+    /// with its own timestamps and status.
+    DataChange,
+}
+
+impl Origin {
+    /// The name written in the record (`read`, `data_change`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Origin::Read => "read",
+            Origin::DataChange => "data_change",
+        }
+    }
 }
 
 /// Which part of a split read a record is: parts share `device_id`, `seq`
@@ -222,7 +250,14 @@ impl Record {
             read_time,
             samples,
             part: None,
+            origin: Origin::Read,
         }
+    }
+
+    /// The same record with `origin`.
+    pub fn with_origin(mut self, origin: Origin) -> Record {
+        self.origin = origin;
+        self
     }
 
     /// The samples in `range` as part `part` of this read (same device,
@@ -238,6 +273,7 @@ impl Record {
                 .map(<[Sample]>::to_vec)
                 .unwrap_or_default(),
             part: Some(part),
+            origin: self.origin,
         }
     }
 
@@ -275,6 +311,11 @@ impl Record {
             push_display(out, part.index);
             out.extend_from_slice(b",\"parts\":");
             push_display(out, part.count);
+        }
+        if self.origin != Origin::Read {
+            out.extend_from_slice(b",\"origin\":\"");
+            out.extend_from_slice(self.origin.label().as_bytes());
+            out.push(b'"');
         }
         out.extend_from_slice(b",\"collector_id\":");
         push_str(out, collector_id)?;
@@ -531,6 +572,7 @@ mod tests {
                 ),
             ],
             part: None,
+            origin: Origin::Read,
         };
         let mut out = Vec::new();
         record.encode_json("c-1", &mut out).unwrap();
@@ -551,6 +593,14 @@ mod tests {
         assert_eq!(s[2]["type"], "Double[]");
         assert_eq!(s[2]["value"][1], "NaN");
         assert!(record.estimated_bytes() >= out.len() / 2);
+        assert!(v.get("origin").is_none(), "a read's record is unchanged");
+        let mut out = Vec::new();
+        let changes = record.clone().with_origin(Origin::DataChange);
+        changes.encode_json("c-1", &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["origin"], "data_change");
+        let part = changes.part(0..1, RecordPart { index: 0, count: 2 });
+        assert_eq!(part.origin, Origin::DataChange);
     }
 
     #[test]
@@ -567,6 +617,7 @@ mod tests {
                 server_timestamp: None,
             }],
             part: None,
+            origin: Origin::Read,
         };
         let mut out = Vec::new();
         record.encode_json("c\"x", &mut out).unwrap();

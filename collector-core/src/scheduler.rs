@@ -17,11 +17,11 @@ use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::config::{BreakerConfig, Device};
 use crate::device_status::{DeviceBoard, DeviceStatus};
 use crate::internal_events::schedule::{
-    AfterRead, BreakerTransitioned, DeviceTelemetry, ReadFailed, ReadSucceeded, TickFired,
-    TickSkipped,
+    AfterRead, BreakerTransitioned, DeviceTelemetry, ReadFailed, ReadSucceeded, ReadTiming,
+    TickFired, TickSkipped,
 };
 use crate::metrics::{names, Stats};
-use crate::protocol::DeviceReader;
+use crate::protocol::{Delivery, DeviceReader};
 use crate::record::Record;
 use crate::worker::WorkerPool;
 
@@ -92,6 +92,9 @@ pub(crate) async fn run_device(
     seq: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
+    if reader.delivery() == Delivery::Push {
+        return crate::push::run_pushed(device, reader, ctx, status, seq, stop).await;
+    }
     let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status);
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
@@ -152,8 +155,7 @@ pub(crate) async fn run_device(
             breaker: breaker.state(),
             consecutive_failures: breaker.consecutive_failures(),
             session: reader.session_state(),
-            lateness,
-            duration,
+            timing: Some(ReadTiming { lateness, duration }),
         };
         let record = match result {
             Ok(samples) => {
@@ -170,6 +172,7 @@ pub(crate) async fn run_device(
                     read_time,
                     samples,
                     part: None,
+                    origin: crate::record::Origin::Read,
                 })
             }
             Err(error) => {

@@ -27,7 +27,7 @@ pub use device::{check_device_id, check_endpoint, Device, MAX_DEVICE_ID_LEN};
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{EnvExpansion, LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
-    byte_size, duration, parse_byte_size, BatchConfig, BreakerConfig, CollectorSection,
+    byte_size, duration, opt_duration, parse_byte_size, BatchConfig, BreakerConfig, CollectorSection,
     DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection, WorkerConfig,
 };
 pub use registry::{

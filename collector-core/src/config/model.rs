@@ -287,10 +287,13 @@ pub mod duration {
     }
 }
 
-pub(crate) mod opt_duration {
+/// `#[serde(default, with = "opt_duration")]`: an optional duration
+/// (absent or null: `None`), for adapters' settings too.
+pub mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    /// Deserializes an optional duration written as `500ms`, `10s`, `1m`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),

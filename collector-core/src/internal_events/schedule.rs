@@ -100,6 +100,13 @@ pub(crate) struct AfterRead {
     pub(crate) breaker: BreakerState,
     pub(crate) consecutive_failures: u32,
     pub(crate) session: SessionState,
+    /// Seconds the read started after its scheduled time, and how long it
+    /// took; `None` for pushed changes (no schedule, no request).
+    pub(crate) timing: Option<ReadTiming>,
+}
+
+/// When a read started against its schedule, and how long it took.
+pub(crate) struct ReadTiming {
     /// Seconds the read started after its scheduled time.
     pub(crate) lateness: f64,
     /// Seconds the read took.
@@ -108,9 +115,11 @@ pub(crate) struct AfterRead {
 
 impl AfterRead {
     fn record(&self, device: &DeviceTelemetry, st: &mut DeviceStatus) {
-        device.lateness.record(self.lateness);
-        device.duration.record(self.duration);
-        st.lateness.record(self.lateness);
+        if let Some(t) = &self.timing {
+            device.lateness.record(t.lateness);
+            device.duration.record(t.duration);
+            st.lateness.record(t.lateness);
+        }
         st.breaker = self.breaker;
         st.session = self.session;
         st.consecutive_failures = self.consecutive_failures;

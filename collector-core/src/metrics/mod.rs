@@ -132,6 +132,18 @@ metric_table! {
     SESSION_BACKOFF_SKIPS: Counter = "collector_session_backoff_skips_total", "Reads failed fast while an endpoint is in reconnect backoff";
     /// Read service requests sent (after MaxNodesPerRead chunking).
     READ_REQUESTS: Counter = "collector_read_requests_total", "Read service requests sent (after MaxNodesPerRead chunking)";
+    /// Subscriptions by state (`state`: active, down).
+    SUBSCRIPTIONS: Gauge = "collector_subscriptions", "Subscriptions by state (`state`: active, down)";
+    /// Publish responses that carried data changes.
+    SUBSCRIPTION_NOTIFICATIONS: Counter = "collector_subscription_notifications_total", "Publish responses that carried data changes";
+    /// Keep-alive publish responses (no data; they prove the subscription alive).
+    SUBSCRIPTION_KEEPALIVES: Counter = "collector_subscription_keepalives_total", "Keep-alive publish responses (no data; they prove the subscription alive)";
+    /// Subscriptions set up again, by cause (`cause`: silent, status_change, lost_on_server, new_session, transferred).
+    SUBSCRIPTION_RECREATIONS: Counter = "collector_subscription_recreations_total", "Subscriptions set up again, by cause (`cause`: silent, status_change, lost_on_server, new_session, transferred)";
+    /// Publish responses dropped because the device's queue was full (its records were not taken fast enough).
+    SUBSCRIPTION_QUEUE_OVERFLOWS: Counter = "collector_subscription_queue_overflows_total", "Publish responses dropped because the device's queue was full (its records were not taken fast enough)";
+    /// Monitored items the server refused (unknown node, filter not allowed), reported per node as a Bad sample.
+    MONITORED_ITEM_FAILURES: Counter = "collector_monitored_item_failures_total", "Monitored items the server refused (unknown node, filter not allowed), reported per node as a Bad sample";
     /// Batches flushed by reason (`reason`: interval, count, bytes, shutdown).
     BATCHES_FLUSHED: Counter = "collector_batches_flushed_total", "Batches flushed by reason (`reason`: interval, count, bytes, shutdown)";
     /// Records per flushed batch.

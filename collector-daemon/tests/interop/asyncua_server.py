@@ -21,8 +21,9 @@ What it serves:
   * namespace urn:asyncua-interop:plant with typed variables under Objects
     (string node ids): Temperature Double 21.5, Counter UInt32 3000000000,
     Running Boolean true, Name String "line-1", Stamp DateTime
-    2026-01-02T03:04:05Z, Levels Float[] [1.5, 2.25, -3.0], and Broken,
-    whose value is BadSensorFailure (no value).
+    2026-01-02T03:04:05Z, Levels Float[] [1.5, 2.25, -3.0], Broken,
+    whose value is BadSensorFailure (no value), and Ramp, an Int32 that
+    counts up from 0 every 250 ms (for subscriptions).
 
 Once listening it prints one JSON line on stdout (endpoint, namespace index,
 certificate path, node ids), then runs until SIGTERM/SIGINT.
@@ -57,6 +58,7 @@ VARIABLES = {
     "Levels": ([1.5, 2.25, -3.0], ua.VariantType.Float),
 }
 BAD_STATUS = ("BadSensorFailure", ua.StatusCodes.BadSensorFailure)
+RAMP_PERIOD = 0.25
 
 
 class OneUser:
@@ -126,6 +128,17 @@ async def main() -> None:
         ua.DataValue(StatusCode=ua.StatusCode(bad_code), SourceTimestamp=datetime.datetime.now(datetime.timezone.utc)),
     )
     nodes["Broken"] = broken.nodeid.to_string()
+    # Ramp: an Int32 that counts up every RAMP_PERIOD seconds, for the
+    # subscription interop test (the other variables never change).
+    ramp = await server.nodes.objects.add_variable(ua.NodeId("Ramp", idx), ua.QualifiedName("Ramp", idx), 0, varianttype=ua.VariantType.Int32)
+    nodes["Ramp"] = ramp.nodeid.to_string()
+
+    async def count_up() -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(RAMP_PERIOD)
+            n += 1
+            await ramp.write_value(ua.DataValue(ua.Variant(n, ua.VariantType.Int32), SourceTimestamp=datetime.datetime.now(datetime.timezone.utc)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -146,7 +159,9 @@ async def main() -> None:
             "version": importlib.metadata.version("asyncua"),
         }
         print(json.dumps(ready), flush=True)
+        counter = asyncio.create_task(count_up())
         await stop.wait()
+        counter.cancel()
 
 
 if __name__ == "__main__":

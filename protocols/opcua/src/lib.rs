@@ -9,6 +9,9 @@
 //! - `security`: endpoint choice (policy, mode, identity), server trust
 //!   (trust list, pinned fingerprint, opt-in auto-accept) and the client's
 //!   application certificate.
+//! - `subscribe`: subscribed devices (`mode: subscribe`): one subscription
+//!   per device on the shared session, monitored items in chunks, and a
+//!   watchdog that recreates a subscription that went silent.
 //! - `convert`: OPC UA values to the collector's record types.
 //! - `inspect`: what the operator tools (`endpoints`, `browse`, `read`)
 //!   ask a server, through the same sessions and security.
@@ -28,6 +31,7 @@ pub mod inspect;
 mod reader;
 mod security;
 mod session;
+mod subscribe;
 
 use std::sync::Arc;
 
@@ -121,7 +125,14 @@ impl Protocol for OpcUaProtocol {
             .settings
             .device(device)
             .map_err(|e| ReadError::Config(ConfigErrors(e).to_string()))?;
-        Ok(Box::new(OpcUaReader::new(self.pool.clone(), device, opc)?))
+        Ok(match opc.mode {
+            config::Mode::Poll => Box::new(OpcUaReader::new(self.pool.clone(), device, opc)?),
+            config::Mode::Subscribe => Box::new(subscribe::OpcUaSubscriber::new(
+                self.pool.clone(),
+                device,
+                opc,
+            )),
+        })
     }
 
     fn connected_sessions(&self) -> usize {

@@ -8,6 +8,7 @@
 mod node_id;
 mod security;
 mod session;
+mod subscription;
 
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ pub use security::{
     TrustMode, UserCertificate, UserPassword,
 };
 pub use session::SessionConfig;
+pub use subscription::{
+    Deadband, DeadbandKind, ItemSettings, Mode, RawItem, RawSubscription, SubscriptionSettings,
+    Trigger, DEFAULT_KEEP_ALIVE_COUNT,
+};
 
 /// The adapter's sections (`session:` and `security:`), parsed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +35,8 @@ pub struct OpcUaSettings {
     pub session: SessionConfig,
     /// Fleet-wide security defaults and the client certificate.
     pub security: SecuritySection,
+    /// Fleet-wide subscription defaults (`subscription:`).
+    pub subscription: RawSubscription,
 }
 
 /// One device's OPC UA settings, resolved against the fleet defaults.
@@ -39,6 +46,11 @@ pub struct OpcUaDevice {
     pub nodes: Vec<NodeAddress>,
     /// Security policy, mode, trust and identity.
     pub security: DeviceSecurity,
+    /// Polled or subscribed.
+    pub mode: Mode,
+    /// The subscription, resolved (also for a polled device, so a change
+    /// of mode needs no new checks).
+    pub subscription: SubscriptionSettings,
 }
 
 const DOCS_HINT: &str = "see docs/security.md";
@@ -54,6 +66,30 @@ impl OpcUaSettings {
             errors.push(e);
             SessionConfig::default()
         });
+        let subscription_settings = cfg.protocol.get("subscription").unwrap_or(&empty);
+        let subscription: RawSubscription = subscription_settings
+            .deserialize("subscription")
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                RawSubscription::default()
+            });
+        if !subscription.nodes.is_empty() {
+            errors.push(subscription_settings.error(
+                Some("nodes"),
+                "subscription.nodes: per-node settings belong in a device entry",
+            ));
+        }
+        if let Err(problems) =
+            subscription::resolve(&subscription, None, &[], Duration::from_secs(1))
+        {
+            for p in problems {
+                let key: Vec<&str> = p.key.iter().map(String::as_str).collect();
+                errors.push(subscription_settings.error_at(
+                    &key,
+                    format!("subscription.{}: {}", p.key.join("."), p.message),
+                ));
+            }
+        }
         let security: SecuritySection =
             security_settings
                 .deserialize("security")
@@ -104,7 +140,11 @@ impl OpcUaSettings {
             );
         }
         if errors.is_empty() {
-            Ok(Self { session, security })
+            Ok(Self {
+                session,
+                security,
+                subscription,
+            })
         } else {
             Err(errors)
         }
@@ -147,6 +187,27 @@ impl OpcUaSettings {
                     None
                 }
             };
+        let mode: Option<Mode> = match s.get("mode", &format!("{context} mode")) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let raw_subscription: Option<RawSubscription> =
+            match s.get("subscription", &format!("{context} subscription")) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            };
+        if raw_subscription.as_ref().is_some_and(|r| r.mode.is_some()) {
+            errors.push(s.error_at(
+                &["subscription", "mode"],
+                format!("device `{id}`: write `mode:` beside `subscription:`, not in it"),
+            ));
+        }
         if texts.as_ref().is_some_and(Vec::is_empty) {
             errors.push(
                 s.error(None, format!("device `{id}`: no `nodes` to read"))
@@ -177,8 +238,44 @@ impl OpcUaSettings {
                 DeviceSecurity::default()
             }
         };
+        let written: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let subscription = match subscription::resolve(
+            &self.subscription,
+            raw_subscription.as_ref(),
+            &written,
+            device.interval,
+        ) {
+            Ok(sub) => sub,
+            Err(problems) => {
+                for p in problems {
+                    let key: Vec<&str> = std::iter::once("subscription")
+                        .chain(p.key.iter().map(String::as_str))
+                        .collect();
+                    errors.push(s.error_at(
+                        &key,
+                        format!(
+                            "device `{id}`: subscription.{}: {}",
+                            p.key.join("."),
+                            p.message
+                        ),
+                    ));
+                }
+                SubscriptionSettings {
+                    publishing_interval: device.interval,
+                    keep_alive_count: DEFAULT_KEEP_ALIVE_COUNT,
+                    lifetime_count: 3 * DEFAULT_KEEP_ALIVE_COUNT,
+                    items: Vec::new(),
+                }
+            }
+        };
+        let mode = mode.or(self.subscription.mode).unwrap_or_default();
         if errors.is_empty() {
-            Ok(OpcUaDevice { nodes, security })
+            Ok(OpcUaDevice {
+                nodes,
+                security,
+                mode,
+                subscription,
+            })
         } else {
             Err(errors)
         }
@@ -193,11 +290,11 @@ pub struct OpcUaConfig;
 
 impl ProtocolConfig for OpcUaConfig {
     fn sections(&self) -> &[&'static str] {
-        &["security", "session"]
+        &["security", "session", "subscription"]
     }
 
     fn device_keys(&self) -> &[&'static str] {
-        &["nodes", "security"]
+        &["nodes", "security", "mode", "subscription"]
     }
 
     fn validate(&self, cfg: &CollectorConfig) -> Vec<ConfigError> {

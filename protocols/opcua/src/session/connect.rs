@@ -3,13 +3,13 @@
 //! was lost, when there is one), the event loop task with the library's
 //! reconnects off, and an actionable reason when the server refuses it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::{DeviceSecurity, Identity};
 use collector_core::ReadError;
 use futures::StreamExt;
-use opcua::client::{SessionConnectMode, SessionPollResult};
+use opcua::client::{SessionConnectMode, SessionPollResult, SubscriptionActivity};
 use opcua::types::{EndpointDescription, StatusCode};
 use tracing::instrument::WithSubscriber;
 
@@ -20,7 +20,7 @@ use super::false_alarms::{quietly, without_false_alarms};
 use super::namespaces::discover;
 use super::pool::LeftBehind;
 use super::wire::GuardedSource;
-use super::Pool;
+use super::{Pool, MONITORED_ITEMS_PER_CALL_CAP};
 
 /// How a connect ended up with its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +126,8 @@ impl Pool {
             tokio::sync::oneshot::channel::<Result<SessionConnectMode, StatusCode>>();
         let loop_alive = alive.clone();
         let loop_url = url.to_string();
+        let subscriptions_lost = Arc::new(AtomicU64::new(0));
+        let loop_lost = subscriptions_lost.clone();
         let loop_task = LoopTask(tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let stream = event_loop.enter();
@@ -139,6 +141,11 @@ impl Pool {
                     }
                     Ok(SessionPollResult::ConnectionLost(code)) => {
                         tracing::debug!(endpoint = %loop_url, %code, "connection lost");
+                    }
+                    Ok(SessionPollResult::Subscription(SubscriptionActivity::PublishFailed(
+                        StatusCode::BadNoSubscription | StatusCode::BadSubscriptionIdInvalid,
+                    ))) => {
+                        loop_lost.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(_) => {}
                     Err(code) => {
@@ -181,7 +188,7 @@ impl Pool {
                 "the connect was cut off (connect_timeout or shutdown) after the server created the session",
             )
         });
-        let (namespace_array, server_max) = match discover(&session).await {
+        let discovered = match discover(&session).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = session.disconnect().await;
@@ -194,8 +201,9 @@ impl Pool {
         if let Some(c) = created.as_mut() {
             c.disarm();
         }
+        let namespace_array = discovered.namespaces;
         let cap = self.cfg.max_nodes_per_read as usize;
-        let max_nodes_per_read = match (server_max, cap) {
+        let max_nodes_per_read = match (discovered.max_nodes_per_read, cap) {
             (0, 0) => usize::MAX,
             (0, c) => c,
             (s, 0) => s,
@@ -218,6 +226,11 @@ impl Pool {
                 namespace_array,
                 remap,
                 max_nodes_per_read,
+                max_monitored_items_per_call: match discovered.max_monitored_items_per_call {
+                    0 => MONITORED_ITEMS_PER_CALL_CAP,
+                    n => n.min(MONITORED_ITEMS_PER_CALL_CAP),
+                },
+                subscriptions_lost: subscriptions_lost.clone(),
                 generation,
             },
             opened,

@@ -52,6 +52,13 @@ pub(crate) struct Live {
     pub(crate) remap: HashMap<u16, Option<u16>>,
     /// Nodes per Read request: min(server's MaxNodesPerRead, our cap).
     pub(crate) max_nodes_per_read: usize,
+    /// Monitored items per CreateMonitoredItems request: min(server's
+    /// MaxMonitoredItemsPerCall, [`super::MONITORED_ITEMS_PER_CALL_CAP`]).
+    pub(crate) max_monitored_items_per_call: usize,
+    /// Publish requests the server answered with BadNoSubscription or
+    /// BadSubscriptionIdInvalid: the server lost this session's
+    /// subscriptions, so each subscriber recreates its own.
+    pub(crate) subscriptions_lost: Arc<AtomicU64>,
     /// Increases with every new session on this endpoint, so readers know
     /// to re-resolve their node ids.
     pub(crate) generation: u64,

@@ -27,3 +27,8 @@ pub(crate) use endpoint::{Endpoint, Live};
 pub(crate) use false_alarms::without_false_alarms;
 pub(crate) use pool::Pool;
 pub(crate) use wire::RECEIVE_CHUNK_SIZE;
+
+/// Upper bound on monitored items per CreateMonitoredItems request, also
+/// when the server states no limit: a 10,000-node device's subscription
+/// is created in requests of a size every server takes.
+pub(crate) const MONITORED_ITEMS_PER_CALL_CAP: usize = 1000;

@@ -33,20 +33,28 @@ impl Endpoint {
     }
 }
 
-/// Reads the namespace array and MaxNodesPerRead in one request.
-pub(super) async fn discover(session: &Session) -> Result<(Vec<String>, usize), ReadError> {
+/// What a session learns about its server at connect.
+pub(super) struct Discovered {
+    pub(super) namespaces: Vec<String>,
+    /// MaxNodesPerRead; 0 = no limit.
+    pub(super) max_nodes_per_read: usize,
+    /// MaxMonitoredItemsPerCall; 0 = no limit.
+    pub(super) max_monitored_items_per_call: usize,
+}
+
+/// Reads the namespace array and the operation limits the collector
+/// honours, in one request.
+pub(super) async fn discover(session: &Session) -> Result<Discovered, ReadError> {
     let ids = [
-        ReadValueId::from(opcua::types::NodeId::from(
-            VariableId::Server_NamespaceArray,
-        )),
-        ReadValueId::from(opcua::types::NodeId::from(
-            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-        )),
-    ];
+        VariableId::Server_NamespaceArray,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    ]
+    .map(|v| ReadValueId::from(opcua::types::NodeId::from(v)));
     let results = session
         .read(&ids, TimestampsToReturn::Neither, 0.0)
         .await
-        .map_err(|e| ReadError::Service(format!("reading NamespaceArray/MaxNodesPerRead: {e}")))?;
+        .map_err(|e| ReadError::Service(format!("reading NamespaceArray/operation limits: {e}")))?;
     let mut namespaces = Vec::new();
     if let Some(Some(Variant::Array(a))) = results.first().map(|dv| dv.value.clone()) {
         for v in &a.values {
@@ -56,9 +64,13 @@ pub(super) async fn discover(session: &Session) -> Result<(Vec<String>, usize), 
             });
         }
     }
-    let max = match results.get(1).and_then(|dv| dv.value.clone()) {
+    let limit = |i: usize| match results.get(i).and_then(|dv| dv.value.clone()) {
         Some(Variant::UInt32(n)) => n as usize,
         _ => 0,
     };
-    Ok((namespaces, max))
+    Ok(Discovered {
+        namespaces,
+        max_nodes_per_read: limit(1),
+        max_monitored_items_per_call: limit(2),
+    })
 }
