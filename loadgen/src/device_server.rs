@@ -1,6 +1,7 @@
 //! Builds and runs the async-opcua server of one simulated device: one TCP port, one
 //! endpoint (security None and anonymous, or the fleet's [`SecureServing`] with its
-//! users), one [`DeviceNodeManager`] and nothing else.
+//! users), one [`DeviceNodeManager`] (reads, browsing and monitored items) and nothing
+//! else.
 
 use std::{
     net::SocketAddr,
@@ -35,7 +36,19 @@ pub struct ServerLimits {
     pub max_message_size: usize,
     /// Maximum chunks per message.
     pub max_chunk_count: usize,
+    /// `MaxMonitoredItemsPerCall` operation limit, enforced (by async-opcua) and served
+    /// at i=11714.
+    pub max_monitored_items_per_call: usize,
+    /// Monitored items per subscription.
+    pub max_monitored_items_per_sub: usize,
+    /// Subscriptions per session.
+    pub max_subscriptions_per_session: usize,
+    /// Serve subscriptions: run the subscription tick and accept monitored items.
+    pub subscriptions: bool,
 }
+
+/// Period of async-opcua's subscription tick in ms.
+const SUBSCRIPTION_TICK_MS: u64 = 100;
 
 /// Builds a server endpoint (policy and mode) for a path and user token ids.
 pub type MakeEndpoint = fn(&str, &[String]) -> ServerEndpoint;
@@ -82,6 +95,8 @@ pub struct DeviceSpec<'a> {
     pub pki_dir: &'a Path,
     /// Serve this secure endpoint instead of security None.
     pub security: Option<&'a SecureServing>,
+    /// Step period of the tag values in ms (`--change-rate`), see [`crate::steps`].
+    pub period_ms: Option<i64>,
 }
 
 /// A started device server.
@@ -160,6 +175,10 @@ pub fn spawn_device(
         tags: spec.tags,
         application_uri: application_uri.clone(),
         max_nodes_per_read: u32::try_from(limits.max_nodes_per_read).unwrap_or(u32::MAX),
+        max_monitored_items_per_call: u32::try_from(limits.max_monitored_items_per_call)
+            .unwrap_or(u32::MAX),
+        period_ms: spec.period_ms,
+        subscriptions: limits.subscriptions,
         device_namespace: spec.device_namespace,
     };
     let mut builder = ServerBuilder::new()
@@ -178,17 +197,23 @@ pub fn spawn_device(
         .max_array_length(limits.max_array_length)
         .max_message_size(limits.max_message_size)
         .max_chunk_count(limits.max_chunk_count)
-        // No monitored items are supported, so there is nothing to tick: saves one
-        // timer wake-up per server every 100 ms.
-        .subscription_poll_interval_ms(0)
+        // The subscription tick (publishing intervals, keep-alives, lifetimes): one
+        // timer wake-up per server every 100 ms, async-opcua's default and its minimum
+        // publishing interval.
+        .subscription_poll_interval_ms(if limits.subscriptions {
+            SUBSCRIPTION_TICK_MS
+        } else {
+            0
+        })
         // Enables the server-wide session counters read by `current_sessions`.
         .diagnostics_enabled(true)
-        .token(token)
+        .token(token.clone())
         .with_node_manager(DeviceNodeManager::builder(
             space,
             counters,
             spec.counters,
             spec.read_faults,
+            token.child_token(),
         ));
     builder = match spec.security {
         None => builder.add_endpoint(
@@ -216,7 +241,12 @@ pub fn spawn_device(
                 .trust_client_certs(true)
         }
     };
-    builder.limits_mut().operational.max_nodes_per_read = limits.max_nodes_per_read;
+    let server_limits = builder.limits_mut();
+    server_limits.operational.max_nodes_per_read = limits.max_nodes_per_read;
+    server_limits.operational.max_monitored_items_per_call = limits.max_monitored_items_per_call;
+    server_limits.subscriptions.max_monitored_items_per_sub = limits.max_monitored_items_per_sub;
+    server_limits.subscriptions.max_subscriptions_per_session =
+        limits.max_subscriptions_per_session;
     let (server, handle) = builder.build().map_err(|message| SimError::Build {
         device: id.clone(),
         message,

@@ -1,9 +1,11 @@
 //! Fault injection: which simulated devices misbehave and how, so that tests can check
 //! that one bad device never hurts the others. Parsed from the CLI syntax
-//! `KIND=SELECTION[:PARAM]` (`dead=0.1`, `slow=3,7:300ms`, `flap=0.1:5s/5s`, ...).
+//! `KIND=SELECTION[:PARAM]` (`dead=0.1`, `slow=3,7:300ms`, `flap=0.1:5s/5s`,
+//! `mute=3:10s/5s`, ...).
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use crate::duration::{parse_duration, DisplayDuration};
 use crate::hostile::Hostile;
 use crate::model;
 
@@ -34,6 +36,17 @@ pub enum Fault {
     /// The handshake and sessions work; every Read response is replaced on the
     /// wire by something broken or malicious (see [`Hostile`]).
     Hostile(Hostile),
+    /// From `after` after the simulator started (once [`crate::Simulator::start`]
+    /// returns), for `duration`, every Publish response is replaced on the wire by a
+    /// ServiceFault `BadTimeout` (same request id and handle): subscriptions look alive
+    /// (the session and Reads work) but deliver nothing, not even keep-alives. Security
+    /// None only (the front rewrites plain chunks).
+    Mute {
+        /// When the window opens, after start.
+        after: Duration,
+        /// How long it lasts.
+        duration: Duration,
+    },
 }
 
 impl Fault {
@@ -46,12 +59,13 @@ impl Fault {
             Fault::BadStatus => "bad-status",
             Fault::MaxSessions(_) => "max-sessions",
             Fault::Hostile(_) => "hostile",
+            Fault::Mute { .. } => "mute",
         }
     }
 }
 
 /// `dead`, `slow:300ms`, `flap:5s/5s`, `bad-status`, `max-sessions:1`,
-/// `hostile:garbage`.
+/// `hostile:garbage`, `mute:10s/5s`.
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -67,6 +81,12 @@ impl fmt::Display for Fault {
             }
             Fault::MaxSessions(n) => write!(f, "max-sessions:{n}"),
             Fault::Hostile(h) => write!(f, "hostile:{h}"),
+            Fault::Mute { after, duration } => write!(
+                f,
+                "mute:{}/{}",
+                DisplayDuration(*after),
+                DisplayDuration(*duration)
+            ),
         }
     }
 }
@@ -105,8 +125,8 @@ pub struct FaultParseError {
 }
 
 const SYNTAX: &str = "expected KIND=SELECTION[:PARAM] with KIND one of dead, slow, flap, \
-     bad-status, max-sessions, hostile (e.g. dead=0.1, dead=3,7, slow=0.1:3s, flap=0.1:5s/5s, \
-     bad-status=0.05, max-sessions=1, hostile=3:garbage)";
+     bad-status, max-sessions, hostile, mute (e.g. dead=0.1, dead=3,7, slow=0.1:3s, \
+     flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, hostile=3:garbage, mute=3:10s/5s)";
 
 impl FromStr for FaultSpec {
     type Err = FaultParseError;
@@ -116,8 +136,9 @@ impl FromStr for FaultSpec {
     /// * SELECTION is a fraction with a decimal point (`0.1`, `1.0`), `all`, or a device
     ///   list (`3,7` or `dev-00003,dev-00007`); a plain integer is a device index;
     /// * `dead` and `bad-status` take no PARAM; `slow` takes a delay (`300ms`, `3s`),
-    ///   `flap` `UP/DOWN` (`5s/5s`), `max-sessions` a positive count and `hostile` a
-    ///   kind (`garbage`, `huge-array`, `deep-nesting`, `huge-string`, `trickle`); for
+    ///   `flap` `UP/DOWN` (`5s/5s`), `max-sessions` a positive count, `hostile` a
+    ///   kind (`garbage`, `huge-array`, `deep-nesting`, `huge-string`, `trickle`) and
+    ///   `mute` `AFTER/FOR` (`10s/5s`, FOR positive); for
     ///   those a value without `:` is the PARAM alone and selects all devices
     ///   (`max-sessions=1`, `slow=300ms`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -178,6 +199,20 @@ impl FromStr for FaultSpec {
                 let (select, param) = with_param()?;
                 (Fault::Hostile(param.parse().map_err(err)?), select)
             }
+            "mute" => {
+                let (select, param) = with_param()?;
+                let (after, duration) = param
+                    .split_once('/')
+                    .ok_or_else(|| err("mute needs AFTER/FOR such as 3:10s/5s".to_string()))?;
+                let after =
+                    parse_duration(after).map_err(|e| err(format!("mute start (AFTER): {e}")))?;
+                let duration = parse_duration(duration)
+                    .map_err(|e| err(format!("mute duration (FOR): {e}")))?;
+                if duration.is_zero() {
+                    return Err(err("mute duration (FOR) must be positive".to_string()));
+                }
+                (Fault::Mute { after, duration }, select)
+            }
             other => return Err(err(format!("unknown fault kind `{other}`; {SYNTAX}"))),
         };
         Ok(FaultSpec { fault, select })
@@ -209,6 +244,14 @@ impl fmt::Display for FaultSpec {
             }
             Fault::MaxSessions(n) => write!(f, ":{n}"),
             Fault::Hostile(h) => write!(f, ":{h}"),
+            Fault::Mute { after, duration } => {
+                write!(
+                    f,
+                    ":{}/{}",
+                    DisplayDuration(after),
+                    DisplayDuration(duration)
+                )
+            }
         }
     }
 }
@@ -246,46 +289,6 @@ fn parse_selection(s: &str) -> Result<Selection, String> {
         }
     }
     Ok(Selection::Devices(list))
-}
-
-/// Parse `300ms`, `3s`, `1.5s`, `2m` or `250us`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{s}` has no unit (ms, s, m)"))?;
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as 300ms or 3s"))?;
-    let seconds = match unit {
-        "us" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{s}` (use us, ms, s or m)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-struct DisplayDuration(Duration);
-
-impl fmt::Display for DisplayDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_nanos() == 0 {
-            write!(f, "{}s", d.as_secs())
-        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-            write!(f, "{}ms", d.as_millis())
-        } else {
-            write!(f, "{}us", d.as_micros())
-        }
-    }
 }
 
 /// A fixed 64-bit mix (splitmix64), the deterministic shuffle key of a device index.
@@ -399,6 +402,18 @@ mod tests {
             p("max-sessions=4,5:2").select,
             Selection::Devices(vec![4, 5])
         );
+        assert_eq!(
+            p("mute=3:10s/5s"),
+            FaultSpec {
+                fault: Fault::Mute {
+                    after: Duration::from_secs(10),
+                    duration: Duration::from_secs(5)
+                },
+                select: Selection::Devices(vec![3])
+            }
+        );
+        assert_eq!(p("mute=0s/1500ms").select, Selection::All);
+        assert_eq!(p("mute=0.5:0s/2s").select, Selection::Fraction(0.5));
     }
 
     #[test]
@@ -412,6 +427,8 @@ mod tests {
             "flap=2:5s/1500ms",
             "bad-status=0.05",
             "max-sessions=all:1",
+            "mute=3:10s/5s",
+            "mute=all:0s/1500ms",
         ] {
             assert_eq!(p(s).to_string(), s);
             assert_eq!(p(&p(s).to_string()), p(s));
@@ -433,6 +450,9 @@ mod tests {
             ("flap=0.1:0s/1s", "positive"),
             ("max-sessions=0.1:x", "session count"),
             ("max-sessions=0", "at least 1"),
+            ("mute=3:10s", "AFTER/FOR"),
+            ("mute=3:1s/0s", "must be positive"),
+            ("mute=3:x/1s", "mute start (AFTER)"),
         ] {
             let e = s.parse::<FaultSpec>().unwrap_err();
             assert!(e.to_string().contains(needle), "{s}: {e}");

@@ -4,7 +4,8 @@
 //! Owning the accept loop is what lets the simulator count connection attempts and
 //! open sessions per endpoint (async-opcua has no hooks for either), play dead devices
 //! (accept and reset), flap (close the port and drop connections, then listen again on
-//! the same port) and restart a device's server behind an unchanged port.
+//! the same port), rewrite responses (`hostile`, `mute`) and restart a device's server
+//! behind an unchanged port.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::{
     hostile::{self, Hostile},
+    mute::{self, MuteWindow},
     sniff::ChunkScanner,
     stats::{ConnectionSessions, DeviceCounters},
 };
@@ -36,6 +38,8 @@ pub(crate) struct FrontMode {
     pub flap: Option<(Duration, Duration, Duration)>,
     /// Replace every Read response (the handshake passes).
     pub hostile: Option<Hostile>,
+    /// Replace every Publish response during this window (ignored with `hostile`).
+    pub mute: Option<MuteWindow>,
 }
 
 struct Shared {
@@ -192,7 +196,7 @@ async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, mode: FrontMo
                 let token = shared.epoch();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = relay(stream, &shared, mode.hostile) => {}
+                        _ = relay(stream, &shared, mode) => {}
                         _ = token.cancelled() => {}
                     }
                 });
@@ -207,7 +211,7 @@ async fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, mode: FrontMo
 }
 
 /// Relay one connection to the device's server, counting the sessions on it.
-async fn relay(client: TcpStream, shared: &Shared, hostile: Option<Hostile>) {
+async fn relay(client: TcpStream, shared: &Shared, mode: FrontMode) {
     let target = *shared.target.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(target) = target else {
         return;
@@ -227,8 +231,14 @@ async fn relay(client: TcpStream, shared: &Shared, hostile: Option<Hostile>) {
     let mut sessions = ConnectionSessions::new(&shared.counters);
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = async {
-        if let Some(kind) = hostile {
+        if let Some(kind) = mode.hostile {
             return hostile::relay(kind, &mut server_read, &mut client_write, |e| {
+                sessions.on_event(e)
+            })
+            .await;
+        }
+        if let Some(window) = mode.mute {
+            return mute::relay(window, &mut server_read, &mut client_write, |e| {
                 sessions.on_event(e)
             })
             .await;

@@ -83,14 +83,16 @@ const MAX_CHUNK: usize = 1 << 20;
 /// receive buffer).
 const PART: usize = 8 * 1024;
 /// Chunk header (8), channel id, token id, sequence number, request id.
-const CHUNK_HEAD: usize = 24;
+pub(crate) const CHUNK_HEAD: usize = 24;
 /// Nesting levels of [`Hostile::DeepNesting`].
 const DEPTH: usize = 100_000;
 /// Length of [`Hostile::HugeString`]'s string.
 const HUGE_STRING: usize = 100_000_000;
 
 /// One chunk from `r` (header included), `None` at the end of the stream.
-async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) async fn read_chunk<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = [0u8; 8];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
@@ -247,7 +249,7 @@ fn response_body(original: &[u8], value: &[u8]) -> Vec<u8> {
 
 /// The request handle in a response chunk's ResponseHeader (zero if the
 /// type id is not in a form this module writes).
-fn request_handle(chunk: &[u8]) -> [u8; 4] {
+pub(crate) fn request_handle(chunk: &[u8]) -> [u8; 4] {
     let body = match chunk.get(CHUNK_HEAD) {
         Some(0x00) => CHUNK_HEAD + 2,
         Some(0x01) => CHUNK_HEAD + 4,
@@ -261,7 +263,7 @@ fn request_handle(chunk: &[u8]) -> [u8; 4] {
 }
 
 /// A message body: `prefix`, `filler` bytes of `x`, `suffix`.
-struct Body {
+pub(crate) struct Body {
     prefix: Vec<u8>,
     filler: usize,
     suffix: Vec<u8>,
@@ -269,7 +271,8 @@ struct Body {
 }
 
 impl Body {
-    fn whole(bytes: &[u8]) -> Body {
+    /// A body of these bytes.
+    pub(crate) fn whole(bytes: &[u8]) -> Body {
         Body {
             prefix: bytes.to_vec(),
             filler: 0,
@@ -306,7 +309,7 @@ impl Body {
 /// Writes `body` as a message in chunks of [`PART`] bytes, with the
 /// channel, token and request ids of `original` and consecutive sequence
 /// numbers from its own.
-async fn write_message<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_message<W: AsyncWrite + Unpin>(
     client: &mut W,
     original: &[u8],
     body: &mut Body,

@@ -9,16 +9,20 @@
 
 mod device_file;
 mod device_server;
+mod duration;
 mod error;
 mod fault;
 mod front;
 mod hostile;
 pub mod model;
+mod monitor;
+mod mute;
 mod node_manager;
 pub mod nodes;
 mod sim;
 mod sniff;
 mod stats;
+pub mod steps;
 
 pub use error::SimError;
 pub use fault::{Fault, FaultParseError, FaultSpec, Selection};

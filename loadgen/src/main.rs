@@ -64,12 +64,26 @@ struct ServeArgs {
     /// Maximum sessions per device.
     #[arg(long, default_value_t = 100)]
     max_sessions: u32,
+    /// Step model: every tag changes R times per second (0 < R <= 1000; 0.1 = a tenth
+    /// of the tags per second), holding each value round(1000/R) ms, served (Read and
+    /// subscriptions) with the step's start as source timestamp. Default: values
+    /// computed at the instant of each read.
+    #[arg(long, value_name = "R", value_parser = parse_change_rate)]
+    change_rate: Option<f64>,
+    /// Serve subscriptions without a change rate (implied by --change-rate): costs
+    /// one timer wake-up per device every 100 ms.
+    #[arg(long)]
+    subscriptions: bool,
+    /// MaxMonitoredItemsPerCall operation limit served (i=11714) and enforced by every device.
+    #[arg(long, default_value_t = 1000)]
+    max_monitored_items_per_call: u32,
     /// Write the device file (YAML) for the collector here once all devices listen.
     #[arg(long)]
     write_devices: Option<PathBuf>,
     /// Inject a fault, KIND=SELECTION[:PARAM] (repeatable): dead=0.1, dead=3,7,
     /// slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, max-sessions=0.1:1,
-    /// hostile=3:garbage (huge-array, deep-nesting, huge-string, trickle).
+    /// hostile=3:garbage (huge-array, deep-nesting, huge-string, trickle),
+    /// mute=3:10s/5s (from 10 s after start, for 5 s, Publish answers BadTimeout).
     #[arg(long = "fault", value_name = "KIND=SELECTION[:PARAM]")]
     faults: Vec<FaultSpec>,
     /// Serve per-device counters as JSON at GET /stats on this address (e.g. 127.0.0.1:9100).
@@ -87,6 +101,16 @@ struct ServeArgs {
     /// generated once and shared by all devices).
     #[arg(long, default_value = "opc-loadgen-pki")]
     pki_dir: PathBuf,
+}
+
+/// `--change-rate`: a number in `(0, 1000]`.
+fn parse_change_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number such as 0.1 or 2"))?;
+    opc_loadgen::steps::check_change_rate(rate)?;
+    Ok(rate)
 }
 
 /// The secure endpoint settings from `--security`/`--user`/`--pki-dir`.
@@ -165,6 +189,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_sessions: args.max_sessions,
         faults: args.faults.clone(),
         security: sim_security(&args)?,
+        change_rate: args.change_rate,
+        subscriptions: args.subscriptions,
+        max_monitored_items_per_call: args.max_monitored_items_per_call,
     };
     let sim = Simulator::start(cfg)
         .await

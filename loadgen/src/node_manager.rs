@@ -1,5 +1,6 @@
 //! The async-opcua `NodeManager` of a device server: plugs [`crate::nodes::DeviceSpace`]
-//! into the server in place of the (heavy) generated core address space.
+//! into the server in place of the (heavy) generated core address space, and serves its
+//! monitored items through [`crate::monitor`].
 
 use std::{
     sync::{
@@ -10,16 +11,24 @@ use std::{
 };
 
 use async_trait::async_trait;
-use opcua::types::{DateTime, NodeClass, NodeId, ReferenceTypeId, StatusCode, TimestampsToReturn};
+use opcua::types::{
+    AttributeId, DateTime, MonitoringMode, NodeClass, NodeId, NumericRange, ReferenceTypeId,
+    StatusCode, TimestampsToReturn,
+};
 use opcua_nodes::DefaultTypeTree;
 use opcua_server::{
     diagnostics::NamespaceMetadata,
-    node_manager::{BrowseNode, NodeManager, ReadNode, RequestContext, ServerContext},
-    ServerStatusWrapper,
+    node_manager::{
+        BrowseNode, MonitoredItemRef, MonitoredItemUpdateRef, NodeManager, ParsedReadValueId,
+        ReadNode, RequestContext, ServerContext,
+    },
+    CreateMonitoredItem, ServerStatusWrapper,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     model,
+    monitor::{Monitor, NewItem, Source},
     nodes::{DeviceSpace, Node, StatusSnapshot, SHIFTED_NAMESPACE_URI},
     stats::DeviceCounters,
 };
@@ -49,23 +58,37 @@ pub struct DeviceNodeManager {
     counters: Arc<Counters>,
     device: Arc<DeviceCounters>,
     faults: ReadFaults,
+    monitor: Monitor,
 }
 
 impl DeviceNodeManager {
-    /// Builder closure for `ServerBuilder::with_node_manager`.
+    /// Builder closure for `ServerBuilder::with_node_manager`; the sampler of monitored
+    /// items stops with `token` (the server's) or with the node manager.
     pub(crate) fn builder(
         space: DeviceSpace,
         counters: Arc<Counters>,
         device: Arc<DeviceCounters>,
         faults: ReadFaults,
+        token: CancellationToken,
     ) -> impl FnOnce(ServerContext) -> DeviceNodeManager {
         move |ctx: ServerContext| DeviceNodeManager {
+            monitor: Monitor::new(space.device, space.period_ms, device.clone(), token),
             space,
             status: ctx.status.clone(),
             counters,
             device,
             faults,
         }
+    }
+}
+
+/// Live server status for the namespace 0 variables.
+fn snapshot(status: &ServerStatusWrapper, service_level: u8) -> StatusSnapshot {
+    StatusSnapshot {
+        state: status.state(),
+        start_time: status.start_time(),
+        build_info: status.build_info(),
+        service_level,
     }
 }
 
@@ -101,13 +124,20 @@ impl NodeManager for DeviceNodeManager {
             .collect()
     }
 
-    async fn init(&self, type_tree: &mut DefaultTypeTree, _context: ServerContext) {
+    async fn init(&self, type_tree: &mut DefaultTypeTree, context: ServerContext) {
         let namespaces = type_tree.namespaces_mut();
         namespaces.add_namespace(&self.space.application_uri);
         for i in model::DEVICE_NAMESPACE_INDEX..self.space.device_namespace {
             namespaces.add_namespace(&format!("{SHIFTED_NAMESPACE_URI}:{i}"));
         }
         namespaces.add_namespace(model::NAMESPACE_URI);
+        let status = self.status.clone();
+        let level = context.info.service_level.clone();
+        let source = Source {
+            space: self.space.clone(),
+            status: Box::new(move || snapshot(&status, level.load(Ordering::Relaxed))),
+        };
+        self.monitor.start(source, context.subscriptions.clone());
     }
 
     async fn read(
@@ -132,11 +162,11 @@ impl NodeManager for DeviceNodeManager {
             return Ok(());
         }
         let now = now_ms();
-        let status = || StatusSnapshot {
-            state: self.status.state(),
-            start_time: self.status.start_time(),
-            build_info: self.status.build_info(),
-            service_level: context.info.service_level.load(Ordering::Relaxed),
+        let status = || {
+            snapshot(
+                &self.status,
+                context.info.service_level.load(Ordering::Relaxed),
+            )
         };
         for node in nodes_to_read.iter_mut() {
             let item = node.node();
@@ -150,6 +180,95 @@ impl NodeManager for DeviceNodeManager {
             node.set_result(result);
         }
         Ok(())
+    }
+
+    /// Each item: the node resolved as a Read does (unknown: `BadNodeIdUnknown`, an
+    /// attribute the node lacks: `BadAttributeIdInvalid`), its initial value a Read of
+    /// the whole value with both timestamps (bad tags: their Bad status). With a change
+    /// rate, a tag's Value item samples at most every step period (its sampling interval
+    /// is revised down to the period) so that no step change is held back.
+    async fn create_monitored_items(
+        &self,
+        context: &RequestContext,
+        items: &mut [&mut CreateMonitoredItem],
+    ) -> Result<(), StatusCode> {
+        if !self.space.subscriptions {
+            return Err(StatusCode::BadServiceUnsupported);
+        }
+        let now = now_ms();
+        let status = || {
+            snapshot(
+                &self.status,
+                context.info.service_level.load(Ordering::Relaxed),
+            )
+        };
+        for item in items.iter_mut() {
+            let target = item.item_to_monitor();
+            let Some(node) = self.space.resolve(&target.node_id) else {
+                item.set_status(StatusCode::BadNodeIdUnknown);
+                continue;
+            };
+            // The server applies the index range to every value it is handed.
+            let whole = ParsedReadValueId {
+                index_range: NumericRange::None,
+                ..target.clone()
+            };
+            let initial = self
+                .space
+                .read(node, &whole, TimestampsToReturn::Both, now, &status);
+            if initial.status == Some(StatusCode::BadAttributeIdInvalid) {
+                item.set_status(StatusCode::BadAttributeIdInvalid);
+                continue;
+            }
+            if let (Some(period), Node::Tag(_), AttributeId::Value) =
+                (self.space.period_ms, node, whole.attribute_id)
+            {
+                item.revise_sampling_interval(period as f64);
+            }
+            self.monitor.add(NewItem {
+                handle: item.handle(),
+                node_id: &whole.node_id,
+                attribute: whole.attribute_id,
+                node,
+                sampling_interval_ms: item.sampling_interval(),
+                mode: item.monitoring_mode(),
+                initial: &initial,
+            });
+            item.set_initial_value(initial);
+            item.set_status(StatusCode::Good);
+        }
+        Ok(())
+    }
+
+    async fn modify_monitored_items(
+        &self,
+        _context: &RequestContext,
+        items: &[&MonitoredItemUpdateRef],
+    ) {
+        for item in items.iter().filter(|i| i.status_code().is_good()) {
+            self.monitor.set_interval(
+                item.handle(),
+                item.node_id(),
+                item.update().revised_sampling_interval,
+            );
+        }
+    }
+
+    async fn set_monitoring_mode(
+        &self,
+        _context: &RequestContext,
+        mode: MonitoringMode,
+        items: &[&MonitoredItemRef],
+    ) {
+        for item in items {
+            self.monitor.set_mode(item.handle(), item.node_id(), mode);
+        }
+    }
+
+    async fn delete_monitored_items(&self, _context: &RequestContext, items: &[&MonitoredItemRef]) {
+        for item in items {
+            self.monitor.remove(item.handle(), item.node_id());
+        }
     }
 
     /// Browse: the Objects folder organizes the device's tags (so an

@@ -2,8 +2,9 @@
 //! attributes, and how a Read of each is answered, without storing any node.
 //!
 //! Nothing is kept per node: a node id is parsed back into a [`Node`] on every read and
-//! tag values are computed from [`crate::model::value_at`], which is what keeps a device
-//! server down to a few kilobytes.
+//! tag values are computed from [`crate::model::value_at`] (or, with a change rate, from
+//! the step model of [`crate::steps`]), which is what keeps a device server down to a few
+//! kilobytes.
 
 use opcua::types::{
     AttributeId, DataTypeId, DataValue, DateTime, ExtensionObject, Identifier, LocalizedText,
@@ -14,7 +15,10 @@ use opcua::types::{
 
 use opcua_server::node_manager::ParsedReadValueId;
 
-use crate::model::{self, ModelValue, TagKind, DEVICE_NAMESPACE_INDEX};
+use crate::{
+    model::{self, ModelValue, TagKind, DEVICE_NAMESPACE_INDEX},
+    steps,
+};
 
 /// URI of the OPC UA base namespace (index 0).
 pub const OPC_UA_NAMESPACE_URI: &str = "http://opcfoundation.org/UA/";
@@ -24,7 +28,7 @@ pub const OPC_UA_NAMESPACE_URI: &str = "http://opcfoundation.org/UA/";
 pub const SHIFTED_NAMESPACE_URI: &str = "urn:opc-loadgen:shifted";
 
 /// The namespace 0 variables every simulated server serves (numeric ids in namespace 0).
-pub const SERVED_NS0_VARIABLES: [VariableId; 8] = [
+pub const SERVED_NS0_VARIABLES: [VariableId; 9] = [
     VariableId::Server_ServerArray,
     VariableId::Server_NamespaceArray,
     VariableId::Server_ServerStatus,
@@ -33,6 +37,7 @@ pub const SERVED_NS0_VARIABLES: [VariableId; 8] = [
     VariableId::Server_ServerStatus_State,
     VariableId::Server_ServiceLevel,
     VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
 ];
 
 /// A node of the virtual address space.
@@ -57,6 +62,13 @@ pub struct DeviceSpace {
     pub application_uri: String,
     /// Value served as `MaxNodesPerRead`.
     pub max_nodes_per_read: u32,
+    /// Value served as `MaxMonitoredItemsPerCall` (i=11714).
+    pub max_monitored_items_per_call: u32,
+    /// Step period in ms with a change rate ([`crate::steps`]); `None`: tag values are
+    /// [`model::value_at`] the instant of the read.
+    pub period_ms: Option<i64>,
+    /// Whether monitored items are accepted (see [`crate::SimConfig::subscriptions`]).
+    pub subscriptions: bool,
     /// Namespace index of the device tags: [`DEVICE_NAMESPACE_INDEX`], or more after a
     /// restart that shifted the namespace array (placeholder URIs fill the gap).
     pub device_namespace: u16,
@@ -182,6 +194,23 @@ impl DeviceSpace {
         }
     }
 
+    /// The whole Value of `node` (no index range) at `now`, with both timestamps, as a
+    /// Read returns it: what monitored items are sampled with.
+    pub fn sample_value(
+        &self,
+        node: Node,
+        now: DateTime,
+        status: &dyn Fn() -> StatusSnapshot,
+    ) -> DataValue {
+        self.read_value(
+            node,
+            &NumericRange::None,
+            TimestampsToReturn::Both,
+            now,
+            status,
+        )
+    }
+
     fn read_value(
         &self,
         node: Node,
@@ -190,11 +219,20 @@ impl DeviceSpace {
         now: DateTime,
         status: &dyn Fn() -> StatusSnapshot,
     ) -> DataValue {
+        // The source timestamp: now, or the start of the tag's current step.
+        let mut source_ts = now;
         let value = match node {
             Node::Tag(tag) if model::is_bad(tag) => None,
             Node::Tag(tag) => {
                 let at_ms = now.as_chrono().timestamp_millis();
-                Some(model_to_variant(model::value_at(self.device, tag, at_ms)))
+                match self.period_ms {
+                    Some(period) => {
+                        let (start, value) = steps::step_at(self.device, tag, at_ms, period);
+                        source_ts = datetime_ms(start).unwrap_or(now);
+                        Some(model_to_variant(value))
+                    }
+                    None => Some(model_to_variant(model::value_at(self.device, tag, at_ms))),
+                }
             }
             Node::Server(id) => Some(self.server_value(id, now, &status())),
             Node::Objects => None,
@@ -208,9 +246,9 @@ impl DeviceSpace {
             },
         };
         let (source, server) = match timestamps {
-            TimestampsToReturn::Source => (Some(now), None),
+            TimestampsToReturn::Source => (Some(source_ts), None),
             TimestampsToReturn::Server => (None, Some(now)),
-            TimestampsToReturn::Both => (Some(now), Some(now)),
+            TimestampsToReturn::Both => (Some(source_ts), Some(now)),
             TimestampsToReturn::Neither | TimestampsToReturn::Invalid => (None, None),
         };
         DataValue {
@@ -244,6 +282,9 @@ impl DeviceSpace {
             VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead => {
                 self.max_nodes_per_read.into()
             }
+            VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall => {
+                self.max_monitored_items_per_call.into()
+            }
             _ => Variant::Empty,
         }
     }
@@ -261,6 +302,12 @@ impl DeviceSpace {
             type_definition: NodeId::from(VariableTypeId::BaseDataVariableType).into(),
         }
     }
+}
+
+/// The OPC UA date and time of `ms` milliseconds since the Unix epoch (`None` out of
+/// chrono's range).
+pub fn datetime_ms(ms: i64) -> Option<DateTime> {
+    chrono::DateTime::from_timestamp_millis(ms).map(DateTime::from)
 }
 
 fn status_only(code: StatusCode) -> DataValue {
@@ -337,6 +384,9 @@ mod tests {
             tags: 20,
             application_uri: "urn:x".into(),
             max_nodes_per_read: 1000,
+            max_monitored_items_per_call: 1000,
+            period_ms: None,
+            subscriptions: true,
             device_namespace: DEVICE_NAMESPACE_INDEX,
         }
     }
@@ -381,6 +431,54 @@ mod tests {
         // The Objects folder (browsed by the operator tools); not the root.
         assert_eq!(s.resolve(&NodeId::new(0, 85u32)), Some(Node::Objects));
         assert_eq!(s.resolve(&NodeId::new(0, 84u32)), None);
+    }
+
+    fn snapshot() -> StatusSnapshot {
+        StatusSnapshot {
+            state: ServerState::Running,
+            start_time: DateTime::now(),
+            build_info: Default::default(),
+            service_level: 255,
+        }
+    }
+
+    #[test]
+    fn stepped_reads_carry_the_step_start() {
+        let s = DeviceSpace {
+            period_ms: Some(500),
+            ..space()
+        };
+        let now_ms = 1_767_225_600_123;
+        let now = datetime_ms(now_ms).unwrap();
+        for tag in [0, 2, 5, 15] {
+            let dv = s.sample_value(Node::Tag(tag), now, &snapshot);
+            let (start, value) = steps::step_at(3, tag, now_ms, 500);
+            assert_eq!(dv.value, Some(model_to_variant(value)), "tag {tag}");
+            assert_eq!(dv.source_timestamp, datetime_ms(start));
+            assert_eq!(dv.server_timestamp, Some(now));
+            assert_eq!(dv.status, Some(StatusCode::Good));
+        }
+        let bad = s.sample_value(Node::Tag(7), now, &snapshot);
+        assert_eq!(bad.value, None);
+        assert_eq!(
+            bad.status,
+            Some(StatusCode::from(model::BAD_SENSOR_FAILURE))
+        );
+        // Without a change rate: the model at the instant of the read.
+        let dv = space().sample_value(Node::Tag(2), now, &snapshot);
+        assert_eq!(
+            dv.value,
+            Some(model_to_variant(model::value_at(3, 2, now_ms)))
+        );
+        assert_eq!(dv.source_timestamp, Some(now));
+        let limit = s.sample_value(
+            Node::Server(
+                VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+            ),
+            now,
+            &snapshot,
+        );
+        assert_eq!(limit.value, Some(Variant::UInt32(1000)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Per-endpoint counters (sessions, connection attempts, reads) that tests assert on,
+//! Per-endpoint counters (sessions, connection attempts, reads, monitored items) that tests assert on,
 //! their JSON rendering and the tiny HTTP server behind `opc-loadgen serve --stats-addr`.
 
 use std::{
@@ -25,6 +25,12 @@ pub(crate) struct DeviceCounters {
     pub connection_attempts: AtomicU64,
     pub reads: AtomicU64,
     pub listening: AtomicBool,
+    /// Monitored items the device's server holds now.
+    pub monitored_items: AtomicU64,
+    /// Monitored items created since start.
+    pub monitored_items_created: AtomicU64,
+    /// Data changes handed to the server's subscriptions (one per monitored item).
+    pub data_change_notifications: AtomicU64,
 }
 
 impl DeviceCounters {
@@ -111,6 +117,13 @@ pub struct DeviceStats {
     pub listening: bool,
     /// Current namespace index of the device tags (2, or 3 after a shifting restart).
     pub namespace_index: u16,
+    /// Monitored items the device's server holds now (all sessions and subscriptions).
+    pub monitored_items: u64,
+    /// Monitored items successfully created since start.
+    pub monitored_items_created: u64,
+    /// Data changes the device handed to its subscriptions since start, one per
+    /// monitored item and change (initial values not included); see the README.
+    pub data_change_notifications: u64,
 }
 
 impl DeviceStats {
@@ -133,6 +146,9 @@ impl DeviceStats {
             server_sessions,
             listening: c.listening.load(Ordering::Relaxed),
             namespace_index,
+            monitored_items: c.monitored_items.load(Ordering::Relaxed),
+            monitored_items_created: c.monitored_items_created.load(Ordering::Relaxed),
+            data_change_notifications: c.data_change_notifications.load(Ordering::Relaxed),
         }
     }
 }
@@ -159,14 +175,16 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
         out,
         "{{\"devices\":{},\"open_sessions\":{},\"total_sessions\":{},\"reads\":{},\
          \"nodes_read\":{},\"peak_sessions_per_endpoint\":{},\"connection_attempts\":{},\
-         \"per_device\":[",
+         \"monitored_items\":{},\"data_change_notifications\":{},\"per_device\":[",
         total.devices,
         total.open_sessions,
         total.total_sessions,
         total.reads,
         total.nodes_read,
         total.peak_sessions_per_endpoint,
-        total.connection_attempts
+        total.connection_attempts,
+        total.monitored_items,
+        total.data_change_notifications
     );
     for (i, d) in devices.iter().enumerate() {
         if i > 0 {
@@ -185,7 +203,8 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
             out,
             "],\"current_sessions\":{},\"peak_sessions\":{},\"sessions_created\":{},\
              \"connection_attempts\":{},\"reads\":{},\"server_sessions\":{},\"listening\":{},\
-             \"namespace_index\":{}}}",
+             \"namespace_index\":{},\"monitored_items\":{},\"monitored_items_created\":{},\
+             \"data_change_notifications\":{}}}",
             d.current_sessions,
             d.peak_sessions,
             d.sessions_created,
@@ -193,7 +212,10 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
             d.reads,
             d.server_sessions,
             d.listening,
-            d.namespace_index
+            d.namespace_index,
+            d.monitored_items,
+            d.monitored_items_created,
+            d.data_change_notifications
         );
     }
     out.push_str("]}\n");

@@ -60,6 +60,7 @@ fn serve_with_faults_and_stats_endpoint() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
         .args(["serve", "--devices", "4", "--tags", "2", "--port-base", "0"])
         .args(["--fault", "dead=1", "--fault", "slow=2,3:300ms"])
+        .args(["--fault", "mute=0:1s/2s", "--change-rate", "2"])
         .args(["--stats-addr", &stats_addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -87,6 +88,14 @@ fn serve_with_faults_and_stats_endpoint() {
         response.contains("\"id\":\"dev-00003\",\"faults\":[\"slow:300ms\"],"),
         "{response}"
     );
+    assert!(
+        response.contains("\"id\":\"dev-00000\",\"faults\":[\"mute:1s/2s\"],"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\"monitored_items_created\":0,\"data_change_notifications\":0}"),
+        "{response}"
+    );
 }
 
 #[test]
@@ -102,4 +111,21 @@ fn invalid_fault_is_a_clear_error() {
         stderr.contains("invalid fault `slow=0.1`: slow needs a delay such as 0.1:3s"),
         "{stderr}"
     );
+}
+
+#[test]
+fn change_rate_out_of_range_is_a_clear_error() {
+    for rate in ["0", "1000.5", "-2", "x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
+            .args(["serve", "--devices", "1", "--port-base", "0"])
+            .arg(format!("--change-rate={rate}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--change-rate {rate} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("out of range") || stderr.contains("is not a number"),
+            "{stderr}"
+        );
+    }
 }

@@ -28,6 +28,19 @@ pub struct SimConfig {
     pub faults: Vec<FaultSpec>,
     /// Serve a secure endpoint (with users) instead of security None.
     pub security: Option<SimSecurity>,
+    /// Step model (`--change-rate R`, default `None`): every tag changes `R` times per
+    /// second (`0 < R <= 1000`), holding each value for a period of `round(1000 / R)` ms
+    /// served with the step's start as source timestamp; see [`crate::steps`]. `None`:
+    /// values are computed at the instant of each read or sample.
+    pub change_rate: Option<f64>,
+    /// Serve subscriptions (default false; implied by `change_rate`): runs
+    /// async-opcua's subscription tick, one timer wake-up per device server every
+    /// 100 ms (~8 % of a core per 1,000 idle devices), which a polling fleet does not
+    /// need. Without it monitored items are refused (`BadServiceUnsupported`).
+    pub subscriptions: bool,
+    /// `MaxMonitoredItemsPerCall` operation limit, served at i=11714 and enforced
+    /// (default 1000).
+    pub max_monitored_items_per_call: u32,
 }
 
 impl Default for SimConfig {
@@ -42,6 +55,9 @@ impl Default for SimConfig {
             max_sessions: 100,
             faults: Vec::new(),
             security: None,
+            change_rate: None,
+            subscriptions: false,
+            max_monitored_items_per_call: 1000,
         }
     }
 }

@@ -15,9 +15,10 @@ use crate::{
     fault::{self, Fault},
     front::{Front, FrontMode},
     model,
+    mute::MuteWindow,
     node_manager::Counters,
     stats::DeviceCounters,
-    SimError,
+    steps, SimError,
 };
 
 use super::{
@@ -43,10 +44,18 @@ impl Simulator {
         if cfg.first_device.checked_add(cfg.devices).is_none() {
             return Err(SimError::Config("device indexes overflow u32".into()));
         }
-        if cfg.max_nodes_per_read == 0 || cfg.max_sessions == 0 {
+        if cfg.max_nodes_per_read == 0
+            || cfg.max_sessions == 0
+            || cfg.max_monitored_items_per_call == 0
+        {
             return Err(SimError::Config(
-                "max_nodes_per_read and max_sessions must be positive".into(),
+                "max_nodes_per_read, max_sessions and max_monitored_items_per_call must be \
+                 positive"
+                    .into(),
             ));
+        }
+        if let Some(rate) = cfg.change_rate {
+            steps::check_change_rate(rate).map_err(SimError::Config)?;
         }
         let pki = pki_dir();
         std::fs::create_dir_all(&pki).map_err(|source| SimError::Io {
@@ -127,6 +136,8 @@ impl Simulator {
         }
         let mut slots = Vec::with_capacity(pending.len());
         let mut flapping = 0u32;
+        // The instant `mute` windows count from: the fronts start now and `start` returns.
+        let fronts_start = tokio::time::Instant::now();
         for (i, (listener, public, server, faults, counters)) in pending.into_iter().enumerate() {
             let mode = FrontMode {
                 dead: faults.contains(&Fault::Dead),
@@ -142,6 +153,13 @@ impl Simulator {
                 }),
                 hostile: faults.iter().find_map(|f| match f {
                     Fault::Hostile(h) => Some(*h),
+                    _ => None,
+                }),
+                mute: faults.iter().find_map(|f| match f {
+                    Fault::Mute { after, duration } => Some(MuteWindow {
+                        from: fronts_start + *after,
+                        until: fronts_start + *after + *duration,
+                    }),
                     _ => None,
                 }),
             };
@@ -228,6 +246,29 @@ impl Simulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rejects_bad_change_rates_and_limits() {
+        for cfg in [
+            SimConfig {
+                change_rate: Some(0.0),
+                ..Default::default()
+            },
+            SimConfig {
+                change_rate: Some(1001.0),
+                ..Default::default()
+            },
+            SimConfig {
+                max_monitored_items_per_call: 0,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                Simulator::start(cfg).await,
+                Err(SimError::Config(_))
+            ));
+        }
+    }
 
     #[tokio::test]
     async fn rejects_port_overflow() {

@@ -17,10 +17,13 @@ use crate::{
     model,
     node_manager::ReadFaults,
     stats::DeviceCounters,
-    SimError,
+    steps, SimError,
 };
 
 use super::{Fleet, SimConfig, STARTUP_TIMEOUT};
+
+/// Subscriptions per session of every device server.
+const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 10;
 
 pub(super) fn server_limits(cfg: &SimConfig) -> ServerLimits {
     let nodes = cfg.max_nodes_per_read as usize;
@@ -31,6 +34,13 @@ pub(super) fn server_limits(cfg: &SimConfig) -> ServerLimits {
         max_array_length: nodes.max(10_000) * 2,
         max_message_size: 64 * 1024 * 1024,
         max_chunk_count: 4096,
+        max_monitored_items_per_call: cfg.max_monitored_items_per_call as usize,
+        // Every tag of a device in one subscription, and at least 10,000.
+        max_monitored_items_per_sub: (cfg.tags as usize)
+            .max(cfg.max_monitored_items_per_call as usize)
+            .max(10_000),
+        max_subscriptions_per_session: MAX_SUBSCRIPTIONS_PER_SESSION,
+        subscriptions: cfg.subscriptions || cfg.change_rate.is_some(),
     }
 }
 
@@ -98,6 +108,7 @@ pub(super) async fn start_server(
             counters: counters.clone(),
             pki_dir: &fleet.pki,
             security: fleet.secure.as_ref(),
+            period_ms: cfg.change_rate.map(steps::period_ms),
         },
         fleet.limits,
         fleet.counters.clone(),

@@ -35,6 +35,10 @@ pub struct SimStats {
     pub peak_sessions_per_endpoint: u64,
     /// [`DeviceStats::connection_attempts`] summed over the devices.
     pub connection_attempts: u64,
+    /// [`DeviceStats::monitored_items`] summed over the devices.
+    pub monitored_items: u64,
+    /// [`DeviceStats::data_change_notifications`] summed over the devices.
+    pub data_change_notifications: u64,
 }
 
 impl Simulator {
@@ -103,6 +107,11 @@ fn stats_of(inner: &Inner) -> SimStats {
             .peak_sessions_per_endpoint
             .max(slot.counters.peak_sessions.load(Ordering::Relaxed));
         stats.connection_attempts += slot.counters.connection_attempts.load(Ordering::Relaxed);
+        stats.monitored_items += slot.counters.monitored_items.load(Ordering::Relaxed);
+        stats.data_change_notifications += slot
+            .counters
+            .data_change_notifications
+            .load(Ordering::Relaxed);
     }
     stats
 }
