@@ -107,9 +107,9 @@ impl DeviceBoard {
             if filter(&s) {
                 if total >= offset && page.len() < limit {
                     let mut view = s.clone();
-                    view.last_data_age_seconds = view.last_success.map(|at| {
-                        (now - at).num_milliseconds().max(0) as f64 / 1000.0
-                    });
+                    view.last_data_age_seconds = view
+                        .last_success
+                        .map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
                     page.push(view);
                 }
                 total += 1;

@@ -50,7 +50,12 @@ fn records(kafka: &EmbeddedKafka) -> BTreeMap<String, Vec<Json>> {
     by_device
 }
 
-fn write_config(dir: &Path, kafka: &EmbeddedKafka, devices: &str, extra: &str) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    kafka: &EmbeddedKafka,
+    devices: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join("collector.yaml");
     std::fs::write(
         &path,
@@ -100,7 +105,10 @@ fn asyncua_changes_arrive_with_their_types() {
     let devices = json(addr, "/devices?limit=10");
     assert_eq!(devices["devices"][0]["delivery"], "push", "{devices}");
     assert!(
-        devices["devices"][0]["last_data_age_seconds"].as_f64().unwrap() < 5.0,
+        devices["devices"][0]["last_data_age_seconds"]
+            .as_f64()
+            .unwrap()
+            < 5.0,
         "{devices}"
     );
     let metrics = daemon.metrics();

@@ -27,8 +27,9 @@ pub use device::{check_device_id, check_endpoint, Device, MAX_DEVICE_ID_LEN};
 pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
 pub use load::{EnvExpansion, LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
-    byte_size, duration, opt_duration, parse_byte_size, BatchConfig, BreakerConfig, CollectorSection,
-    DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection, WorkerConfig,
+    byte_size, duration, opt_duration, parse_byte_size, BatchConfig, BreakerConfig,
+    CollectorSection, DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection,
+    WorkerConfig,
 };
 pub use registry::{
     check_connection_string, RegistrySection, RegistryUrl, SourceKind, REGISTRY_MAX_SHARDS,
