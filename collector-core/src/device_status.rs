@@ -48,6 +48,21 @@ pub struct DeviceStatus {
     pub ticks_skipped_open: u64,
     /// This device's schedule lateness (scheduled time to read start).
     pub lateness: LatencyHistogram,
+    /// Gaps in its reads and their backfill.
+    pub backfill: BackfillStatus,
+}
+
+/// A device's gaps and what was filled (see `docs/backfill.md`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillStatus {
+    /// Gaps detected since start.
+    pub gaps: u64,
+    /// Values delivered from the server's history.
+    pub values: u64,
+    /// Gaps (or parts) that stay gaps.
+    pub unrecoverable: u64,
+    /// The last of them: its window and why.
+    pub last_unrecoverable: Option<String>,
 }
 
 /// Every scheduled device's status; cheap to clone and read.
@@ -80,9 +95,22 @@ impl DeviceBoard {
             reads_failed: 0,
             ticks_skipped_open: 0,
             lateness: LatencyHistogram::default(),
+            backfill: BackfillStatus::default(),
         }));
         all.push(entry.clone());
         entry
+    }
+
+    /// Every device's last successful read (for `state_dir/last_reads.json`).
+    pub(crate) fn last_successes(&self) -> Vec<(Arc<str>, DateTime<Utc>)> {
+        self.devices
+            .read()
+            .iter()
+            .filter_map(|e| {
+                let s = e.lock();
+                s.last_success.map(|at| (s.id.clone(), at))
+            })
+            .collect()
     }
 
     /// Forgets a device that was removed from the set.

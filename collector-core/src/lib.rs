@@ -80,6 +80,7 @@ pub mod sink;
 pub mod source;
 pub mod spill;
 
+pub(crate) mod backfill;
 pub(crate) mod batcher;
 pub(crate) mod breaker;
 pub(crate) mod dispatcher;

@@ -10,6 +10,7 @@
 //! stops the replay, flushes the producer and the spill and closes
 //! sessions; nothing waits past the deadline.
 
+use crate::backfill::Watermarks;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,7 +129,7 @@ impl CollectorBuilder {
         let spill_cfg = self.config.spill_config();
         let dead_cfg = self.config.dead_letter_config();
         let state_dir = self.config.collector.state_dir.clone();
-        let (spill, dead_letters, seq) = tokio::task::spawn_blocking(move || {
+        let (spill, dead_letters, seq, watermarks) = tokio::task::spawn_blocking(move || {
             let open = |cfg: Option<spill::SpillConfig>| match cfg {
                 Some(cfg) => {
                     let store = spill::open(&cfg).map_err(|e| {
@@ -145,7 +146,8 @@ impl CollectorBuilder {
             let spill = open(spill_cfg)?;
             let dead_letters = open(dead_cfg)?;
             let seq = SeqBase::reserve(state_dir.as_deref())?;
-            Ok::<_, CollectorError>((spill, dead_letters, seq))
+            let watermarks = Arc::new(Watermarks::load(state_dir.as_deref()));
+            Ok::<_, CollectorError>((spill, dead_letters, seq, watermarks))
         })
         .await
         .map_err(|e| CollectorError::Startup(format!("opening the state dir: {e}")))??;
@@ -171,6 +173,7 @@ impl CollectorBuilder {
             stats: Arc::new(Stats::default()),
             board: self.board,
             seq,
+            watermarks,
             stop,
             _probe: probe,
         })
@@ -189,6 +192,7 @@ pub struct Collector {
     board: DeviceBoard,
     health: Health,
     seq: SeqBase,
+    watermarks: Arc<Watermarks>,
     stop: CancellationToken,
     _probe: Option<tokio::task::JoinHandle<()>>,
 }
@@ -276,6 +280,13 @@ impl Collector {
         });
 
         let schedules_stop = CancellationToken::new();
+        let backfills = TaskTracker::new();
+        let watermarks_stop = CancellationToken::new();
+        let watermarks = tokio::spawn(
+            self.watermarks
+                .clone()
+                .run(self.board.clone(), watermarks_stop.clone()),
+        );
         let ctx = Arc::new(ScheduleContext {
             pool: WorkerPool::new(cfg.workers.permits),
             records: record_tx,
@@ -284,6 +295,8 @@ impl Collector {
             breaker: cfg.breaker.clone(),
             epoch: tokio::time::Instant::now(),
             seq_base: self.seq.0,
+            watermarks: self.watermarks.clone(),
+            backfills: backfills.clone(),
         });
         let tracker = TaskTracker::new();
         let mut reconciler = Reconciler::new(
@@ -320,6 +333,10 @@ impl Collector {
 
         let drain = async {
             tracker.wait().await;
+            backfills.close();
+            backfills.wait().await;
+            watermarks_stop.cancel();
+            let _ = watermarks.await;
             let _ = batcher.await;
             let _ = dispatcher.await;
         };

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 
 use crate::config::Device;
 use crate::error::ReadError;
-use crate::record::Sample;
+use crate::record::{Sample, Window};
+
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// A protocol adapter: hands out one [`DeviceReader`] per device and owns
 /// the sessions behind them.
@@ -58,6 +61,13 @@ pub trait DeviceReader: Send {
         ))
     }
 
+    /// The device's history, when it is to be backfilled: the core then
+    /// asks it for every gap in the device's reads (see [`History`]).
+    /// Default: none (gaps are counted, not filled).
+    fn history(&self) -> Option<Arc<dyn History>> {
+        None
+    }
+
     /// Releases this device's hold on its session.
     async fn close(&mut self);
 
@@ -95,4 +105,37 @@ pub enum Delivery {
     /// The adapter pushes changes (e.g. an OPC UA subscription); the core
     /// turns each batch into a record.
     Push,
+}
+
+/// A device's recent past as its server keeps it (OPC UA HistoryRead), for
+/// filling a gap in its reads. Shared: the core reads it from a task of its
+/// own, so live reads go on meanwhile.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// Sends the values every node had within `window` (source timestamps
+    /// strictly inside it), in batches (one record each) to `out`, paced as
+    /// the adapter sees fit; says what could not be filled.
+    async fn backfill(&self, window: Window, out: mpsc::Sender<Vec<Sample>>) -> BackfillOutcome;
+}
+
+/// How a backfill ended.
+#[derive(Debug, Default)]
+pub struct BackfillOutcome {
+    /// Values sent.
+    pub values: u64,
+    /// A part of the window that will not be filled, and why: beyond the
+    /// longest window asked for, a server without history, or a read that
+    /// kept failing.
+    pub unrecoverable: Option<Unrecoverable>,
+}
+
+/// A stretch of a gap that stays a gap.
+#[derive(Debug, Clone)]
+pub struct Unrecoverable {
+    /// The part of the window not filled.
+    pub window: Window,
+    /// Why (`beyond_max_window`, `no_history`, `failed`), a metric label.
+    pub reason: &'static str,
+    /// What to tell the operator (device-independent; the core adds the id).
+    pub detail: String,
 }

@@ -49,6 +49,21 @@ pub enum Origin {
     /// changed (a node may appear more than once, oldest first), each
     /// with its own timestamps and status.
     DataChange,
+    /// Values the server kept for a stretch of time the collector did not
+    /// read (a device outage, a collector restart), read from its history
+    /// afterwards: any nodes, several values per node, oldest first per
+    /// node, all with source timestamps inside the window.
+    Backfill(Window),
+}
+
+/// A stretch of time: `from` exclusive, `to` exclusive (the last read
+/// before a gap and the first one after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The last successful read before the gap.
+    pub from: DateTime<Utc>,
+    /// The first successful read after it.
+    pub to: DateTime<Utc>,
 }
 
 impl Origin {
@@ -57,6 +72,7 @@ impl Origin {
         match self {
             Origin::Read => "read",
             Origin::DataChange => "data_change",
+            Origin::Backfill(_) => "backfill",
         }
     }
 }
@@ -316,6 +332,14 @@ impl Record {
             out.extend_from_slice(b",\"origin\":\"");
             out.extend_from_slice(self.origin.label().as_bytes());
             out.push(b'"');
+        }
+        if let Origin::Backfill(w) = &self.origin {
+            let mut times = TimeCache::default();
+            out.extend_from_slice(b",\"window\":{\"from\":");
+            times.push(out, &w.from);
+            out.extend_from_slice(b",\"to\":");
+            times.push(out, &w.to);
+            out.push(b'}');
         }
         out.extend_from_slice(b",\"collector_id\":");
         push_str(out, collector_id)?;
@@ -601,6 +625,20 @@ mod tests {
         assert_eq!(v["origin"], "data_change");
         let part = changes.part(0..1, RecordPart { index: 0, count: 2 });
         assert_eq!(part.origin, Origin::DataChange);
+        let window = Window {
+            from: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            to: DateTime::from_timestamp_millis(1_700_000_060_500).unwrap(),
+        };
+        let mut out = Vec::new();
+        record
+            .clone()
+            .with_origin(Origin::Backfill(window))
+            .encode_json("c-1", &mut out)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["origin"], "backfill");
+        assert_eq!(v["window"]["from"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["window"]["to"], "2023-11-14T22:14:20.500Z");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::backfill::{self, Backfill, Watermarks};
 use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::config::{BreakerConfig, Device};
 use crate::device_status::{DeviceBoard, DeviceStatus};
@@ -79,6 +81,10 @@ pub(crate) struct ScheduleContext {
     pub(crate) epoch: Instant,
     /// Where a device's first `seq` starts in this run.
     pub(crate) seq_base: u64,
+    /// The previous run's last successful reads (gaps across a restart).
+    pub(crate) watermarks: Arc<Watermarks>,
+    /// Backfill tasks (awaited at shutdown, like the schedules).
+    pub(crate) backfills: TaskTracker,
 }
 
 /// Runs one device's schedule until `stop`; an in-flight read is
@@ -95,7 +101,12 @@ pub(crate) async fn run_device(
     if reader.delivery() == Delivery::Push {
         return crate::push::run_pushed(device, reader, ctx, status, seq, stop).await;
     }
-    let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status);
+    let history = reader.history();
+    let mut last_ok = status
+        .lock()
+        .last_success
+        .or_else(|| ctx.watermarks.previous(&device.id));
+    let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status.clone());
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let interval = device.interval;
@@ -159,6 +170,23 @@ pub(crate) async fn run_device(
         };
         let record = match result {
             Ok(samples) => {
+                if let Some(window) = last_ok.and_then(|l| backfill::gap(l, read_time, interval)) {
+                    backfill::gap_detected(&device.id, &status, window);
+                    if let Some(history) = &history {
+                        ctx.backfills.spawn(backfill::run_backfill(
+                            Backfill {
+                                device: device.id.clone(),
+                                history: history.clone(),
+                                window,
+                                seq: seq.clone(),
+                                records: ctx.records.clone(),
+                                status: status.clone(),
+                            },
+                            stop.clone(),
+                        ));
+                    }
+                }
+                last_ok = Some(read_time);
                 ReadSucceeded {
                     device: &t,
                     samples: &samples,

@@ -132,6 +132,16 @@ metric_table! {
     SESSION_BACKOFF_SKIPS: Counter = "collector_session_backoff_skips_total", "Reads failed fast while an endpoint is in reconnect backoff";
     /// Read service requests sent (after MaxNodesPerRead chunking).
     READ_REQUESTS: Counter = "collector_read_requests_total", "Read service requests sent (after MaxNodesPerRead chunking)";
+    /// Gaps detected: stretches of scheduled reads that produced no record (device unreachable, collector stopped).
+    BACKFILL_GAPS: Counter = "collector_backfill_gaps_total", "Gaps detected: stretches of scheduled reads that produced no record (device unreachable, collector stopped)";
+    /// Gap windows backfilled from the server's history, by result (`result`: complete, partial).
+    BACKFILL_WINDOWS: Counter = "collector_backfill_windows_total", "Gap windows backfilled from the server's history, by result (`result`: complete, partial)";
+    /// Values delivered from the servers' history.
+    BACKFILL_VALUES: Counter = "collector_backfill_values_total", "Values delivered from the servers' history";
+    /// Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed).
+    BACKFILL_UNRECOVERABLE: Counter = "collector_backfill_unrecoverable_total", "Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed)";
+    /// Time from the end of a gap to the end of its backfill.
+    BACKFILL_LAG: Histogram(Seconds) = "collector_backfill_lag_seconds", "Time from the end of a gap to the end of its backfill";
     /// Subscriptions by state (`state`: active, down).
     SUBSCRIPTIONS: Gauge = "collector_subscriptions", "Subscriptions by state (`state`: active, down)";
     /// Publish responses that carried data changes.
@@ -140,8 +150,8 @@ metric_table! {
     SUBSCRIPTION_KEEPALIVES: Counter = "collector_subscription_keepalives_total", "Keep-alive publish responses (no data; they prove the subscription alive)";
     /// Subscriptions set up again, by cause (`cause`: silent, status_change, lost_on_server, new_session, transferred).
     SUBSCRIPTION_RECREATIONS: Counter = "collector_subscription_recreations_total", "Subscriptions set up again, by cause (`cause`: silent, status_change, lost_on_server, new_session, transferred)";
-    /// Publish responses dropped because the device's queue was full (its records were not taken fast enough).
-    SUBSCRIPTION_QUEUE_OVERFLOWS: Counter = "collector_subscription_queue_overflows_total", "Publish responses dropped because the device's queue was full (its records were not taken fast enough)";
+    /// Samples of subscriptions dropped because a device's queue and overflow were full (its records were not taken fast enough).
+    SUBSCRIPTION_QUEUE_OVERFLOWS: Counter = "collector_subscription_queue_overflows_total", "Samples of subscriptions dropped because a device's queue and overflow were full (its records were not taken fast enough)";
     /// Monitored items the server refused (unknown node, filter not allowed), reported per node as a Bad sample.
     MONITORED_ITEM_FAILURES: Counter = "collector_monitored_item_failures_total", "Monitored items the server refused (unknown node, filter not allowed), reported per node as a Bad sample";
     /// Batches flushed by reason (`reason`: interval, count, bytes, shutdown).

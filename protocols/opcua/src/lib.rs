@@ -12,6 +12,8 @@
 //! - `subscribe`: subscribed devices (`mode: subscribe`): one subscription
 //!   per device on the shared session, monitored items in chunks, and a
 //!   watchdog that recreates a subscription that went silent.
+//! - `history`: backfill of a device's gaps from its server's history
+//!   (HistoryRead), under a fleet-wide budget.
 //! - `convert`: OPC UA values to the collector's record types.
 //! - `inspect`: what the operator tools (`endpoints`, `browse`, `read`)
 //!   ask a server, through the same sessions and security.
@@ -27,6 +29,7 @@
 
 pub mod config;
 mod convert;
+mod history;
 pub mod inspect;
 mod reader;
 mod security;
@@ -71,6 +74,7 @@ pub enum OpcUaError {
 pub struct OpcUaProtocol {
     pool: Arc<Pool>,
     settings: OpcUaSettings,
+    backfill: Arc<history::Budget>,
 }
 
 impl OpcUaProtocol {
@@ -113,6 +117,7 @@ impl OpcUaProtocol {
         .map_err(OpcUaError::Client)?;
         Ok(Self {
             pool: Arc::new(Pool::new(clients, settings.session.clone())),
+            backfill: Arc::new(history::Budget::new(settings.backfill.budget())),
             settings,
         })
     }
@@ -126,7 +131,21 @@ impl Protocol for OpcUaProtocol {
             .device(device)
             .map_err(|e| ReadError::Config(ConfigErrors(e).to_string()))?;
         Ok(match opc.mode {
-            config::Mode::Poll => Box::new(OpcUaReader::new(self.pool.clone(), device, opc)?),
+            config::Mode::Poll => {
+                let mut reader = OpcUaReader::new(self.pool.clone(), device, opc.clone())?;
+                if let Some(settings) = opc.backfill {
+                    reader.history = Some(Arc::new(history::OpcUaHistory {
+                        pool: self.pool.clone(),
+                        endpoint: reader.endpoint(),
+                        device: device.id.clone(),
+                        nodes: opc.nodes,
+                        settings,
+                        budget: self.backfill.clone(),
+                        unsupported: Default::default(),
+                    }));
+                }
+                Box::new(reader)
+            }
             config::Mode::Subscribe => Box::new(subscribe::OpcUaSubscriber::new(
                 self.pool.clone(),
                 device,

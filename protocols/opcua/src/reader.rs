@@ -40,6 +40,8 @@ pub(crate) struct OpcUaReader {
     /// permit, so a device that takes its connect timeout to fail (a black
     /// hole) never holds a permit the healthy devices need.
     prepared: Option<Result<Arc<Live>, ReadError>>,
+    /// The device's history, when its gaps are backfilled.
+    pub(crate) history: Option<Arc<crate::history::OpcUaHistory>>,
 }
 
 impl OpcUaReader {
@@ -57,7 +59,13 @@ impl OpcUaReader {
             to_read: Vec::new(),
             released: false,
             prepared: None,
+            history: None,
         })
+    }
+
+    /// The endpoint slot this reader holds.
+    pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.clone()
     }
 
     /// Resolves the node ids for `live` unless already done for it.
@@ -177,6 +185,12 @@ impl DeviceReader for OpcUaReader {
 
     fn session_state(&self) -> SessionState {
         self.endpoint.state()
+    }
+
+    fn history(&self) -> Option<Arc<dyn collector_core::protocol::History>> {
+        self.history
+            .clone()
+            .map(|h| h as Arc<dyn collector_core::protocol::History>)
     }
 
     async fn close(&mut self) {

@@ -5,6 +5,7 @@
 //! `file:line`, through [`OpcUaConfig`] (the adapter's
 //! [`ProtocolConfig`]).
 
+mod backfill;
 mod node_id;
 mod security;
 mod session;
@@ -16,6 +17,7 @@ use collector_core::config::{ProtocolConfig, Settings};
 use collector_core::error::{ConfigError, ConfigErrors};
 use collector_core::{CollectorConfig, Device};
 
+pub use backfill::{BackfillBudget, BackfillSettings, RawBackfill};
 pub use node_id::{Identifier, Namespace, NodeAddress};
 pub(crate) use security::RawDeviceSecurity;
 pub use security::{
@@ -37,6 +39,8 @@ pub struct OpcUaSettings {
     pub security: SecuritySection,
     /// Fleet-wide subscription defaults (`subscription:`).
     pub subscription: RawSubscription,
+    /// Fleet-wide backfill defaults and budget (`backfill:`).
+    pub backfill: RawBackfill,
 }
 
 /// One device's OPC UA settings, resolved against the fleet defaults.
@@ -51,6 +55,8 @@ pub struct OpcUaDevice {
     /// The subscription, resolved (also for a polled device, so a change
     /// of mode needs no new checks).
     pub subscription: SubscriptionSettings,
+    /// Gap backfill from the server's history; `None` when off.
+    pub backfill: Option<BackfillSettings>,
 }
 
 const DOCS_HINT: &str = "see docs/security.md";
@@ -79,9 +85,13 @@ impl OpcUaSettings {
                 "subscription.nodes: per-node settings belong in a device entry",
             ));
         }
-        if let Err(problems) =
-            subscription::resolve(&subscription, None, &[], Duration::from_secs(1))
-        {
+        if let Err(problems) = subscription::resolve(
+            &subscription,
+            None,
+            &[],
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ) {
             for p in problems {
                 let key: Vec<&str> = p.key.iter().map(String::as_str).collect();
                 errors.push(subscription_settings.error_at(
@@ -89,6 +99,16 @@ impl OpcUaSettings {
                     format!("subscription.{}: {}", p.key.join("."), p.message),
                 ));
             }
+        }
+        let backfill_settings = cfg.protocol.get("backfill").unwrap_or(&empty);
+        let backfill: RawBackfill = backfill_settings
+            .deserialize("backfill")
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                RawBackfill::default()
+            });
+        for (key, message) in backfill::check(&backfill, true) {
+            errors.push(backfill_settings.error(Some(key), format!("backfill.{key}: {message}")));
         }
         let security: SecuritySection =
             security_settings
@@ -144,6 +164,7 @@ impl OpcUaSettings {
                 session,
                 security,
                 subscription,
+                backfill,
             })
         } else {
             Err(errors)
@@ -202,6 +223,20 @@ impl OpcUaSettings {
                     None
                 }
             };
+        let raw_backfill: Option<RawBackfill> =
+            match s.get("backfill", &format!("{context} backfill")) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            };
+        for (key, message) in raw_backfill.iter().flat_map(|b| backfill::check(b, false)) {
+            errors.push(s.error_at(
+                &["backfill", key],
+                format!("device `{id}`: backfill.{key}: {message}"),
+            ));
+        }
         if raw_subscription.as_ref().is_some_and(|r| r.mode.is_some()) {
             errors.push(s.error_at(
                 &["subscription", "mode"],
@@ -244,6 +279,7 @@ impl OpcUaSettings {
             raw_subscription.as_ref(),
             &written,
             device.interval,
+            self.session.session_timeout + self.session.connect_timeout,
         ) {
             Ok(sub) => sub,
             Err(problems) => {
@@ -275,6 +311,7 @@ impl OpcUaSettings {
                 security,
                 mode,
                 subscription,
+                backfill: backfill::resolve(&self.backfill, raw_backfill.as_ref()),
             })
         } else {
             Err(errors)
@@ -290,11 +327,11 @@ pub struct OpcUaConfig;
 
 impl ProtocolConfig for OpcUaConfig {
     fn sections(&self) -> &[&'static str] {
-        &["security", "session", "subscription"]
+        &["security", "session", "subscription", "backfill"]
     }
 
     fn device_keys(&self) -> &[&'static str] {
-        &["nodes", "security", "mode", "subscription"]
+        &["nodes", "security", "mode", "subscription", "backfill"]
     }
 
     fn validate(&self, cfg: &CollectorConfig) -> Vec<ConfigError> {

@@ -111,7 +111,9 @@ pub struct RawSubscription {
     pub keep_alive_count: Option<u32>,
     /// Publishing intervals without a Publish request after which the
     /// server drops the subscription; at least 3 x `keep_alive_count`.
-    /// Default 3 x `keep_alive_count`.
+    /// Default: 3 x `keep_alive_count`, or more so that it outlives a lost
+    /// connection the session survives (`session.session_timeout` +
+    /// `session.connect_timeout`), so a reactivated session still has it.
     pub lifetime_count: Option<u32>,
     /// See [`RawItem::sampling_interval`].
     #[serde(default, with = "opt_duration")]
@@ -207,12 +209,15 @@ fn check_item(item: &RawItem, key: &[String], problems: &mut Vec<Problem>) {
 
 /// Resolves a device's subscription: its own settings over the fleet's,
 /// per node over both. `nodes` are the device's node ids as written;
-/// `interval` its interval. Every problem is returned.
+/// `interval` its interval; `outlive` how long a lost connection may last
+/// while the session survives it (the default lifetime covers it). Every
+/// problem is returned.
 pub(crate) fn resolve(
     fleet: &RawSubscription,
     device: Option<&RawSubscription>,
     nodes: &[&str],
     interval: Duration,
+    outlive: Duration,
 ) -> Result<SubscriptionSettings, Vec<Problem>> {
     let empty = RawSubscription::default();
     let dev = device.unwrap_or(&empty);
@@ -250,7 +255,13 @@ pub(crate) fn resolve(
     let lifetime_count = dev
         .lifetime_count
         .or(fleet.lifetime_count)
-        .unwrap_or(keep_alive_count.saturating_mul(3));
+        .unwrap_or_else(|| {
+            let pi = publishing_interval.as_millis().max(1);
+            let cover = u32::try_from(outlive.as_millis().div_ceil(pi)).unwrap_or(u32::MAX);
+            keep_alive_count
+                .saturating_mul(3)
+                .max(cover.saturating_add(keep_alive_count))
+        });
     if lifetime_count < keep_alive_count.saturating_mul(3) {
         problems.push(Problem {
             key: vec!["lifetime_count".into()],
@@ -305,10 +316,18 @@ mod tests {
         );
         let dev = raw(serde_json::json!({"sampling_interval": "500ms",
             "nodes": {"b": {"deadband": {"type": "percent", "value": 2.0}}}}));
-        let s = resolve(&fleet, Some(&dev), &["a", "b"], Duration::from_secs(10)).unwrap();
+        let s = resolve(
+            &fleet,
+            Some(&dev),
+            &["a", "b"],
+            Duration::from_secs(10),
+            Duration::from_secs(55),
+        )
+        .unwrap();
         assert_eq!(s.publishing_interval, Duration::from_secs(2));
         assert_eq!(s.keep_alive_count, 10);
-        assert_eq!(s.lifetime_count, 30);
+        // 3 x 10 intervals of 2 s outlive a 55 s outage already.
+        assert_eq!(s.lifetime_count, 38);
         assert_eq!(s.items[0].sampling_interval, Duration::from_millis(500));
         assert_eq!(s.items[0].queue_size, 5);
         assert_eq!(s.items[0].deadband.kind, DeadbandKind::Absolute);
@@ -323,9 +342,12 @@ mod tests {
             Some(&raw(serde_json::json!({"sampling_interval": "250ms"}))),
             &["a"],
             Duration::from_secs(1),
+            Duration::from_secs(55),
         )
         .unwrap();
         assert_eq!(s.publishing_interval, Duration::from_secs(1));
+        // Outlives a 55 s outage the session survives: 55 + 10 intervals.
+        assert_eq!(s.lifetime_count, 65);
         // Four samples fit in one publishing interval: none is discarded.
         assert_eq!(s.items[0].queue_size, 4);
         assert!(s.items[0].discard_oldest);
@@ -343,6 +365,7 @@ mod tests {
             Some(&dev),
             &["a"],
             Duration::from_secs(1),
+            Duration::from_secs(55),
         )
         .unwrap_err();
         let keys: Vec<String> = problems.iter().map(|p| p.key.join(".")).collect();

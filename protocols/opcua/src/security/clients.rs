@@ -42,7 +42,8 @@ pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> C
         // We own reconnects (see `session`): the library tries once.
         .session_retry_limit(0)
         .session_timeout(u32::try_from(cfg.session_timeout.as_millis()).unwrap_or(u32::MAX))
-        // Nothing to carry over: the collector reads, it does not subscribe.
+        // Subscriptions move to the next session in `subscribe` (each
+        // session is a new client object: nothing for the library to carry).
         .recreate_subscriptions(false)
         .keep_alive_interval(cfg.keep_alive_interval)
         .max_failed_keep_alive_count(u64::from(cfg.max_failed_keep_alives))

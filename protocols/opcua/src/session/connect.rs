@@ -127,8 +127,13 @@ impl Pool {
         let loop_alive = alive.clone();
         let loop_url = url.to_string();
         let subscriptions_lost = Arc::new(AtomicU64::new(0));
+        // Cancelled when the loop ends or is aborted: subscribers move to
+        // the next session at once rather than at their next check.
+        let ended = tokio_util::sync::CancellationToken::new();
+        let loop_ended = ended.clone();
         let loop_lost = subscriptions_lost.clone();
         let loop_task = LoopTask(tokio::spawn(async move {
+            let _ended = loop_ended.drop_guard();
             let mut ready_tx = Some(ready_tx);
             let stream = event_loop.enter();
             futures::pin_mut!(stream);
@@ -231,6 +236,7 @@ impl Pool {
                     n => n.min(MONITORED_ITEMS_PER_CALL_CAP),
                 },
                 subscriptions_lost: subscriptions_lost.clone(),
+                ended,
                 generation,
             },
             opened,

@@ -59,6 +59,8 @@ pub(crate) struct Live {
     /// BadSubscriptionIdInvalid: the server lost this session's
     /// subscriptions, so each subscriber recreates its own.
     pub(crate) subscriptions_lost: Arc<AtomicU64>,
+    /// Cancelled when the session's event loop ends.
+    pub(crate) ended: tokio_util::sync::CancellationToken,
     /// Increases with every new session on this endpoint, so readers know
     /// to re-resolve their node ids.
     pub(crate) generation: u64,

@@ -8,12 +8,17 @@
 //! publishing interval, that it was heard from (data or keep-alive) within
 //! its bound — the revised publishing interval x (keep-alive count + 1)
 //! plus `session.read_timeout` — and that the server did not end it (a
-//! StatusChangeNotification, publishes answered BadNoSubscription). If
-//! not, it is recreated (and its session, when that is gone too), counted
-//! by cause and logged with the device id. After a new session the old
-//! subscription is transferred when the server allows it, otherwise
-//! recreated. Set-up failures go through the device's breaker and the
-//! pool's backoff and connect rate limit, as reads do.
+//! StatusChangeNotification, publishes answered BadNoSubscription while it
+//! stayed quiet). If not, it is deleted and recreated (and its session,
+//! when that is gone too), counted by cause and logged with the device id;
+//! a silent one also counts as a costly failure for the device's breaker,
+//! so a server that keeps accepting subscriptions and never publishes is
+//! backed off, not recreated every bound. When its session ends the
+//! subscriber wakes at once; on the next session the old subscription is
+//! registered with the library first and then transferred (the server may
+//! still hold it in a reactivated session), else deleted and recreated.
+//! Set-up failures go through the device's breaker and the pool's backoff
+//! and connect rate limit, as reads do.
 
 mod items;
 mod notify;
@@ -35,7 +40,11 @@ use tokio::time::Instant;
 use crate::config::{NodeAddress, OpcUaDevice, SubscriptionSettings};
 use crate::reader::node_id_of;
 use crate::session::{Endpoint, Live, Pool};
-use notify::{CallbackMetrics, Heard, Notifications};
+use notify::{CallbackMetrics, Heard, Notifications, Overflow};
+
+/// The longest bound a server's revised settings can make (a hostile or
+/// broken server must not overflow the watchdog's arithmetic).
+const MAX_BOUND: Duration = Duration::from_secs(24 * 3600);
 
 /// Why a subscription is set up again (the `cause` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +75,7 @@ struct Active {
     live: Arc<Live>,
     id: u32,
     rx: mpsc::Receiver<Vec<Sample>>,
+    overflow: Arc<Overflow>,
     heard: Arc<Heard>,
     /// How long it may stay silent while healthy.
     bound: Duration,
@@ -87,6 +97,9 @@ pub(crate) struct OpcUaSubscriber {
     /// The subscription lost with its session: transferred to the next
     /// one if the server allows it (session generation, id, revised).
     orphan: Option<(u64, u32, (Duration, u32, u32))>,
+    /// A subscription being set up (created, items not yet): deleted by
+    /// `close` if a stop cuts the set-up off.
+    creating: Option<(Arc<Live>, u32)>,
     /// Why the next set-up happens, for its count (None: the first).
     cause: Option<Cause>,
     /// Bad samples of nodes that cannot be monitored, delivered as the
@@ -94,6 +107,22 @@ pub(crate) struct OpcUaSubscriber {
     pending: Vec<Sample>,
     prepared: Option<Result<Arc<Live>, ReadError>>,
     released: bool,
+}
+
+/// Deletes subscription `id` on `live`'s session (and from the library's
+/// list), waiting at most `timeout`.
+async fn delete(live: &Live, id: u32, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, live.session.delete_subscriptions(&[id])).await;
+}
+
+/// Whether `e` says the server no longer knows the session.
+fn session_gone(e: &opcua::types::Error) -> bool {
+    matches!(
+        e.status(),
+        opcua::types::StatusCode::BadSessionIdInvalid
+            | opcua::types::StatusCode::BadSessionClosed
+            | opcua::types::StatusCode::BadSessionNotActivated
+    )
 }
 
 impl OpcUaSubscriber {
@@ -110,6 +139,7 @@ impl OpcUaSubscriber {
             settings: opc.subscription,
             active: None,
             orphan: None,
+            creating: None,
             cause: None,
             pending: Vec::new(),
             prepared: None,
@@ -119,23 +149,27 @@ impl OpcUaSubscriber {
 
     /// Why the active subscription must be set up again, if it must.
     fn check(&self, a: &Active) -> Option<Cause> {
+        let quiet_for = a.heard.last().elapsed();
         if !a.live.is_alive() {
             Some(Cause::NewSession)
         } else if a.heard.ended().is_some() {
             Some(Cause::StatusChange)
-        } else if a.live.subscriptions_lost.load(Ordering::Relaxed) > a.lost_seen {
+        } else if a.live.subscriptions_lost.load(Ordering::Relaxed) > a.lost_seen
+            // Corroborated by silence: a BadNoSubscription can also answer
+            // a publish that raced a delete of another subscription.
+            && quiet_for > a.revised.0.saturating_mul(2)
+        {
             Some(Cause::LostOnServer)
-        } else if Instant::now() > a.heard.last() + a.bound {
+        } else if quiet_for > a.bound {
             Some(Cause::Silent)
         } else {
             None
         }
     }
 
-    /// Gives up the active subscription for `cause`; deletes it on the
-    /// server in the background unless its session is gone (then it may
-    /// be transferred to the next one).
-    fn drop_active(&mut self, cause: Cause) {
+    /// Gives up the active subscription for `cause`: deletes it (unless
+    /// its session is gone: then it may be transferred to the next one).
+    async fn drop_active(&mut self, cause: Cause) {
         let Some(a) = self.active.take() else { return };
         metrics::gauge!(names::SUBSCRIPTIONS, "state" => "active").decrement(1.0);
         metrics::gauge!(names::SUBSCRIPTIONS, "state" => "down").increment(1.0);
@@ -159,19 +193,22 @@ impl OpcUaSubscriber {
             self.orphan = Some((a.live.generation, a.id, a.revised));
             return;
         }
-        let session = a.live.session.clone();
-        let timeout = self.pool.config().read_timeout;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, session.delete_subscriptions(&[a.id])).await;
-        });
+        // Awaited, so the delete cannot overtake the next CreateSubscription.
+        delete(&a.live, a.id, self.pool.config().read_timeout).await;
     }
 
-    fn callback(&self, tx: mpsc::Sender<Vec<Sample>>, heard: Arc<Heard>) -> Notifications {
+    fn callback(
+        &self,
+        tx: mpsc::Sender<Vec<Sample>>,
+        heard: Arc<Heard>,
+        overflow: Arc<Overflow>,
+    ) -> Notifications {
         Notifications {
             device: self.device.clone(),
             nodes: self.texts.clone(),
             tx,
             heard,
+            overflow,
             metrics: CallbackMetrics::new(),
         }
     }
@@ -183,19 +220,29 @@ impl OpcUaSubscriber {
         let (tx, rx) = mpsc::channel(notify::QUEUE);
         let heard = Heard::new();
         heard.reset();
+        let overflow = Arc::new(Overflow::default());
         let lost_seen = live.subscriptions_lost.load(Ordering::Relaxed);
-        let orphan = self.orphan.take();
-        if let Some((_, old_id, revised)) = orphan.filter(|o| o.0 != live.generation) {
+        if let Some((_, old_id, revised)) = self.orphan.take().filter(|o| o.0 != live.generation) {
+            let callback = self.callback(tx.clone(), heard.clone(), overflow.clone());
             if self
-                .transfer(&live, old_id, revised, tx.clone(), heard.clone(), timeout)
+                .transfer(&live, old_id, revised, callback, timeout)
                 .await
             {
-                self.activate(live, old_id, rx, heard, lost_seen, revised, "transferred");
+                self.activate(
+                    live,
+                    old_id,
+                    rx,
+                    overflow,
+                    heard,
+                    lost_seen,
+                    revised,
+                    "transferred",
+                );
                 return Ok(());
             }
         }
         let s = &self.settings;
-        let callback = self.callback(tx, heard.clone());
+        let callback = self.callback(tx, heard.clone(), overflow.clone());
         let created = tokio::time::timeout(
             timeout,
             live.session.create_subscription(
@@ -211,7 +258,12 @@ impl OpcUaSubscriber {
         .await;
         let id = match created {
             Ok(Ok(id)) => id,
-            Ok(Err(e)) => return Err(ReadError::Service(format!("CreateSubscription: {e}"))),
+            Ok(Err(e)) => {
+                if session_gone(&e) {
+                    self.pool.invalidate(&self.endpoint, live.generation).await;
+                }
+                return Err(ReadError::Service(format!("CreateSubscription: {e}")));
+            }
             Err(_) => {
                 self.pool.invalidate(&self.endpoint, live.generation).await;
                 return Err(ReadError::Timeout {
@@ -220,6 +272,7 @@ impl OpcUaSubscriber {
                 });
             }
         };
+        self.creating = Some((live.clone(), id));
         let revised = {
             let state = live.session.subscription_state().lock();
             state.get(id).map_or(
@@ -234,15 +287,14 @@ impl OpcUaSubscriber {
             )
         };
         let mut requests = Vec::with_capacity(self.nodes.len());
+        let mut refused = Vec::new();
         for (i, (node, item)) in self.nodes.iter().zip(&s.items).enumerate() {
             match node_id_of(node, &live) {
                 Ok(id) => requests.push(items::request(id, i, item)),
-                Err(code) => self
-                    .pending
-                    .push(items::refusal(&self.device, &node.text, code)),
+                Err(code) => refused.push(items::refusal(&self.device, &node.text, code)),
             }
         }
-        let refused = items::create(
+        let created = match items::create(
             &live.session,
             id,
             requests,
@@ -251,65 +303,79 @@ impl OpcUaSubscriber {
             &self.texts,
             timeout,
         )
-        .await;
-        match refused {
-            Ok(refused) => self.pending.extend(refused),
-            Err(e) => {
-                self.pending.clear();
-                let session = live.session.clone();
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(timeout, session.delete_subscriptions(&[id])).await;
-                });
-                if matches!(e, ReadError::Timeout { .. }) {
-                    self.pool.invalidate(&self.endpoint, live.generation).await;
-                }
-                return Err(e);
+        .await
+        {
+            Ok(more) => {
+                refused.extend(more);
+                Ok(())
             }
+            Err(e) => Err(e),
+        };
+        let created = created.and_then(|()| {
+            if refused.len() >= self.nodes.len() {
+                Err(ReadError::Service(format!(
+                    "the server refused to monitor every node of the device (first: {} {})",
+                    refused.first().map_or("", |s| &s.node_id),
+                    refused.first().map_or("", |s| s.status.name)
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        self.creating = None;
+        if let Err(e) = created {
+            delete(&live, id, timeout).await;
+            if matches!(e, ReadError::Timeout { .. }) {
+                self.pool.invalidate(&self.endpoint, live.generation).await;
+            }
+            return Err(e);
         }
+        self.pending.extend(refused);
         let cause = self.cause.map(Cause::label);
-        self.activate(live, id, rx, heard, lost_seen, revised, cause.unwrap_or(""));
+        self.activate(
+            live,
+            id,
+            rx,
+            overflow,
+            heard,
+            lost_seen,
+            revised,
+            cause.unwrap_or(""),
+        );
         Ok(())
     }
 
-    /// TransferSubscriptions of `old_id` to `live`'s session; registers it
-    /// with the library on success.
+    /// Moves `old_id` to `live`'s session: registered with the library
+    /// first (a reactivated session may still hold it, and its next publish
+    /// must find the callback), then TransferSubscriptions; on failure it
+    /// is deleted there (and from the library's list).
     async fn transfer(
         &self,
         live: &Live,
         old_id: u32,
         revised: (Duration, u32, u32),
-        tx: mpsc::Sender<Vec<Sample>>,
-        heard: Arc<Heard>,
+        callback: Notifications,
         timeout: Duration,
     ) -> bool {
+        let (pi, ka, lifetime) = revised;
+        let sub = Subscription::new(old_id, pi, lifetime, ka, 0, 0, true, Box::new(callback));
+        live.session
+            .subscription_state()
+            .lock()
+            .add_subscription(sub);
         let sent = tokio::time::timeout(
             timeout,
             live.session.transfer_subscriptions(&[old_id], true),
         )
         .await;
         let ok = matches!(&sent, Ok(Ok(r)) if r.first().is_some_and(|t| t.status_code.is_good()));
-        if !ok {
-            tracing::debug!(device = %self.device, subscription = old_id, result = ?sent.as_ref().map(|r| r.as_ref().map(|v| v.first().map(|t| t.status_code))), "subscription not transferred; creating a new one");
-            return false;
+        if ok {
+            live.session.trigger_publish_now();
+            return true;
         }
-        let (pi, ka, lifetime) = revised;
-        let sub = Subscription::new(
-            old_id,
-            pi,
-            lifetime,
-            ka,
-            0,
-            0,
-            true,
-            Box::new(self.callback(tx, heard)),
-        );
-        live.session
-            .subscription_state()
-            .lock()
-            .add_subscription(sub);
-        live.session.trigger_publish_now();
-        true
+        tracing::debug!(device = %self.device, subscription = old_id, result = ?sent.as_ref().map(|r| r.as_ref().map(|v| v.first().map(|t| t.status_code))), "subscription not transferred; creating a new one");
+        delete(live, old_id, timeout).await;
+        false
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -318,13 +384,18 @@ impl OpcUaSubscriber {
         live: Arc<Live>,
         id: u32,
         rx: mpsc::Receiver<Vec<Sample>>,
+        overflow: Arc<Overflow>,
         heard: Arc<Heard>,
         lost_seen: u64,
         revised: (Duration, u32, u32),
         cause: &'static str,
     ) {
         let (pi, ka, _) = revised;
-        let bound = pi * (ka.saturating_add(1)) + self.pool.config().read_timeout;
+        let bound = pi
+            .checked_mul(ka.saturating_add(1))
+            .and_then(|b| b.checked_add(self.pool.config().read_timeout))
+            .unwrap_or(MAX_BOUND)
+            .min(MAX_BOUND);
         if !cause.is_empty() {
             metrics::counter!(names::SUBSCRIPTION_RECREATIONS, "cause" => cause).increment(1);
             tracing::info!(device = %self.device, subscription = id, cause, "subscription set up again");
@@ -336,9 +407,10 @@ impl OpcUaSubscriber {
             live,
             id,
             rx,
+            overflow,
             heard,
             bound,
-            check_every: pi.max(Duration::from_secs(1)),
+            check_every: pi.clamp(Duration::from_secs(1), MAX_BOUND),
             lost_seen,
             revised,
         });
@@ -370,7 +442,16 @@ impl DeviceReader for OpcUaSubscriber {
     async fn changes(&mut self) -> Result<Vec<Sample>, ReadError> {
         loop {
             if let Some(cause) = self.active.as_ref().and_then(|a| self.check(a)) {
-                self.drop_active(cause);
+                let bound = self.active.as_ref().map_or(MAX_BOUND, |a| a.bound);
+                self.drop_active(cause).await;
+                if cause == Cause::Silent {
+                    // Costly for the breaker: a server that accepts
+                    // subscriptions and never publishes is backed off.
+                    return Err(ReadError::Timeout {
+                        what: "subscription (no data, no keep-alive)",
+                        after: bound,
+                    });
+                }
             }
             if self.active.is_none() {
                 let live = match self.prepared.take() {
@@ -385,14 +466,35 @@ impl DeviceReader for OpcUaSubscriber {
             let Some(a) = self.active.as_mut() else {
                 continue;
             };
-            let wake = (a.heard.last() + a.bound).min(Instant::now() + a.check_every);
+            let now = Instant::now();
+            let wake = a
+                .heard
+                .last()
+                .checked_add(a.bound)
+                .unwrap_or(now + MAX_BOUND)
+                .min(now + a.check_every);
+            let ended = a.live.ended.clone();
             tokio::select! {
                 batch = a.rx.recv() => match batch {
-                    Some(samples) => return Ok(samples),
+                    Some(mut samples) => {
+                        // What a full queue held back: newer than anything
+                        // queued, so only once the queue is empty.
+                        if a.rx.is_empty() {
+                            samples.extend(a.overflow.take());
+                        }
+                        return Ok(samples);
+                    }
                     // The library dropped the callback: the subscription
-                    // is gone from the session.
-                    None => self.drop_active(Cause::LostOnServer),
+                    // is gone from the session; set up again after an
+                    // interval (through the breaker), not at once.
+                    None => {
+                        self.drop_active(Cause::LostOnServer).await;
+                        return Err(ReadError::Service(
+                            "the subscription was dropped from the session".into(),
+                        ));
+                    }
                 },
+                _ = ended.cancelled() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -407,17 +509,29 @@ impl DeviceReader for OpcUaSubscriber {
             return;
         }
         self.released = true;
+        let timeout = self.pool.config().read_timeout;
+        if let Some((live, id)) = self.creating.take() {
+            delete(&live, id, timeout).await;
+        }
         match self.active.take() {
             Some(a) => {
                 metrics::gauge!(names::SUBSCRIPTIONS, "state" => "active").decrement(1.0);
                 if a.live.is_alive() {
-                    let timeout = self.pool.config().read_timeout;
-                    let _ =
-                        tokio::time::timeout(timeout, a.live.session.delete_subscriptions(&[a.id]))
-                            .await;
+                    delete(&a.live, a.id, timeout).await;
+                } else {
+                    self.orphan = Some((a.live.generation, a.id, a.revised));
                 }
             }
             None => metrics::gauge!(names::SUBSCRIPTIONS, "state" => "down").decrement(1.0),
+        }
+        // Lost with its session: delete it on the session now open (a
+        // reactivated one may still hold it), unless none is.
+        if let Some((_, id, _)) = self.orphan.take() {
+            if self.endpoint.state() == SessionState::Connected {
+                if let Ok(live) = self.pool.session(&self.endpoint).await {
+                    delete(&live, id, timeout).await;
+                }
+            }
         }
         self.pool.release(&self.endpoint).await;
     }

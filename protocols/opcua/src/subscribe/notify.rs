@@ -1,8 +1,10 @@
 //! What runs inside the session's event loop for each publish response of
 //! one device's subscription: it must never block there, so it converts
 //! the data changes into samples and hands them over with `try_send` on a
-//! bounded queue (a full queue is counted, never grown), and it notes that
-//! the subscription was heard from (a keep-alive counts) for the watchdog.
+//! bounded queue, and it notes that the subscription was heard from (a
+//! keep-alive counts) for the watchdog. When the queue is full the samples
+//! wait in a bounded overflow (they go out with a later batch); only past
+//! its bound are the oldest dropped, counted and logged once.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +25,31 @@ use crate::convert;
 /// Publish responses a device may have waiting before new ones are
 /// dropped (and counted): ~64 publishing intervals of backlog.
 pub(super) const QUEUE: usize = 64;
+
+/// Samples held at most in a device's overflow.
+const OVERFLOW: usize = 100_000;
+
+/// Where samples wait while the queue is full.
+#[derive(Default)]
+pub(super) struct Overflow {
+    samples: parking_lot::Mutex<std::collections::VecDeque<Sample>>,
+}
+
+impl Overflow {
+    /// Everything waiting, oldest first.
+    pub(super) fn take(&self) -> Vec<Sample> {
+        std::mem::take(&mut *self.samples.lock()).into()
+    }
+
+    /// Adds `samples`; returns how many of the oldest had to go.
+    fn push(&self, samples: Vec<Sample>) -> usize {
+        let mut held = self.samples.lock();
+        held.extend(samples);
+        let excess = held.len().saturating_sub(OVERFLOW);
+        held.drain(..excess);
+        excess
+    }
+}
 
 /// Shared between the callback and the device's subscriber.
 pub(super) struct Heard {
@@ -77,6 +104,7 @@ pub(super) struct Notifications {
     pub(super) nodes: Arc<[Arc<str>]>,
     pub(super) tx: mpsc::Sender<Vec<Sample>>,
     pub(super) heard: Arc<Heard>,
+    pub(super) overflow: Arc<Overflow>,
     pub(super) metrics: CallbackMetrics,
 }
 
@@ -85,6 +113,8 @@ pub(super) struct CallbackMetrics {
     notifications: Counter,
     keepalives: Counter,
     overflows: Counter,
+    /// Whether this subscription's first drop was logged.
+    warned: bool,
 }
 
 impl CallbackMetrics {
@@ -93,6 +123,7 @@ impl CallbackMetrics {
             notifications: metrics::counter!(names::SUBSCRIPTION_NOTIFICATIONS),
             keepalives: metrics::counter!(names::SUBSCRIPTION_KEEPALIVES),
             overflows: metrics::counter!(names::SUBSCRIPTION_QUEUE_OVERFLOWS),
+            warned: false,
         }
     }
 }
@@ -132,9 +163,15 @@ impl OnSubscriptionNotificationCore for Notifications {
             return;
         }
         self.metrics.notifications.increment(1);
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(samples) {
-            self.metrics.overflows.increment(1);
-            tracing::warn!(device = %self.device, "subscription queue full: a publish response was dropped (records are not taken fast enough)");
+        if let Err(mpsc::error::TrySendError::Full(samples)) = self.tx.try_send(samples) {
+            let dropped = self.overflow.push(samples);
+            if dropped > 0 {
+                self.metrics.overflows.increment(dropped as u64);
+                if !self.metrics.warned {
+                    self.metrics.warned = true;
+                    tracing::warn!(device = %self.device, dropped, "subscription overflow full: the oldest samples were dropped (records are not taken fast enough); counted in collector_subscription_queue_overflows_total");
+                }
+            }
         }
     }
 }
