@@ -28,7 +28,7 @@ use crate::record::{Origin, Record, Window};
 const FILE: &str = "last_reads.json";
 
 /// The last successful read of every device, as persisted by the previous
-/// run (empty without a `state_dir`).
+/// run (empty without a `state_dir`): device id -> Unix nanoseconds.
 #[derive(Debug, Default)]
 pub(crate) struct Watermarks {
     path: Option<PathBuf>,
@@ -64,7 +64,7 @@ impl Watermarks {
     pub(crate) fn previous(&self, device: &str) -> Option<DateTime<Utc>> {
         self.previous
             .get(device)
-            .and_then(|ms| DateTime::from_timestamp_millis(*ms))
+            .map(|ns| DateTime::from_timestamp_nanos(*ns))
     }
 
     /// Writes every device's last success now (atomically: a temporary
@@ -74,7 +74,11 @@ impl Watermarks {
         let Some(path) = &self.path else { return };
         let mut all = self.previous.clone();
         for (id, at) in board.last_successes() {
-            all.insert(id.to_string(), at.timestamp_millis());
+            // Exact (nanoseconds): the window must start at the read
+            // itself, or a value it already delivered would come again.
+            if let Some(ns) = at.timestamp_nanos_opt() {
+                all.insert(id.to_string(), ns);
+            }
         }
         let tmp = path.with_extension("json.tmp");
         let written = serde_json::to_vec(&all)
@@ -232,7 +236,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let board = DeviceBoard::default();
         let st = board.register(Arc::from("dev-1"), "opc.tcp://x:1");
-        let at = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let at = DateTime::from_timestamp_nanos(1_700_000_000_123_456_789);
         st.lock().last_success = Some(at);
         Watermarks::load(Some(dir.path())).persist(&board);
         let loaded = Watermarks::load(Some(dir.path()));

@@ -23,7 +23,8 @@ What it serves:
     Running Boolean true, Name String "line-1", Stamp DateTime
     2026-01-02T03:04:05Z, Levels Float[] [1.5, 2.25, -3.0], Broken,
     whose value is BadSensorFailure (no value), and Ramp, an Int32 that
-    counts up from 0 every 250 ms (for subscriptions).
+    counts up from 0 every 250 ms (for subscriptions), historized in memory
+    (HistoryRead, for backfill).
 
 Once listening it prints one JSON line on stdout (endpoint, namespace index,
 certificate path, node ids), then runs until SIGTERM/SIGINT.
@@ -132,6 +133,8 @@ async def main() -> None:
     # subscription interop test (the other variables never change).
     ramp = await server.nodes.objects.add_variable(ua.NodeId("Ramp", idx), ua.QualifiedName("Ramp", idx), 0, varianttype=ua.VariantType.Int32)
     nodes["Ramp"] = ramp.nodeid.to_string()
+    # Kept in asyncua's in-memory history (HistoryRead), for the backfill test.
+    await server.historize_node_data_change(ramp, period=datetime.timedelta(hours=1))
 
     async def count_up() -> None:
         n = 0

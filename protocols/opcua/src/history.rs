@@ -134,11 +134,12 @@ impl OpcUaHistory {
                     .filter_map(|i| reads[*i].last)
                     .min()
                     .map_or(from, |t| t.max(from));
+                let per_node = VALUES_PER_REQUEST.min(self.settings.max_values_per_node);
                 let details = ReadRawModifiedDetails {
                     is_read_modified: false,
                     start_time: (start + chrono::Duration::milliseconds(1)).into(),
                     end_time: to.into(),
-                    num_values_per_node: VALUES_PER_REQUEST.min(self.settings.max_values_per_node),
+                    num_values_per_node: per_node,
                     return_bounds: false,
                 };
                 self.budget.requests.until_ready().await;
@@ -179,6 +180,11 @@ impl OpcUaHistory {
                         .inner_as::<HistoryData>()
                         .and_then(|h| h.data_values.clone())
                         .unwrap_or_default();
+                    // A full page without a continuation point: some servers
+                    // (asyncua) cut at numValuesPerNode and say nothing; ask
+                    // again after the last value.
+                    let full_page = data.len() >= per_node as usize;
+                    let before = r.values;
                     for dv in data {
                         let at = dv.source_timestamp.map(|t| t.as_chrono());
                         // Strictly inside the window, after what was sent.
@@ -193,9 +199,9 @@ impl OpcUaHistory {
                         batch.push(convert::sample(&node.text, dv));
                     }
                     r.continuation = result.continuation_point.clone();
-                    if r.continuation.is_null_or_empty()
-                        || r.values >= self.settings.max_values_per_node
-                    {
+                    let progressed = r.values > before;
+                    let more = !r.continuation.is_null_or_empty() || (full_page && progressed);
+                    if !more || r.values >= self.settings.max_values_per_node {
                         r.done = true;
                     }
                 }
