@@ -4,6 +4,7 @@ import json, pathlib, statistics, sys
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
 cols = [
+    ("mode", "{}"), ("change_rate", "{}"),
     ("devices", "{:.0f}"), ("tags", "{:.0f}"), ("batch_interval_s", "{}"),
     ("points_per_s", "{:.0f}"), ("samples_read_per_s", "{:.0f}"), ("reads_per_s", "{:.1f}"),
     ("collector_cpu_percent_of_one_core", "{:.1f}"),
@@ -12,12 +13,18 @@ cols = [
     ("lateness_p50_ms", "{}"), ("lateness_p99_ms", "{}"), ("read_p99_ms", "{}"),
     ("sample_to_ack_p99_ms", "{}"), ("records_lost", "{}"),
     ("simulator_cpu_percent", "{:.0f}"), ("connect_s", "{:.0f}"),
+    ("samples_delivered_per_s", "{:.0f}"), ("samples_per_record", "{:.1f}"),
+    ("bytes_from_clients_per_s", "{:.0f}"), ("bytes_to_clients_per_s", "{:.0f}"),
+    ("wire_bytes_per_point", "{:.1f}"),
 ]
 print("| run | " + " | ".join(c for c, _ in cols) + " |")
 print("|---" * (len(cols) + 1) + "|")
 def fix(r):
     # CPU per point over the points read in the window (steady; deliveries
-    # come in batch-interval steps), as opc-loadgen bench reports it now.
+    # come in batch-interval steps), as opc-loadgen bench reports it now
+    # (reports with samples_delivered count them on the topic already).
+    if "samples_delivered" in r:
+        return
     pts = r.get("samples_read_per_s", 0) * r.get("window_s", 0)
     if pts:
         r["collector_cpu_s_per_million_points"] = r["collector_cpu_s"] * 1e6 / pts
@@ -31,7 +38,7 @@ for f in sorted(out.glob("*.json")):
         v = r.get(c)
         cells.append("-" if v is None else fmt.format(v))
     print(f"| {f.stem} | " + " | ".join(cells) + " |")
-for prefix in ("ref-", "ref1s-"):
+for prefix in ("ref-", "ref1s-", "subs-poll-", "subs-10pct-", "subs-100pct-"):
     runs = [json.loads(f.read_text()) for f in sorted(out.glob(prefix + "*.json"))]
     for r in runs:
         fix(r)

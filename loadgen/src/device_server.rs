@@ -1,7 +1,7 @@
 //! Builds and runs the async-opcua server of one simulated device: one TCP port, one
 //! endpoint (security None and anonymous, or the fleet's [`SecureServing`] with its
-//! users), one [`DeviceNodeManager`] (reads, browsing and monitored items) and nothing
-//! else.
+//! users), one [`DeviceNodeManager`] (reads, browsing, monitored items and
+//! HistoryRead) and nothing else.
 
 use std::{
     net::SocketAddr,
@@ -17,6 +17,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    history::HistorySettings,
     model,
     node_manager::{Counters, DeviceNodeManager, ReadFaults},
     nodes::DeviceSpace,
@@ -97,6 +98,8 @@ pub struct DeviceSpec<'a> {
     pub security: Option<&'a SecureServing>,
     /// Step period of the tag values in ms (`--change-rate`), see [`crate::steps`].
     pub period_ms: Option<i64>,
+    /// How the device serves HistoryRead (its MaxNodesPerHistoryReadData is enforced).
+    pub history: HistorySettings,
 }
 
 /// A started device server.
@@ -180,6 +183,7 @@ pub fn spawn_device(
         period_ms: spec.period_ms,
         subscriptions: limits.subscriptions,
         device_namespace: spec.device_namespace,
+        history: spec.history,
     };
     let mut builder = ServerBuilder::new()
         // Drop the generated core node managers in case a feature elsewhere in the
@@ -244,6 +248,8 @@ pub fn spawn_device(
     let server_limits = builder.limits_mut();
     server_limits.operational.max_nodes_per_read = limits.max_nodes_per_read;
     server_limits.operational.max_monitored_items_per_call = limits.max_monitored_items_per_call;
+    server_limits.operational.max_nodes_per_history_read_data =
+        spec.history.max_nodes_per_read as usize;
     server_limits.subscriptions.max_monitored_items_per_sub = limits.max_monitored_items_per_sub;
     server_limits.subscriptions.max_subscriptions_per_session =
         limits.max_subscriptions_per_session;

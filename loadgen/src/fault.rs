@@ -47,10 +47,15 @@ pub enum Fault {
         /// How long it lasts.
         duration: Duration,
     },
+    /// The device keeps no history: every node of a HistoryRead answers
+    /// `BadHistoryOperationUnsupported`, and its tags' AccessLevel lacks the HistoryRead
+    /// bit (see [`crate::history`]).
+    NoHistory,
 }
 
 impl Fault {
-    /// The fault's name in the CLI syntax (`dead`, `slow`, `flap`, `bad-status`, `max-sessions`).
+    /// The fault's name in the CLI syntax (`dead`, `slow`, `flap`, `bad-status`,
+    /// `max-sessions`, `hostile`, `mute`, `no-history`).
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::Dead => "dead",
@@ -60,16 +65,17 @@ impl Fault {
             Fault::MaxSessions(_) => "max-sessions",
             Fault::Hostile(_) => "hostile",
             Fault::Mute { .. } => "mute",
+            Fault::NoHistory => "no-history",
         }
     }
 }
 
 /// `dead`, `slow:300ms`, `flap:5s/5s`, `bad-status`, `max-sessions:1`,
-/// `hostile:garbage`, `mute:10s/5s`.
+/// `hostile:garbage`, `mute:10s/5s`, `no-history`.
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Dead | Fault::BadStatus => f.write_str(self.kind()),
+            Fault::Dead | Fault::BadStatus | Fault::NoHistory => f.write_str(self.kind()),
             Fault::Slow(d) => write!(f, "slow:{}", DisplayDuration(*d)),
             Fault::Flap { up, down } => {
                 write!(
@@ -125,8 +131,9 @@ pub struct FaultParseError {
 }
 
 const SYNTAX: &str = "expected KIND=SELECTION[:PARAM] with KIND one of dead, slow, flap, \
-     bad-status, max-sessions, hostile, mute (e.g. dead=0.1, dead=3,7, slow=0.1:3s, \
-     flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, hostile=3:garbage, mute=3:10s/5s)";
+     bad-status, max-sessions, hostile, mute, no-history (e.g. dead=0.1, dead=3,7, \
+     slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, hostile=3:garbage, \
+     mute=3:10s/5s, no-history=0.5)";
 
 impl FromStr for FaultSpec {
     type Err = FaultParseError;
@@ -135,7 +142,7 @@ impl FromStr for FaultSpec {
     ///
     /// * SELECTION is a fraction with a decimal point (`0.1`, `1.0`), `all`, or a device
     ///   list (`3,7` or `dev-00003,dev-00007`); a plain integer is a device index;
-    /// * `dead` and `bad-status` take no PARAM; `slow` takes a delay (`300ms`, `3s`),
+    /// * `dead`, `bad-status` and `no-history` take no PARAM; `slow` takes a delay (`300ms`, `3s`),
     ///   `flap` `UP/DOWN` (`5s/5s`), `max-sessions` a positive count, `hostile` a
     ///   kind (`garbage`, `huge-array`, `deep-nesting`, `huge-string`, `trickle`) and
     ///   `mute` `AFTER/FOR` (`10s/5s`, FOR positive); for
@@ -164,6 +171,7 @@ impl FromStr for FaultSpec {
         let (fault, select) = match kind.as_str() {
             "dead" => (Fault::Dead, no_param(rest)?),
             "bad-status" => (Fault::BadStatus, no_param(rest)?),
+            "no-history" => (Fault::NoHistory, no_param(rest)?),
             "slow" => {
                 let (select, param) = with_param()?;
                 let delay = parse_duration(param)
@@ -237,7 +245,7 @@ impl fmt::Display for FaultSpec {
             }
         }
         match self.fault {
-            Fault::Dead | Fault::BadStatus => Ok(()),
+            Fault::Dead | Fault::BadStatus | Fault::NoHistory => Ok(()),
             Fault::Slow(d) => write!(f, ":{}", DisplayDuration(d)),
             Fault::Flap { up, down } => {
                 write!(f, ":{}/{}", DisplayDuration(up), DisplayDuration(down))
@@ -346,155 +354,4 @@ pub(crate) fn assign(specs: &[FaultSpec], first: u32, count: u32) -> Vec<Vec<Fau
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(s: &str) -> FaultSpec {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn parses_the_cli_syntax() {
-        assert_eq!(
-            p("dead=0.1"),
-            FaultSpec {
-                fault: Fault::Dead,
-                select: Selection::Fraction(0.1)
-            }
-        );
-        assert_eq!(
-            p("dead=dev-00003,dev-00007").select,
-            Selection::Devices(vec![3, 7])
-        );
-        assert_eq!(p("dead=3,7").select, Selection::Devices(vec![3, 7]));
-        assert_eq!(p("dead=all").select, Selection::All);
-        assert_eq!(p("dead=1").select, Selection::Devices(vec![1]));
-        assert_eq!(p("dead=1.0").select, Selection::Fraction(1.0));
-        assert_eq!(
-            p("slow=0.1:3s"),
-            FaultSpec {
-                fault: Fault::Slow(Duration::from_secs(3)),
-                select: Selection::Fraction(0.1)
-            }
-        );
-        assert_eq!(
-            p("slow=300ms").fault,
-            Fault::Slow(Duration::from_millis(300))
-        );
-        assert_eq!(p("slow=300ms").select, Selection::All);
-        assert_eq!(
-            p("flap=0.1:5s/1.5s").fault,
-            Fault::Flap {
-                up: Duration::from_secs(5),
-                down: Duration::from_millis(1500)
-            }
-        );
-        assert_eq!(p("bad-status=0.05").fault, Fault::BadStatus);
-        assert_eq!(
-            p("max-sessions=1"),
-            FaultSpec {
-                fault: Fault::MaxSessions(1),
-                select: Selection::All
-            }
-        );
-        assert_eq!(p("max-sessions=0.1:2").select, Selection::Fraction(0.1));
-        assert_eq!(
-            p("max-sessions=4,5:2").select,
-            Selection::Devices(vec![4, 5])
-        );
-        assert_eq!(
-            p("mute=3:10s/5s"),
-            FaultSpec {
-                fault: Fault::Mute {
-                    after: Duration::from_secs(10),
-                    duration: Duration::from_secs(5)
-                },
-                select: Selection::Devices(vec![3])
-            }
-        );
-        assert_eq!(p("mute=0s/1500ms").select, Selection::All);
-        assert_eq!(p("mute=0.5:0s/2s").select, Selection::Fraction(0.5));
-    }
-
-    #[test]
-    fn display_round_trips() {
-        for s in [
-            "dead=0.1",
-            "dead=3,7",
-            "dead=all",
-            "dead=1.0",
-            "slow=0.25:300ms",
-            "flap=2:5s/1500ms",
-            "bad-status=0.05",
-            "max-sessions=all:1",
-            "mute=3:10s/5s",
-            "mute=all:0s/1500ms",
-        ] {
-            assert_eq!(p(s).to_string(), s);
-            assert_eq!(p(&p(s).to_string()), p(s));
-        }
-    }
-
-    #[test]
-    fn rejects_bad_specs_clearly() {
-        for (s, needle) in [
-            ("dead", "expected KIND=SELECTION"),
-            ("zombie=0.1", "unknown fault kind `zombie`"),
-            ("dead=0.1:3s", "dead takes no parameter"),
-            ("dead=1.5", "not between 0 and 1"),
-            ("dead=x", "neither a fraction"),
-            ("dead=dev-3", "neither a fraction"),
-            ("slow=0.1", "has no unit"),
-            ("slow=0.1:3h", "unknown unit `h`"),
-            ("flap=0.1:5s", "UP/DOWN"),
-            ("flap=0.1:0s/1s", "positive"),
-            ("max-sessions=0.1:x", "session count"),
-            ("max-sessions=0", "at least 1"),
-            ("mute=3:10s", "AFTER/FOR"),
-            ("mute=3:1s/0s", "must be positive"),
-            ("mute=3:x/1s", "mute start (AFTER)"),
-        ] {
-            let e = s.parse::<FaultSpec>().unwrap_err();
-            assert!(e.to_string().contains(needle), "{s}: {e}");
-            assert!(
-                e.to_string().starts_with(&format!("invalid fault `{s}`")),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn fractions_take_disjoint_deterministic_blocks() {
-        let specs = [p("dead=0.1"), p("slow=0.1:3s"), p("flap=0.1:5s/5s")];
-        let a = assign(&specs, 0, 100);
-        assert_eq!(a, assign(&specs, 0, 100), "deterministic");
-        let faulty = a.iter().filter(|f| !f.is_empty()).count();
-        assert_eq!(faulty, 30);
-        assert!(a.iter().all(|f| f.len() <= 1), "disjoint");
-        for kind in ["dead", "slow", "flap"] {
-            let n = a
-                .iter()
-                .filter(|f| f.iter().any(|x| x.kind() == kind))
-                .count();
-            assert_eq!(n, 10, "{kind}");
-        }
-        // Spread over the index range, not the first 30 devices.
-        assert!(a[..30].iter().any(|f| f.is_empty()));
-    }
-
-    #[test]
-    fn lists_all_and_small_fractions() {
-        let a = assign(&[p("dead=3,7,99"), p("max-sessions=1")], 2, 8);
-        assert_eq!(a[1], vec![Fault::Dead, Fault::MaxSessions(1)]);
-        assert_eq!(a[5], vec![Fault::Dead, Fault::MaxSessions(1)]);
-        assert_eq!(a[0], vec![Fault::MaxSessions(1)]);
-        let a = assign(&[p("bad-status=0.05")], 0, 3);
-        assert_eq!(
-            a.iter().filter(|f| !f.is_empty()).count(),
-            1,
-            "at least one"
-        );
-        let a = assign(&[p("dead=0.0")], 0, 3);
-        assert!(a.iter().all(|f| f.is_empty()));
-    }
-}
+mod tests;

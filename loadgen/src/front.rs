@@ -8,13 +8,19 @@
 //! behind an unchanged port.
 
 use std::{
+    io,
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
@@ -226,8 +232,11 @@ async fn relay(client: TcpStream, shared: &Shared, mode: FrontMode) {
     // Both sides carry small request/response messages: no Nagle delays.
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
+    let (mut client_read, client_write) = client.into_split();
+    let (mut server_read, server_write) = server.into_split();
+    // Bytes relayed each way, counted as the writes complete.
+    let mut client_write = Counted::new(client_write, &shared.counters.bytes_to_clients);
+    let mut server_write = Counted::new(server_write, &shared.counters.bytes_from_clients);
     let mut sessions = ConnectionSessions::new(&shared.counters);
     let upstream = tokio::io::copy(&mut client_read, &mut server_write);
     let downstream = async {
@@ -257,5 +266,58 @@ async fn relay(client: TcpStream, shared: &Shared, mode: FrontMode) {
     tokio::select! {
         _ = upstream => {}
         _ = downstream => {}
+    }
+}
+
+/// A writer that adds the bytes each write accepted to a counter: one relaxed
+/// atomic add per write call, so the relay's hot path stays cheap.
+struct Counted<'a, W> {
+    inner: W,
+    bytes: &'a AtomicU64,
+}
+
+impl<'a, W> Counted<'a, W> {
+    /// Counts what is written to `inner` into `bytes`.
+    fn new(inner: W, bytes: &'a AtomicU64) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            this.bytes.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counted_adds_every_write() {
+        let bytes = AtomicU64::new(0);
+        let mut out = Counted::new(Vec::new(), &bytes);
+        out.write_all(b"HEL").await.unwrap();
+        out.write_all(b"F\x1c\x00\x00\x00").await.unwrap();
+        out.flush().await.unwrap();
+        assert_eq!(bytes.load(Ordering::Relaxed), 8);
+        assert_eq!(out.inner.len(), 8);
     }
 }

@@ -13,6 +13,7 @@ mod duration;
 mod error;
 mod fault;
 mod front;
+pub mod history;
 mod hostile;
 pub mod model;
 mod monitor;

@@ -77,13 +77,24 @@ struct ServeArgs {
     /// MaxMonitoredItemsPerCall operation limit served (i=11714) and enforced by every device.
     #[arg(long, default_value_t = 1000)]
     max_monitored_items_per_call: u32,
+    /// HistoryRead serves the entries of the last D (1h, 30m, 90s): older ones are gone.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = humantime::parse_duration)]
+    history_retention: std::time::Duration,
+    /// Most values a HistoryRead returns per node and call (MaxReturnDataValues,
+    /// i=11273); more come back through continuation points.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_history_values: u32,
+    /// MaxNodesPerHistoryReadData operation limit served (i=12165) and enforced by every device.
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_nodes_per_history_read: u32,
     /// Write the device file (YAML) for the collector here once all devices listen.
     #[arg(long)]
     write_devices: Option<PathBuf>,
     /// Inject a fault, KIND=SELECTION[:PARAM] (repeatable): dead=0.1, dead=3,7,
     /// slow=0.1:3s, flap=0.1:5s/5s, bad-status=0.05, max-sessions=1, max-sessions=0.1:1,
     /// hostile=3:garbage (huge-array, deep-nesting, huge-string, trickle),
-    /// mute=3:10s/5s (from 10 s after start, for 5 s, Publish answers BadTimeout).
+    /// mute=3:10s/5s (from 10 s after start, for 5 s, Publish answers BadTimeout),
+    /// no-history=0.1 (HistoryRead answers BadHistoryOperationUnsupported).
     #[arg(long = "fault", value_name = "KIND=SELECTION[:PARAM]")]
     faults: Vec<FaultSpec>,
     /// Serve per-device counters as JSON at GET /stats on this address (e.g. 127.0.0.1:9100).
@@ -159,22 +170,31 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGINT/SIGTERM handlers now (before `ready:` is printed:
+/// a signal sent right after it must not kill the process by default) and
+/// returns the wait for the first of them.
+fn shutdown_signal(
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<&'static str>>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
-            _ = term.recv() => Ok("SIGTERM"),
-        }
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => Ok("SIGINT"),
+                _ = term.recv() => Ok("SIGTERM"),
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        Ok("Ctrl-C")
+        Ok(async {
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            Ok("Ctrl-C")
+        })
     }
 }
 
@@ -192,6 +212,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         change_rate: args.change_rate,
         subscriptions: args.subscriptions,
         max_monitored_items_per_call: args.max_monitored_items_per_call,
+        history_retention: args.history_retention,
+        max_history_values_per_call: args.max_history_values,
+        max_nodes_per_history_read_data: args.max_nodes_per_history_read,
     };
     let sim = Simulator::start(cfg)
         .await
@@ -201,12 +224,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing the device file {}", path.display()))?;
         info!(path = %path.display(), "device file written");
     }
+    let mut stats_note = String::new();
     if let Some(addr) = args.stats_addr {
         let bound = sim
             .serve_stats(addr)
             .await
             .context("starting the stats endpoint")?;
         info!("stats at http://{bound}/stats");
+        // On the ready line too: with port 0 it is the only way to learn the port.
+        stats_note = format!("; stats http://{bound}/stats");
     }
     for d in sim.devices().iter().filter(|d| !d.faults.is_empty()) {
         let faults: Vec<String> = d.faults.iter().map(ToString::to_string).collect();
@@ -218,11 +244,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let last = u32::from(args.port_base) + sim.devices().len().max(1) as u32 - 1;
         format!("{}..{}", args.port_base, last)
     };
+    let signal = shutdown_signal()?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "ready: {} devices on {}:{}",
+            "ready: {} devices on {}:{}{stats_note}",
             sim.devices().len(),
             args.listen,
             ports
@@ -230,7 +257,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("writing to stdout")?;
         out.flush().context("flushing stdout")?;
     }
-    let signal = shutdown_signal().await?;
+    let signal = signal.await?;
     let stats = sim.stats();
     info!(signal, ?stats, "shutting down");
     sim.shutdown().await;

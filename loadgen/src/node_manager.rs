@@ -1,6 +1,7 @@
 //! The async-opcua `NodeManager` of a device server: plugs [`crate::nodes::DeviceSpace`]
-//! into the server in place of the (heavy) generated core address space, and serves its
-//! monitored items through [`crate::monitor`].
+//! into the server in place of the (heavy) generated core address space, serves its
+//! monitored items through [`crate::monitor`] and its HistoryRead through
+//! [`crate::history`].
 
 use std::{
     sync::{
@@ -12,22 +13,22 @@ use std::{
 
 use async_trait::async_trait;
 use opcua::types::{
-    AttributeId, DateTime, MonitoringMode, NodeClass, NodeId, NumericRange, ReferenceTypeId,
-    StatusCode, TimestampsToReturn,
+    AttributeId, DateTime, MonitoringMode, NodeClass, NodeId, NumericRange, ReadRawModifiedDetails,
+    ReferenceTypeId, StatusCode, TimestampsToReturn,
 };
 use opcua_nodes::DefaultTypeTree;
 use opcua_server::{
     diagnostics::NamespaceMetadata,
     node_manager::{
-        BrowseNode, MonitoredItemRef, MonitoredItemUpdateRef, NodeManager, ParsedReadValueId,
-        ReadNode, RequestContext, ServerContext,
+        BrowseNode, HistoryNode, MonitoredItemRef, MonitoredItemUpdateRef, NodeManager,
+        ParsedReadValueId, ReadNode, RequestContext, ServerContext,
     },
     CreateMonitoredItem, ServerStatusWrapper,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    model,
+    history, model,
     monitor::{Monitor, NewItem, Source},
     nodes::{DeviceSpace, Node, StatusSnapshot, SHIFTED_NAMESPACE_URI},
     stats::DeviceCounters,
@@ -45,7 +46,7 @@ pub struct Counters {
 /// Injected misbehaviour of the Read service (see [`crate::Fault`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadFaults {
-    /// Sleep this long before answering every Read (`Fault::Slow`).
+    /// Sleep this long before answering every Read and HistoryRead (`Fault::Slow`).
     pub delay: Option<Duration>,
     /// Answer every third Read with `BadCommunicationError` for all nodes (`Fault::BadStatus`).
     pub bad_status: bool,
@@ -179,6 +180,27 @@ impl NodeManager for DeviceNodeManager {
                 .read(resolved, item, timestamps_to_return, now, &status);
             node.set_result(result);
         }
+        Ok(())
+    }
+
+    /// HistoryRead, Read Raw: see [`crate::history`]. Counted per device
+    /// (`history_reads`, `history_values`); delayed by a `slow` fault like a Read.
+    async fn history_read_raw_modified(
+        &self,
+        _context: &RequestContext,
+        details: &ReadRawModifiedDetails,
+        nodes: &mut [&mut HistoryNode],
+        timestamps_to_return: TimestampsToReturn,
+    ) -> Result<(), StatusCode> {
+        self.device.history_reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(delay) = self.faults.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let now = now_ms().as_chrono().timestamp_millis();
+        let values = history::read_raw(&self.space, details, nodes, timestamps_to_return, now);
+        self.device
+            .history_values
+            .fetch_add(values, Ordering::Relaxed);
         Ok(())
     }
 

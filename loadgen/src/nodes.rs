@@ -16,6 +16,7 @@ use opcua::types::{
 use opcua_server::node_manager::ParsedReadValueId;
 
 use crate::{
+    history::{HistorySettings, ACCESS_CURRENT_READ},
     model::{self, ModelValue, TagKind, DEVICE_NAMESPACE_INDEX},
     steps,
 };
@@ -28,7 +29,7 @@ pub const OPC_UA_NAMESPACE_URI: &str = "http://opcfoundation.org/UA/";
 pub const SHIFTED_NAMESPACE_URI: &str = "urn:opc-loadgen:shifted";
 
 /// The namespace 0 variables every simulated server serves (numeric ids in namespace 0).
-pub const SERVED_NS0_VARIABLES: [VariableId; 9] = [
+pub const SERVED_NS0_VARIABLES: [VariableId; 12] = [
     VariableId::Server_ServerArray,
     VariableId::Server_NamespaceArray,
     VariableId::Server_ServerStatus,
@@ -38,6 +39,9 @@ pub const SERVED_NS0_VARIABLES: [VariableId; 9] = [
     VariableId::Server_ServiceLevel,
     VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
     VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+    VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
+    VariableId::HistoryServerCapabilities_AccessHistoryDataCapability,
+    VariableId::HistoryServerCapabilities_MaxReturnDataValues,
 ];
 
 /// A node of the virtual address space.
@@ -72,6 +76,8 @@ pub struct DeviceSpace {
     /// Namespace index of the device tags: [`DEVICE_NAMESPACE_INDEX`], or more after a
     /// restart that shifted the namespace array (placeholder URIs fill the gap).
     pub device_namespace: u16,
+    /// How the device serves HistoryRead (see [`crate::history`]).
+    pub history: HistorySettings,
 }
 
 /// Live server status inputs, read from the running server.
@@ -182,9 +188,14 @@ impl DeviceSpace {
                     Variant::Empty
                 }
             }
-            AttributeId::AccessLevel | AttributeId::UserAccessLevel => 1u8.into(),
+            AttributeId::AccessLevel | AttributeId::UserAccessLevel => match node {
+                Node::Tag(_) => self.history.tag_access_level().into(),
+                _ => ACCESS_CURRENT_READ.into(),
+            },
             AttributeId::MinimumSamplingInterval => 0.0f64.into(),
-            AttributeId::Historizing => false.into(),
+            AttributeId::Historizing => {
+                (matches!(node, Node::Tag(_)) && self.history.enabled).into()
+            }
             _ => return status_only(StatusCode::BadAttributeIdInvalid),
         };
         DataValue {
@@ -285,6 +296,15 @@ impl DeviceSpace {
             VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall => {
                 self.max_monitored_items_per_call.into()
             }
+            VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData => {
+                self.history.max_nodes_per_read.into()
+            }
+            VariableId::HistoryServerCapabilities_AccessHistoryDataCapability => {
+                self.history.enabled.into()
+            }
+            VariableId::HistoryServerCapabilities_MaxReturnDataValues => {
+                self.history.max_values_per_call.into()
+            }
             _ => Variant::Empty,
         }
     }
@@ -355,6 +375,9 @@ fn data_type_of(node: Node) -> (DataTypeId, i32) {
             | VariableId::Server_ServerStatus_CurrentTime => (DataTypeId::UtcTime, -1),
             VariableId::Server_ServerStatus_State => (DataTypeId::ServerState, -1),
             VariableId::Server_ServiceLevel => (DataTypeId::Byte, -1),
+            VariableId::HistoryServerCapabilities_AccessHistoryDataCapability => {
+                (DataTypeId::Boolean, -1)
+            }
             _ => (DataTypeId::UInt32, -1),
         },
     }
@@ -375,118 +398,4 @@ pub fn model_to_variant(value: ModelValue) -> Variant {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn space() -> DeviceSpace {
-        DeviceSpace {
-            device: 3,
-            tags: 20,
-            application_uri: "urn:x".into(),
-            max_nodes_per_read: 1000,
-            max_monitored_items_per_call: 1000,
-            period_ms: None,
-            subscriptions: true,
-            device_namespace: DEVICE_NAMESPACE_INDEX,
-        }
-    }
-
-    #[test]
-    fn shifted_namespace() {
-        let s = DeviceSpace {
-            device_namespace: 3,
-            ..space()
-        };
-        assert_eq!(s.resolve(&NodeId::new(3, "Tag019")), Some(Node::Tag(19)));
-        assert_eq!(s.resolve(&NodeId::new(2, "Tag019")), None);
-        assert!(s.owns(&NodeId::new(2, "Tag019")));
-        assert!(!s.owns(&NodeId::new(4, "Tag019")));
-        assert_eq!(
-            s.namespace_array(),
-            [
-                OPC_UA_NAMESPACE_URI,
-                "urn:x",
-                "urn:opc-loadgen:shifted:2",
-                model::NAMESPACE_URI
-            ]
-        );
-    }
-
-    #[test]
-    fn resolves_served_nodes_only() {
-        let s = space();
-        assert_eq!(s.resolve(&NodeId::new(2, "Tag019")), Some(Node::Tag(19)));
-        assert_eq!(s.resolve(&NodeId::new(2, "Tag020")), None);
-        assert_eq!(s.resolve(&NodeId::new(1, "Tag001")), None);
-        assert_eq!(
-            s.resolve(&NodeId::new(0, 2255u32)),
-            Some(Node::Server(VariableId::Server_NamespaceArray))
-        );
-        assert_eq!(
-            s.resolve(&NodeId::new(0, 11705u32)),
-            Some(Node::Server(
-                VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead
-            ))
-        );
-        // The Objects folder (browsed by the operator tools); not the root.
-        assert_eq!(s.resolve(&NodeId::new(0, 85u32)), Some(Node::Objects));
-        assert_eq!(s.resolve(&NodeId::new(0, 84u32)), None);
-    }
-
-    fn snapshot() -> StatusSnapshot {
-        StatusSnapshot {
-            state: ServerState::Running,
-            start_time: DateTime::now(),
-            build_info: Default::default(),
-            service_level: 255,
-        }
-    }
-
-    #[test]
-    fn stepped_reads_carry_the_step_start() {
-        let s = DeviceSpace {
-            period_ms: Some(500),
-            ..space()
-        };
-        let now_ms = 1_767_225_600_123;
-        let now = datetime_ms(now_ms).unwrap();
-        for tag in [0, 2, 5, 15] {
-            let dv = s.sample_value(Node::Tag(tag), now, &snapshot);
-            let (start, value) = steps::step_at(3, tag, now_ms, 500);
-            assert_eq!(dv.value, Some(model_to_variant(value)), "tag {tag}");
-            assert_eq!(dv.source_timestamp, datetime_ms(start));
-            assert_eq!(dv.server_timestamp, Some(now));
-            assert_eq!(dv.status, Some(StatusCode::Good));
-        }
-        let bad = s.sample_value(Node::Tag(7), now, &snapshot);
-        assert_eq!(bad.value, None);
-        assert_eq!(
-            bad.status,
-            Some(StatusCode::from(model::BAD_SENSOR_FAILURE))
-        );
-        // Without a change rate: the model at the instant of the read.
-        let dv = space().sample_value(Node::Tag(2), now, &snapshot);
-        assert_eq!(
-            dv.value,
-            Some(model_to_variant(model::value_at(3, 2, now_ms)))
-        );
-        assert_eq!(dv.source_timestamp, Some(now));
-        let limit = s.sample_value(
-            Node::Server(
-                VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-            ),
-            now,
-            &snapshot,
-        );
-        assert_eq!(limit.value, Some(Variant::UInt32(1000)));
-    }
-
-    #[test]
-    fn browse_names() {
-        assert_eq!(browse_name(Node::Tag(3)), "Tag003");
-        assert_eq!(
-            browse_name(Node::Server(VariableId::Server_NamespaceArray)),
-            "NamespaceArray"
-        );
-    }
-}
+mod tests;

@@ -24,6 +24,10 @@ pub(crate) struct DeviceCounters {
     pub sessions_created: AtomicU64,
     pub connection_attempts: AtomicU64,
     pub reads: AtomicU64,
+    /// HistoryRead calls that reached the device's node manager.
+    pub history_reads: AtomicU64,
+    /// Values (DataValues) those HistoryRead calls returned.
+    pub history_values: AtomicU64,
     pub listening: AtomicBool,
     /// Monitored items the device's server holds now.
     pub monitored_items: AtomicU64,
@@ -31,6 +35,10 @@ pub(crate) struct DeviceCounters {
     pub monitored_items_created: AtomicU64,
     /// Data changes handed to the server's subscriptions (one per monitored item).
     pub data_change_notifications: AtomicU64,
+    /// Bytes the front relayed from clients to the device's server.
+    pub bytes_from_clients: AtomicU64,
+    /// Bytes the front relayed from the device's server to clients.
+    pub bytes_to_clients: AtomicU64,
 }
 
 impl DeviceCounters {
@@ -110,6 +118,11 @@ pub struct DeviceStats {
     pub connection_attempts: u64,
     /// Read service calls answered by the device.
     pub reads: u64,
+    /// HistoryRead calls answered by the device (calls that only release continuation
+    /// points are answered by async-opcua and not counted).
+    pub history_reads: u64,
+    /// Values (DataValues, Bad entries of bad tags included) returned by those calls.
+    pub history_values: u64,
     /// Sessions held by async-opcua's session manager (also those whose connection
     /// dropped, until they time out); 0 for a dead device.
     pub server_sessions: u64,
@@ -124,6 +137,12 @@ pub struct DeviceStats {
     /// Data changes the device handed to its subscriptions since start, one per
     /// monitored item and change (initial values not included); see the README.
     pub data_change_notifications: u64,
+    /// Bytes relayed from clients to the device (OPC UA over TCP, as on the wire,
+    /// without TCP/IP headers) since start, over all its connections.
+    pub bytes_from_clients: u64,
+    /// Bytes relayed from the device to clients since start (as
+    /// `bytes_from_clients`; after a `hostile` or `mute` rewrite, what was sent).
+    pub bytes_to_clients: u64,
 }
 
 impl DeviceStats {
@@ -143,12 +162,16 @@ impl DeviceStats {
             sessions_created: c.sessions_created.load(Ordering::Relaxed),
             connection_attempts: c.connection_attempts.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
+            history_reads: c.history_reads.load(Ordering::Relaxed),
+            history_values: c.history_values.load(Ordering::Relaxed),
             server_sessions,
             listening: c.listening.load(Ordering::Relaxed),
             namespace_index,
             monitored_items: c.monitored_items.load(Ordering::Relaxed),
             monitored_items_created: c.monitored_items_created.load(Ordering::Relaxed),
             data_change_notifications: c.data_change_notifications.load(Ordering::Relaxed),
+            bytes_from_clients: c.bytes_from_clients.load(Ordering::Relaxed),
+            bytes_to_clients: c.bytes_to_clients.load(Ordering::Relaxed),
         }
     }
 }
@@ -175,7 +198,8 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
         out,
         "{{\"devices\":{},\"open_sessions\":{},\"total_sessions\":{},\"reads\":{},\
          \"nodes_read\":{},\"peak_sessions_per_endpoint\":{},\"connection_attempts\":{},\
-         \"monitored_items\":{},\"data_change_notifications\":{},\"per_device\":[",
+         \"monitored_items\":{},\"data_change_notifications\":{},\"bytes_from_clients\":{},\
+         \"bytes_to_clients\":{},\"per_device\":[",
         total.devices,
         total.open_sessions,
         total.total_sessions,
@@ -184,7 +208,9 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
         total.peak_sessions_per_endpoint,
         total.connection_attempts,
         total.monitored_items,
-        total.data_change_notifications
+        total.data_change_notifications,
+        total.bytes_from_clients,
+        total.bytes_to_clients
     );
     for (i, d) in devices.iter().enumerate() {
         if i > 0 {
@@ -202,20 +228,25 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
         let _ = write!(
             out,
             "],\"current_sessions\":{},\"peak_sessions\":{},\"sessions_created\":{},\
-             \"connection_attempts\":{},\"reads\":{},\"server_sessions\":{},\"listening\":{},\
+             \"connection_attempts\":{},\"reads\":{},\"history_reads\":{},\"history_values\":{},\
+             \"server_sessions\":{},\"listening\":{},\
              \"namespace_index\":{},\"monitored_items\":{},\"monitored_items_created\":{},\
-             \"data_change_notifications\":{}}}",
+             \"data_change_notifications\":{},\"bytes_from_clients\":{},\"bytes_to_clients\":{}}}",
             d.current_sessions,
             d.peak_sessions,
             d.sessions_created,
             d.connection_attempts,
             d.reads,
+            d.history_reads,
+            d.history_values,
             d.server_sessions,
             d.listening,
             d.namespace_index,
             d.monitored_items,
             d.monitored_items_created,
-            d.data_change_notifications
+            d.data_change_notifications,
+            d.bytes_from_clients,
+            d.bytes_to_clients
         );
     }
     out.push_str("]}\n");

@@ -1,7 +1,9 @@
 //! `opc-loadgen bench` end to end: a tiny run (20 devices x 5 tags at 1 s,
 //! 2 s warm-up, 5 s window) against the real `opc-collector` binary and the
 //! in-process mock Kafka; checks that the JSON report has every field, with
-//! sane values, and that no record was lost. Timings are not asserted.
+//! sane values, and that no record was lost. Timings are not asserted. A
+//! second tiny run subscribes instead of polling, with a change rate and the
+//! devices in two `serve` child processes.
 
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
@@ -69,48 +71,63 @@ const NUMBERS: &[&str] = &[
     "collector_exit_code",
     "simulator_cpu_percent",
     "simulator_cpu_s",
+    "samples_delivered_per_s",
+    "window_records_on_topic",
+    "window_samples_on_topic",
+    "samples_per_record",
+    "collector_cpu_s_per_million_samples_read",
+    "samples_delivered",
+    "bytes_from_clients",
+    "bytes_to_clients",
+    "bytes_from_clients_per_s",
+    "bytes_to_clients_per_s",
+    "wire_bytes_per_point",
 ];
 
-#[test]
-fn tiny_bench_reports_every_field_and_loses_nothing() {
+/// Runs `opc-loadgen bench` with `args` (plus `--json` and
+/// `--collector-bin`); returns the stdout and the parsed JSON report.
+fn run_bench(args: &[&str]) -> (String, Value, String) {
     let collector = collector_bin();
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
-        .args([
-            "bench",
-            "--devices",
-            "20",
-            "--tags",
-            "5",
-            "--interval",
-            "1s",
-        ])
-        .args([
-            "--warmup",
-            "2s",
-            "--duration",
-            "5s",
-            "--batch-interval",
-            "200ms",
-        ])
+        .arg("bench")
+        .args(args)
         .arg("--json")
         .arg(&json)
         .arg("--collector-bin")
         .arg(&collector)
         .output()
         .expect("run opc-loadgen bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "bench failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("points/s delivered"), "no table:\n{stdout}");
-
     let text = std::fs::read_to_string(&json).expect("read the JSON report");
     let r: Value = serde_json::from_str(&text).expect("JSON report");
+    (stdout, r, text)
+}
+
+#[test]
+fn tiny_bench_reports_every_field_and_loses_nothing() {
+    let (stdout, r, text) = run_bench(&[
+        "--devices",
+        "20",
+        "--tags",
+        "5",
+        "--interval",
+        "1s",
+        "--warmup",
+        "2s",
+        "--duration",
+        "5s",
+        "--batch-interval",
+        "200ms",
+    ]);
+    assert!(stdout.contains("points/s delivered"), "no table:\n{stdout}");
     for k in NUMBERS {
         let v = r[k]
             .as_f64()
@@ -122,6 +139,8 @@ fn tiny_bench_reports_every_field_and_loses_nothing() {
         "topic",
         "percentile_method",
         "simulator_cpu_covers",
+        "mode",
+        "bytes_covers",
     ] {
         assert!(r[k].is_string(), "`{k}` missing in {text}");
     }
@@ -150,6 +169,76 @@ fn tiny_bench_reports_every_field_and_loses_nothing() {
     assert_eq!(n("records_lost"), 0.0, "{text}");
     assert_eq!(n("seq_gaps"), 0.0, "{text}");
     assert_eq!(n("records_duplicated"), 0.0, "{text}");
+    // Polling: every record holds every tag, on the topic as in the window.
+    assert_eq!(r["mode"], "poll", "{text}");
+    assert!(r["change_rate"].is_null(), "{text}");
+    assert_eq!(
+        n("samples_delivered"),
+        n("records_consumed") * 5.0,
+        "{text}"
+    );
+    assert!(n("window_records_on_topic") >= 20.0 * 4.0, "{text}");
+    assert_eq!(
+        n("window_samples_on_topic"),
+        n("window_records_on_topic") * 5.0,
+        "{text}"
+    );
+    assert_eq!(n("samples_per_record"), 5.0, "{text}");
+    let per_s = n("samples_delivered_per_s");
+    assert!((80.0..=120.0).contains(&per_s), "samples/s {per_s}: {text}");
+    assert!(n("bytes_from_clients") > 0.0, "{text}");
+    assert!(
+        n("bytes_to_clients") > n("window_samples_on_topic"),
+        "{text}"
+    );
+    assert_eq!(r["bytes_covers"], "the in-process simulator's counters");
+}
+
+#[test]
+fn tiny_subscribed_bench_counts_the_changed_samples() {
+    // 6 devices x 10 tags, each tag changing every 2 s (half of them per
+    // 1 s publishing interval), in two simulator processes.
+    let (stdout, r, text) = run_bench(&[
+        "--mode",
+        "subscribe",
+        "--change-rate",
+        "0.5",
+        "--devices",
+        "6",
+        "--tags",
+        "10",
+        "--interval",
+        "1s",
+        "--warmup",
+        "3s",
+        "--duration",
+        "5s",
+        "--batch-interval",
+        "200ms",
+        "--sim-processes",
+        "2",
+    ]);
+    assert!(stdout.contains("samples/s on the topic"), "{stdout}");
+    let n = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(r["mode"], "subscribe", "{text}");
+    assert_eq!(n("change_rate"), 0.5, "{text}");
+    assert_eq!(n("simulator_processes"), 2.0, "{text}");
+    assert!(n("samples_delivered") > 0.0, "{text}");
+    assert_eq!(n("seq_gaps"), 0.0, "{text}");
+    assert_eq!(n("records_lost"), 0.0, "{text}");
+    assert_eq!(n("records_duplicated"), 0.0, "{text}");
+    assert_eq!(n("devices_seen"), 6.0, "{text}");
+    // 6 x 10 tags x 0.5 changes/s = 30 samples/s, in records of the changed
+    // tags only (each set-up's first record holds all 10, before the window).
+    let per_s = n("samples_delivered_per_s");
+    assert!((15.0..=45.0).contains(&per_s), "samples/s {per_s}: {text}");
+    assert_eq!(n("points_per_s"), per_s, "{text}");
+    let per_record = n("samples_per_record");
+    assert!((1.0..10.0).contains(&per_record), "{per_record}: {text}");
+    assert!(n("window_records_on_topic") > 0.0, "{text}");
+    assert!(n("collector_cpu_s_per_million_points") > 0.0, "{text}");
+    assert!(n("bytes_to_clients") > 0.0, "{text}");
+    assert_eq!(r["bytes_covers"], "the simulator processes' GET /stats");
 }
 
 #[test]

@@ -93,8 +93,23 @@ fn serve_with_faults_and_stats_endpoint() {
         "{response}"
     );
     assert!(
-        response.contains("\"monitored_items_created\":0,\"data_change_notifications\":0}"),
+        response.contains("\"monitored_items_created\":0,\"data_change_notifications\":0,"),
         "{response}"
+    );
+    // Nothing connected: no bytes relayed, in the totals and per device.
+    assert!(
+        response.contains("\"bytes_from_clients\":0,\"bytes_to_clients\":0,\"per_device\""),
+        "{response}"
+    );
+    assert!(
+        response.contains("\"bytes_from_clients\":0,\"bytes_to_clients\":0}]}"),
+        "{response}"
+    );
+    // The ready line names the stats address.
+    assert!(
+        line.trim_end()
+            .ends_with(&format!("; stats http://{stats_addr}/stats")),
+        "{line:?}"
     );
 }
 
@@ -127,5 +142,26 @@ fn change_rate_out_of_range_is_a_clear_error() {
             stderr.contains("out of range") || stderr.contains("is not a number"),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn history_flags_are_checked() {
+    for (flag, value, needle) in [
+        ("--history-retention", "1 fortnight", "--history-retention"),
+        ("--max-history-values", "0", "--max-history-values"),
+        (
+            "--max-nodes-per-history-read",
+            "0",
+            "--max-nodes-per-history-read",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_opc-loadgen"))
+            .args(["serve", "--devices", "1", "--port-base", "0", flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
     }
 }

@@ -63,6 +63,9 @@ pub struct CollectorConfig {
     pub topic: String,
     /// Device files (absolute paths).
     pub device_files: Vec<PathBuf>,
+    /// Subscribe to every device (`subscription: {mode: subscribe}`, the
+    /// publishing interval defaulting to `interval`) instead of polling.
+    pub subscribe: bool,
 }
 
 /// Writes `collector.yaml` into `dir` (state_dir `dir/state`) and returns its path.
@@ -77,6 +80,10 @@ pub fn write_config(dir: &Path, c: &CollectorConfig, http: SocketAddr) -> anyhow
         y += &format!("workers:\n  permits: {p}\n");
     }
     y += &format!("session:\n  max_connects_per_second: {}\n", c.connect_rate);
+    if c.subscribe {
+        // The publishing interval defaults to the device's interval.
+        y += "subscription:\n  mode: subscribe\n";
+    }
     if let Some(b) = c.batch_interval {
         y += &format!("batch:\n  interval: {}ms\n", b.as_millis());
     }

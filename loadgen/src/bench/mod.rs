@@ -2,7 +2,10 @@
 //! librdkafka mock cluster in process, or `--brokers`) and the real
 //! `opc-collector` binary as a child process; runs a workload, measures the
 //! collector over a window after warm-up, checks every record on the topic,
-//! and prints a table plus a JSON report.
+//! and prints a table plus a JSON report. `--mode subscribe` has the
+//! collector subscribe to the devices instead of polling them, and
+//! `--change-rate` sets how often the simulated tags change; the report
+//! counts the samples on the topic either way.
 
 pub(crate) mod collector;
 pub(crate) mod fleet;
@@ -14,14 +17,34 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use collector_testkit::EmbeddedKafka;
 
 use collector::{Collector, CollectorConfig};
 use collector_testkit::prom::Scrape;
-use fleet::{Fleet, FleetSpec};
+use fleet::{Fleet, FleetSpec, WireBytes};
 use procfs::Pid;
 use report::Report;
+
+/// How the collector gets the devices' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// A Read of every tag each interval: one record of `--tags` samples per read.
+    Poll,
+    /// One OPC UA subscription per device: one record per publish response
+    /// with changes, holding only the changed tags.
+    Subscribe,
+}
+
+impl Mode {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Poll => "poll",
+            Mode::Subscribe => "subscribe",
+        }
+    }
+}
 
 /// `opc-loadgen bench` options.
 #[derive(Debug, Clone, Args)]
@@ -78,6 +101,21 @@ pub struct BenchArgs {
     /// Keep the work directory (configuration, device files, collector log).
     #[arg(long)]
     pub keep_dir: bool,
+    /// How the collector gets the values: `poll` (a Read of every tag each
+    /// --interval, one record of --tags samples per read) or `subscribe` (the
+    /// collector's `subscription: {mode: subscribe}`: one subscription per
+    /// device, publishing interval = --interval; the devices send only what
+    /// changed, one record per publish response with changes). The report
+    /// counts the samples on the topic in both modes.
+    #[arg(long, value_enum, default_value_t = Mode::Poll)]
+    pub mode: Mode,
+    /// The simulator's step model (`serve --change-rate`): every tag changes
+    /// R times per second (0 < R <= 1000), holding each value round(1000/R)
+    /// ms; R x interval is the share of the tags that change per interval:
+    /// at --interval 10s, 0.01 = 10 % and 0.1 = 100 %. Default: none, values
+    /// computed at each read (a subscribed tag then changes at every sample).
+    #[arg(long, value_name = "R", value_parser = crate::parse_change_rate)]
+    pub change_rate: Option<f64>,
 }
 
 fn note(msg: impl std::fmt::Display) {
@@ -119,15 +157,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         port_base: args
             .port_base
             .unwrap_or(if args.devices > 5000 { 10000 } else { 0 }),
+        change_rate: args.change_rate,
+        subscriptions: args.mode == Mode::Subscribe,
     };
     let t = Instant::now();
     let (fleet, device_files) = Fleet::start(&spec, dir.path()).await?;
     note(format_args!(
-        "{} devices x {} tags listening in {:.1?} ({} simulator process(es))",
+        "{} devices x {} tags listening in {:.1?} ({} simulator process(es)); mode {}, {}",
         args.devices,
         args.tags,
         t.elapsed(),
-        fleet.process_count()
+        fleet.process_count(),
+        args.mode.name(),
+        args.change_rate.map_or_else(
+            || "values computed at each read".to_string(),
+            |r| format!("every tag changes {r} times per second")
+        )
     ));
 
     // --- collector ---------------------------------------------------------------
@@ -142,6 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             brokers: bootstrap.clone(),
             topic: topic.clone(),
             device_files,
+            subscribe: args.mode == Mode::Subscribe,
         },
         http,
     )?;
@@ -221,6 +267,28 @@ fn spec_processes(spec: &FleetSpec) -> usize {
 struct Window {
     report: Report,
     reader: verify::Reader,
+    /// The window in wall-clock ms since the Unix epoch, `[start, end)`, to
+    /// pick the records read in it by their message timestamp.
+    wall_ms: (i64, i64),
+}
+
+/// Wall-clock ms since the Unix epoch (the collector stamps each message
+/// with its read time on the same clock).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The fleet's relayed bytes, or why there are none (noted, not fatal).
+fn wire_bytes(fleet: &Fleet) -> Option<WireBytes> {
+    match fleet.wire_bytes() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            note(format_args!("bytes on the wire not measured: {e:#}"));
+            None
+        }
+    }
 }
 
 fn scrape(col: &Collector) -> anyhow::Result<Scrape> {
@@ -287,10 +355,12 @@ async fn measure(
 
     // --- the window ----------------------------------------------------------
     note(format_args!("measuring for {:?}", args.duration));
+    let b0 = wire_bytes(fleet);
     let s0 = scrape(col)?;
     let c0 = procfs::cpu_seconds(pid)?;
     let f0 = fleet.cpu_seconds()?;
     let t0 = Instant::now();
+    let w0 = now_ms();
     let mut peak_rss = procfs::rss_kib(pid)?;
     while t0.elapsed() < args.duration {
         let left = args.duration.saturating_sub(t0.elapsed());
@@ -302,6 +372,8 @@ async fn measure(
     let c1 = procfs::cpu_seconds(pid)?;
     let f1 = fleet.cpu_seconds()?;
     let window = t0.elapsed().as_secs_f64();
+    let w1 = now_ms();
+    let bytes = b0.zip(wire_bytes(fleet)).map(|(b0, b1)| b1.since(b0));
     let hwm = std::fs::read_to_string(format!("/proc/{}/status", col.pid()))
         .ok()
         .and_then(|s| procfs::parse_status_kib(&s, "VmHWM:"))
@@ -316,6 +388,8 @@ async fn measure(
     let cpu = c1 - c0;
     let (cpus, model) = report::machine();
     let report = Report {
+        mode: args.mode.name().to_string(),
+        change_rate: args.change_rate,
         devices: args.devices,
         tags: args.tags,
         interval_s: args.interval.as_secs_f64(),
@@ -337,8 +411,14 @@ async fn measure(
         ticks_skipped: d("collector_schedule_ticks_skipped_total", &[]),
         collector_cpu_s: cpu,
         collector_cpu_percent_of_one_core: 100.0 * cpu / window,
-        // Over the points read (steady): deliveries come in batch-interval steps.
+        // Over the points read (steady): deliveries come in batch-interval
+        // steps. Replaced by the count on the topic once it is read back.
         collector_cpu_s_per_million_points: if samples > 0.0 {
+            cpu * 1e6 / samples
+        } else {
+            0.0
+        },
+        collector_cpu_s_per_million_samples_read: if samples > 0.0 {
             cpu * 1e6 / samples
         } else {
             0.0
@@ -357,9 +437,23 @@ async fn measure(
                                plus the topic reader thread, which reads and parses every \
                                record as it is delivered) and any simulator child processes"
             .to_string(),
+        bytes_from_clients: bytes.map(|b| b.from_clients),
+        bytes_to_clients: bytes.map(|b| b.to_clients),
+        bytes_from_clients_per_s: bytes.map(|b| b.from_clients as f64 / window),
+        bytes_to_clients_per_s: bytes.map(|b| b.to_clients as f64 / window),
+        bytes_covers: match (fleet, bytes) {
+            (_, None) => "not measured (see the bench's log)",
+            (Fleet::InProcess(_), Some(_)) => "the in-process simulator's counters",
+            (Fleet::Children(_), Some(_)) => "the simulator processes' GET /stats",
+        }
+        .to_string(),
         ..Report::default()
     };
-    Ok(Window { report, reader })
+    Ok(Window {
+        report,
+        reader,
+        wall_ms: (w0, w1),
+    })
 }
 
 async fn finish(mut col: Collector, w: Window) -> anyhow::Result<Report> {
@@ -392,5 +486,8 @@ async fn finish(mut col: Collector, w: Window) -> anyhow::Result<Report> {
     report.seq_gaps = check.seq_gaps;
     report.devices_seen = check.devices_seen;
     report.records_lost = stopped.reads_ok.saturating_sub(check.unique);
+    report.samples_delivered = check.samples;
+    let (from, to) = w.wall_ms;
+    report.add_topic_window(check.in_window(from, to));
     Ok(report)
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use super::verify::Counts;
+
 /// How the percentiles are read off the collector's histograms.
 pub const PERCENTILE_METHOD: &str =
     "upper bound of the Prometheus histogram bucket that holds the \
@@ -17,6 +19,11 @@ pub const PERCENTILE_METHOD: &str =
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     // --- workload
+    /// How the collector got the values: "poll" or "subscribe".
+    pub mode: String,
+    /// The simulator's changes per tag and second (`--change-rate`); null =
+    /// none (values computed at each read).
+    pub change_rate: Option<f64>,
     /// Simulated devices (= collector sessions).
     pub devices: u32,
     /// Tags per device.
@@ -49,18 +56,30 @@ pub struct Report {
     /// Sessions connected at the end of the window.
     pub sessions_connected: f64,
     // --- throughput (window)
-    /// Points (samples) delivered to Kafka per second: records acknowledged x
-    /// tags. Deliveries come in batch-interval steps, so over a window of a
-    /// few batch intervals this moves by up to one batch; samples_read_per_s
-    /// is the steady figure.
+    /// Points (samples) delivered to Kafka per second. Polling: records
+    /// acknowledged x tags; deliveries come in batch-interval steps, so over a
+    /// window of a few batch intervals this moves by up to one batch
+    /// (samples_read_per_s is the steady figure). Subscribing (records hold
+    /// only the changed tags): samples_delivered_per_s.
     pub points_per_s: f64,
+    /// Samples on the topic in the records read in the window (by message
+    /// timestamp, the read time), per second of the window.
+    pub samples_delivered_per_s: f64,
+    /// Records on the topic read in the window (by message timestamp).
+    pub window_records_on_topic: u64,
+    /// Samples in those records (polling: window_records_on_topic x tags).
+    pub window_samples_on_topic: u64,
+    /// window_samples_on_topic / window_records_on_topic (polling: tags).
+    pub samples_per_record: f64,
     /// Points read per second (`collector_samples_total`, all qualities).
     pub samples_read_per_s: f64,
-    /// Successful device reads per second.
+    /// Successful device reads per second (subscribing: records made, one
+    /// per publish response with changes).
     pub reads_per_s: f64,
     /// Records acknowledged by Kafka per second.
     pub records_delivered_per_s: f64,
-    /// Expected reads per second (devices / interval).
+    /// Expected reads per second (devices / interval); subscribing, the
+    /// most records per second (one per device and publishing interval).
     pub expected_reads_per_s: f64,
     /// Failed reads in the window.
     pub reads_failed: f64,
@@ -72,8 +91,13 @@ pub struct Report {
     /// Collector CPU as a percentage of one core.
     pub collector_cpu_percent_of_one_core: f64,
     /// Collector CPU seconds per million points read (= microseconds per
-    /// point; every point read is delivered when records_lost is 0).
+    /// point; every point read is delivered when records_lost is 0), over
+    /// window_samples_on_topic (collector_samples_total if the topic held
+    /// none).
     pub collector_cpu_s_per_million_points: f64,
+    /// The same over the collector's own count of samples read in the
+    /// window (`collector_samples_total`, samples_read_per_s), to cross-check.
+    pub collector_cpu_s_per_million_samples_read: f64,
     /// Peak VmRSS sampled every 500 ms in the window, MiB.
     pub collector_peak_rss_mib: f64,
     /// Peak VmRSS / sessions, KiB.
@@ -112,6 +136,8 @@ pub struct Report {
     pub devices_seen: u64,
     /// records_read - records_unique (must be 0).
     pub records_lost: u64,
+    /// Samples in all the messages read back (duplicates included).
+    pub samples_delivered: u64,
     /// Collector exit code after SIGTERM (0 = clean drain).
     pub collector_exit_code: i32,
     // --- the other side
@@ -122,6 +148,21 @@ pub struct Report {
     pub simulator_cpu_s: f64,
     /// What simulator_cpu_* covers.
     pub simulator_cpu_covers: String,
+    // --- bytes on the wire (window), as the devices' fronts relayed them
+    // (OPC UA over TCP without TCP/IP headers); null = not measured
+    /// Bytes from the collector to the devices in the window.
+    pub bytes_from_clients: Option<u64>,
+    /// Bytes from the devices to the collector in the window.
+    pub bytes_to_clients: Option<u64>,
+    /// bytes_from_clients per second of the window.
+    pub bytes_from_clients_per_s: Option<f64>,
+    /// bytes_to_clients per second of the window.
+    pub bytes_to_clients_per_s: Option<f64>,
+    /// (bytes_from_clients + bytes_to_clients) / window_samples_on_topic.
+    pub wire_bytes_per_point: Option<f64>,
+    /// Where the bytes come from (in-process counters, the simulator
+    /// processes' GET /stats, or why they were not measured).
+    pub bytes_covers: String,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -129,6 +170,30 @@ fn ms(v: Option<f64>) -> String {
 }
 
 impl Report {
+    /// Adds what the topic held for the window (`c`: records and samples
+    /// whose read time is in it): the sample rates, CPU per point, and, when
+    /// subscribing, points_per_s.
+    pub fn add_topic_window(&mut self, c: Counts) {
+        self.window_records_on_topic = c.records;
+        self.window_samples_on_topic = c.samples;
+        if self.window_s > 0.0 {
+            self.samples_delivered_per_s = c.samples as f64 / self.window_s;
+        }
+        if c.records > 0 {
+            self.samples_per_record = c.samples as f64 / c.records as f64;
+        }
+        if c.samples > 0 {
+            self.collector_cpu_s_per_million_points = self.collector_cpu_s * 1e6 / c.samples as f64;
+            self.wire_bytes_per_point = self
+                .bytes_from_clients
+                .zip(self.bytes_to_clients)
+                .map(|(f, t)| (f + t) as f64 / c.samples as f64);
+        }
+        if self.mode != "poll" {
+            self.points_per_s = self.samples_delivered_per_s;
+        }
+    }
+
     /// Writes the JSON file.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self).context("encoding the report")?;
@@ -146,6 +211,7 @@ impl Report {
                 ),
                 "",
             ),
+            ("mode", self.mode_text(), ""),
             ("kafka", self.kafka.clone(), ""),
             (
                 "fleet connected after",
@@ -158,10 +224,30 @@ impl Report {
                 "",
             ),
             (
-                "reads/s",
+                "samples/s on the topic",
                 format!(
-                    "{:.1} (expected {:.1})",
-                    self.reads_per_s, self.expected_reads_per_s
+                    "{:.0} ({} records x {:.1} samples in the window)",
+                    self.samples_delivered_per_s,
+                    self.window_records_on_topic,
+                    self.samples_per_record
+                ),
+                "",
+            ),
+            (
+                if self.mode == "poll" {
+                    "reads/s"
+                } else {
+                    "records/s (publish responses)"
+                },
+                format!(
+                    "{:.1} ({} {:.1})",
+                    self.reads_per_s,
+                    if self.mode == "poll" {
+                        "expected"
+                    } else {
+                        "at most"
+                    },
+                    self.expected_reads_per_s
                 ),
                 "",
             ),
@@ -221,6 +307,7 @@ impl Report {
                 format!("{:.1} % of one core", self.simulator_cpu_percent),
                 "",
             ),
+            ("bytes on the wire", self.bytes_text(), ""),
         ];
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
@@ -236,6 +323,36 @@ impl Report {
         }
         out += "percentiles: upper bound of the histogram bucket holding the quantile\n";
         out
+    }
+
+    /// The mode row: poll or subscribe, and the change rate.
+    fn mode_text(&self) -> String {
+        let per_interval = self.change_rate.map(|r| r * self.interval_s);
+        match (self.change_rate, per_interval) {
+            (Some(r), Some(p)) if p <= 1.0 => format!(
+                "{}, every tag changes {r}/s ({:.0} % of the tags per interval)",
+                self.mode,
+                100.0 * p
+            ),
+            (Some(r), Some(p)) => format!(
+                "{}, every tag changes {r}/s ({p:.1} times per interval)",
+                self.mode
+            ),
+            _ => format!("{}, values computed at each read", self.mode),
+        }
+    }
+
+    /// The bytes row: both directions per second and per point.
+    fn bytes_text(&self) -> String {
+        match (self.bytes_from_clients_per_s, self.bytes_to_clients_per_s) {
+            (Some(f), Some(t)) => format!(
+                "{:.0} B/s to the devices, {:.0} B/s from them ({:.1} B per point)",
+                f,
+                t,
+                self.wire_bytes_per_point.unwrap_or(0.0)
+            ),
+            _ => "not measured".to_string(),
+        }
     }
 
     /// Prints the table to stdout.

@@ -2,9 +2,12 @@
 //! that trims old segments, like librdkafka's mock cluster, loses nothing
 //! before it is read; for the bench, once the collector stopped, checks
 //! every device's records: sequence numbers unique and gap-free from the
-//! first to the last one seen.
+//! first to the last one seen. It also counts the samples of every record
+//! (polled: one per node; subscribed, `"origin": "data_change"`: only the
+//! changed nodes), in all and by the message's timestamp, so the bench can
+//! count the points read in its measurement window.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +18,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+
+/// Records and samples counted together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records (messages that parsed as one).
+    pub records: u64,
+    /// Samples in them (the lengths of their `samples` arrays).
+    pub samples: u64,
+}
 
 /// What the topic held.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,12 +43,60 @@ pub struct TopicCheck {
     pub devices_seen: u64,
     /// Messages that were not a record (no device_id/seq).
     pub malformed: u64,
+    /// Samples in all the records read (duplicates included).
+    pub samples: u64,
+    /// Records and samples by message timestamp (ms since the Unix epoch: the
+    /// collector stamps each message with its read time, for a subscribed
+    /// device when the publish response arrived); records without a timestamp
+    /// are not in it. See [`TopicCheck::in_window`].
+    pub by_time: BTreeMap<i64, Counts>,
 }
 
+impl TopicCheck {
+    /// Records and samples whose message timestamp is in `[from_ms, to_ms)`.
+    pub fn in_window(&self, from_ms: i64, to_ms: i64) -> Counts {
+        if to_ms <= from_ms {
+            return Counts::default();
+        }
+        self.by_time
+            .range(from_ms..to_ms)
+            .fold(Counts::default(), |a, (_, c)| Counts {
+                records: a.records + c.records,
+                samples: a.samples + c.samples,
+            })
+    }
+}
+
+/// The fields of a record the check needs; the rest is skipped unparsed.
 #[derive(serde::Deserialize)]
 struct Envelope {
     device_id: String,
     seq: u64,
+    /// Only counted: `IgnoredAny` skips each sample without building it.
+    #[serde(default)]
+    samples: Vec<serde::de::IgnoredAny>,
+}
+
+/// The bench reader's state: each device's seqs, and the totals.
+type SeqState = (HashMap<String, Vec<u64>>, TopicCheck);
+
+/// Folds one message (payload and timestamp, ms) into the bench's check.
+fn fold_record(state: &mut SeqState, payload: Option<&[u8]>, timestamp_ms: Option<i64>) {
+    let (seqs, check) = state;
+    check.consumed += 1;
+    match payload.and_then(|p| serde_json::from_slice::<Envelope>(p).ok()) {
+        Some(e) => {
+            let samples = e.samples.len() as u64;
+            check.samples += samples;
+            if let Some(t) = timestamp_ms {
+                let c = check.by_time.entry(t).or_default();
+                c.records += 1;
+                c.samples += samples;
+            }
+            seqs.entry(e.device_id).or_default().push(e.seq);
+        }
+        None => check.malformed += 1,
+    }
 }
 
 /// A topic reader on its own thread, folding each message into `S`.
@@ -47,18 +107,10 @@ pub struct Reader<S = TopicCheck> {
 
 impl Reader<TopicCheck> {
     /// Starts reading `topic` from the beginning, checking each device's
-    /// sequence numbers.
+    /// sequence numbers and counting samples.
     pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<Reader> {
-        let seqs: HashMap<String, Vec<u64>> = HashMap::new();
-        let reader =
-            Reader::start_with(bootstrap, topic, (seqs, TopicCheck::default()), |s, p| {
-                let (seqs, check) = s;
-                check.consumed += 1;
-                match p.and_then(|p| serde_json::from_slice::<Envelope>(p).ok()) {
-                    Some(e) => seqs.entry(e.device_id).or_default().push(e.seq),
-                    None => check.malformed += 1,
-                }
-            })?;
+        let state: SeqState = (HashMap::new(), TopicCheck::default());
+        let reader = Reader::start_timed(bootstrap, topic, state, fold_record)?;
         Ok(Reader {
             expected: reader.expected,
             thread: std::thread::spawn(move || {
@@ -84,6 +136,17 @@ impl<S: Send + 'static> Reader<S> {
         topic: &str,
         state: S,
         fold: fn(&mut S, Option<&[u8]>),
+    ) -> anyhow::Result<Reader<S>> {
+        Self::start_timed(bootstrap, topic, state, move |s, p, _| fold(s, p))
+    }
+
+    /// [`Reader::start_with`], `fold` also given the message's timestamp (ms
+    /// since the Unix epoch), if it has one.
+    pub fn start_timed(
+        bootstrap: &str,
+        topic: &str,
+        state: S,
+        fold: impl FnMut(&mut S, Option<&[u8]>, Option<i64>) + Send + 'static,
     ) -> anyhow::Result<Reader<S>> {
         let expected = Arc::new(AtomicU64::new(u64::MAX));
         let (b, t, e) = (bootstrap.to_string(), topic.to_string(), expected.clone());
@@ -112,7 +175,7 @@ fn read_topic<S>(
     expected: &AtomicU64,
     idle: Duration,
     mut state: S,
-    fold: fn(&mut S, Option<&[u8]>),
+    mut fold: impl FnMut(&mut S, Option<&[u8]>, Option<i64>),
 ) -> anyhow::Result<S> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -162,7 +225,7 @@ fn read_topic<S>(
             Some(Ok(m)) => {
                 consumed += 1;
                 last = Instant::now();
-                fold(&mut state, m.payload());
+                fold(&mut state, m.payload(), m.timestamp().to_millis());
             }
             Some(Err(e)) => return Err(anyhow!("consuming {topic}: {e}")),
             None => {}
@@ -195,5 +258,41 @@ mod tests {
         assert_eq!((c.unique, c.duplicates, c.seq_gaps), (4, 1, 2));
         tally(&mut vec![], &mut c);
         assert_eq!((c.unique, c.duplicates, c.seq_gaps), (4, 1, 2));
+    }
+
+    const POLLED: &str = r#"{"schema":1,"device_id":"dev-00001","seq":7,"collector_id":"c",
+        "read_time":"2026-11-22T19:51:12.117Z","samples":[
+        {"node_id":"ns=2;s=Tag000","type":"Double","value":1.5,"status":{"code":0,"name":"Good"}},
+        {"node_id":"ns=2;s=Tag001","type":"Double[]","value":[1,2],"status":{"code":0,"name":"Good"}},
+        {"node_id":"ns=2;s=Tag002","type":"Null","value":null,"status":{"code":2156658688,"name":"BadSensorFailure"}}]}"#;
+    const CHANGED: &str = r#"{"schema":1,"device_id":"dev-00001","seq":8,"origin":"data_change",
+        "collector_id":"c","read_time":"2026-11-22T19:51:13.5Z","samples":[
+        {"node_id":"ns=2;s=Tag002","type":"Int32","value":3,"status":{"code":0,"name":"Good"},
+         "source_timestamp":"2026-11-22T19:51:13.4Z"}]}"#;
+
+    #[test]
+    fn counts_samples_of_polled_and_data_change_records() {
+        let mut s: SeqState = Default::default();
+        fold_record(&mut s, Some(POLLED.as_bytes()), Some(1_000));
+        fold_record(&mut s, Some(CHANGED.as_bytes()), Some(1_500));
+        fold_record(
+            &mut s,
+            Some(br#"{"device_id":"dev-00002","seq":1}"#),
+            Some(1_700),
+        );
+        fold_record(&mut s, Some(b"not json"), Some(1_800));
+        fold_record(&mut s, None, None);
+        let (seqs, check) = &mut s;
+        assert_eq!((check.consumed, check.malformed, check.samples), (5, 2, 4));
+        let c = |records, samples| Counts { records, samples };
+        assert_eq!(check.in_window(0, 2_000), c(3, 4));
+        assert_eq!(check.in_window(1_000, 1_500), c(1, 3));
+        assert_eq!(check.in_window(1_001, 1_501), c(1, 1));
+        assert_eq!(check.in_window(1_500, 1_000), c(0, 0));
+        for v in seqs.values_mut() {
+            tally(v, check);
+        }
+        // A data-change record continues the device's seqs: no gap.
+        assert_eq!((check.unique, check.seq_gaps), (3, 0));
     }
 }

@@ -124,6 +124,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         tags: args.tags,
         processes: 0,
         port_base: 0,
+        change_rate: None,
+        subscriptions: false,
     };
     let (sim, files) = Fleet::start(&spec, dir).await?;
     let result = drive(&args, &bin, dir, &files, (&bootstrap, &topic)).await;

@@ -1,7 +1,9 @@
 //! The simulator's configuration ([`SimConfig`]) and its defaults, apart from the
 //! code that acts on it.
 
-use crate::fault::FaultSpec;
+use std::time::Duration;
+
+use crate::{fault::FaultSpec, history};
 
 use super::SimSecurity;
 
@@ -41,6 +43,16 @@ pub struct SimConfig {
     /// `MaxMonitoredItemsPerCall` operation limit, served at i=11714 and enforced
     /// (default 1000).
     pub max_monitored_items_per_call: u32,
+    /// HistoryRead retention (default 1 h, `--history-retention`): history entries
+    /// older than the instant of the call minus this are not served; see
+    /// [`crate::history`].
+    pub history_retention: Duration,
+    /// Most values a HistoryRead returns per node and call before a continuation point
+    /// (default 1000, `--max-history-values`; served as MaxReturnDataValues, i=11273).
+    pub max_history_values_per_call: u32,
+    /// `MaxNodesPerHistoryReadData` operation limit, served at i=12165 and enforced
+    /// (default 100, `--max-nodes-per-history-read`).
+    pub max_nodes_per_history_read_data: u32,
 }
 
 impl Default for SimConfig {
@@ -58,6 +70,9 @@ impl Default for SimConfig {
             change_rate: None,
             subscriptions: false,
             max_monitored_items_per_call: 1000,
+            history_retention: history::DEFAULT_RETENTION,
+            max_history_values_per_call: history::DEFAULT_MAX_VALUES_PER_CALL,
+            max_nodes_per_history_read_data: history::DEFAULT_MAX_NODES_PER_READ,
         }
     }
 }

@@ -47,9 +47,12 @@ impl Simulator {
         if cfg.max_nodes_per_read == 0
             || cfg.max_sessions == 0
             || cfg.max_monitored_items_per_call == 0
+            || cfg.max_history_values_per_call == 0
+            || cfg.max_nodes_per_history_read_data == 0
         {
             return Err(SimError::Config(
-                "max_nodes_per_read, max_sessions and max_monitored_items_per_call must be \
+                "max_nodes_per_read, max_sessions, max_monitored_items_per_call, \
+                 max_history_values_per_call and max_nodes_per_history_read_data must be \
                  positive"
                     .into(),
             ));
@@ -260,6 +263,14 @@ mod tests {
             },
             SimConfig {
                 max_monitored_items_per_call: 0,
+                ..Default::default()
+            },
+            SimConfig {
+                max_history_values_per_call: 0,
+                ..Default::default()
+            },
+            SimConfig {
+                max_nodes_per_history_read_data: 0,
                 ..Default::default()
             },
         ] {

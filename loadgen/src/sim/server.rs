@@ -14,6 +14,7 @@ use tracing::warn;
 use crate::{
     device_server::{spawn_device, DeviceSpec, RunningServer, ServerLimits},
     fault::Fault,
+    history::HistorySettings,
     model,
     node_manager::ReadFaults,
     stats::DeviceCounters,
@@ -71,6 +72,16 @@ fn read_faults(faults: &[Fault]) -> ReadFaults {
     }
 }
 
+/// How a device with these faults serves HistoryRead.
+fn history_settings(cfg: &SimConfig, faults: &[Fault]) -> HistorySettings {
+    HistorySettings {
+        enabled: !faults.contains(&Fault::NoHistory),
+        retention: cfg.history_retention,
+        max_values_per_call: cfg.max_history_values_per_call,
+        max_nodes_per_read: cfg.max_nodes_per_history_read_data,
+    }
+}
+
 /// Bind the internal listener of a device server and spawn the server.
 pub(super) async fn start_server(
     cfg: &SimConfig,
@@ -109,6 +120,7 @@ pub(super) async fn start_server(
             pki_dir: &fleet.pki,
             security: fleet.secure.as_ref(),
             period_ms: cfg.change_rate.map(steps::period_ms),
+            history: history_settings(cfg, faults),
         },
         fleet.limits,
         fleet.counters.clone(),

@@ -39,6 +39,12 @@ pub struct SimStats {
     pub monitored_items: u64,
     /// [`DeviceStats::data_change_notifications`] summed over the devices.
     pub data_change_notifications: u64,
+    /// [`DeviceStats::bytes_from_clients`] summed over the devices: bytes the device
+    /// fronts relayed from clients to the servers since start.
+    pub bytes_from_clients: u64,
+    /// [`DeviceStats::bytes_to_clients`] summed over the devices: bytes the device
+    /// fronts relayed from the servers to clients since start.
+    pub bytes_to_clients: u64,
 }
 
 impl Simulator {
@@ -112,6 +118,8 @@ fn stats_of(inner: &Inner) -> SimStats {
             .counters
             .data_change_notifications
             .load(Ordering::Relaxed);
+        stats.bytes_from_clients += slot.counters.bytes_from_clients.load(Ordering::Relaxed);
+        stats.bytes_to_clients += slot.counters.bytes_to_clients.load(Ordering::Relaxed);
     }
     stats
 }

@@ -1,6 +1,7 @@
 //! Backfill from the server's history: HistoryRead (ReadRawModifiedDetails,
 //! raw values, no bounds) of a gap's window for every node, following
-//! continuation points, in node chunks of at most MaxNodesPerRead. Each
+//! continuation points, in node chunks of at most the server's
+//! MaxNodesPerHistoryReadData (and 100). Each
 //! response becomes one batch (one record). A fleet-wide budget (backfills
 //! at once, HistoryRead requests per second) keeps live reads first. A
 //! node the server keeps no history of is reported once and not asked
@@ -31,8 +32,8 @@ use crate::convert;
 use crate::reader::node_id_of;
 use crate::session::{Endpoint, Pool};
 
-/// Nodes per HistoryRead request at most (the server's MaxNodesPerRead
-/// applies when smaller).
+/// Nodes per HistoryRead request at most (the server's
+/// MaxNodesPerHistoryReadData applies when smaller).
 const NODES_PER_REQUEST: usize = 100;
 /// Values asked for per node and request.
 const VALUES_PER_REQUEST: u32 = 1000;
@@ -101,7 +102,10 @@ impl OpcUaHistory {
     ) -> Result<(), ReadError> {
         let live = self.pool.session(&self.endpoint).await?;
         let timeout = self.pool.config().read_timeout;
-        let per_request = NODES_PER_REQUEST.min(live.max_nodes_per_read.max(1));
+        let per_request = match live.max_nodes_per_history_read {
+            0 => NODES_PER_REQUEST,
+            n => NODES_PER_REQUEST.min(n),
+        };
         loop {
             let pending: Vec<usize> = (0..reads.len()).filter(|i| !reads[*i].done).collect();
             if pending.is_empty() {

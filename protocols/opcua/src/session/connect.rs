@@ -235,6 +235,7 @@ impl Pool {
                     0 => MONITORED_ITEMS_PER_CALL_CAP,
                     n => n.min(MONITORED_ITEMS_PER_CALL_CAP),
                 },
+                max_nodes_per_history_read: discovered.max_nodes_per_history_read,
                 subscriptions_lost: subscriptions_lost.clone(),
                 ended,
                 generation,

@@ -55,6 +55,8 @@ pub(crate) struct Live {
     /// Monitored items per CreateMonitoredItems request: min(server's
     /// MaxMonitoredItemsPerCall, [`super::MONITORED_ITEMS_PER_CALL_CAP`]).
     pub(crate) max_monitored_items_per_call: usize,
+    /// The server's MaxNodesPerHistoryReadData (0: none stated).
+    pub(crate) max_nodes_per_history_read: usize,
     /// Publish requests the server answered with BadNoSubscription or
     /// BadSubscriptionIdInvalid: the server lost this session's
     /// subscriptions, so each subscriber recreates its own.

@@ -40,6 +40,8 @@ pub(super) struct Discovered {
     pub(super) max_nodes_per_read: usize,
     /// MaxMonitoredItemsPerCall; 0 = no limit.
     pub(super) max_monitored_items_per_call: usize,
+    /// MaxNodesPerHistoryReadData; 0 = no limit.
+    pub(super) max_nodes_per_history_read: usize,
 }
 
 /// Reads the namespace array and the operation limits the collector
@@ -49,6 +51,7 @@ pub(super) async fn discover(session: &Session) -> Result<Discovered, ReadError>
         VariableId::Server_NamespaceArray,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
     ]
     .map(|v| ReadValueId::from(opcua::types::NodeId::from(v)));
     let results = session
@@ -72,5 +75,6 @@ pub(super) async fn discover(session: &Session) -> Result<Discovered, ReadError>
         namespaces,
         max_nodes_per_read: limit(1),
         max_monitored_items_per_call: limit(2),
+        max_nodes_per_history_read: limit(3),
     })
 }
