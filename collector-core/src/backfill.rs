@@ -22,17 +22,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::device_status::{DeviceBoard, DeviceStatus};
 use crate::metrics::names;
-use crate::protocol::{BackfillOutcome, History};
+use crate::protocol::{BackfillOutcome, History, Unrecoverable};
 use crate::record::{Origin, Record, Window};
 
 const FILE: &str = "last_reads.json";
 
-/// The last successful read of every device, as persisted by the previous
-/// run (empty without a `state_dir`): device id -> Unix nanoseconds.
+/// The last successful read of every device: loaded from the previous
+/// run, updated from the device board every second (a device removed in
+/// this run keeps its last read here, so a re-added one compares with it),
+/// written back to `state_dir/last_reads.json` (device id -> Unix
+/// nanoseconds) durably.
 #[derive(Debug, Default)]
 pub(crate) struct Watermarks {
     path: Option<PathBuf>,
-    previous: HashMap<String, i64>,
+    last: Mutex<HashMap<String, i64>>,
 }
 
 impl Watermarks {
@@ -43,7 +46,7 @@ impl Watermarks {
             return Watermarks::default();
         };
         let path = dir.join(FILE);
-        let previous = match std::fs::read(&path) {
+        let last = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "last reads unreadable; gaps made by the restart will not be detected");
                 HashMap::new()
@@ -56,35 +59,36 @@ impl Watermarks {
         };
         Watermarks {
             path: Some(path),
-            previous,
+            last: Mutex::new(last),
         }
     }
 
-    /// `device`'s last successful read in the previous run.
-    pub(crate) fn previous(&self, device: &str) -> Option<DateTime<Utc>> {
-        self.previous
+    /// `device`'s last successful read known (this run's, else the
+    /// previous run's).
+    pub(crate) fn last(&self, device: &str) -> Option<DateTime<Utc>> {
+        self.last
+            .lock()
             .get(device)
             .map(|ns| DateTime::from_timestamp_nanos(*ns))
     }
 
-    /// Writes every device's last success now (atomically: a temporary
-    /// file renamed over the old one). Devices of the previous run that
-    /// were not read yet keep their entry.
+    /// Takes every device's last success from `board` and writes the map
+    /// (a temporary file, fsynced, renamed over the old one).
     pub(crate) fn persist(&self, board: &DeviceBoard) {
         let Some(path) = &self.path else { return };
-        let mut all = self.previous.clone();
-        for (id, at) in board.last_successes() {
-            // Exact (nanoseconds): the window must start at the read
-            // itself, or a value it already delivered would come again.
-            if let Some(ns) = at.timestamp_nanos_opt() {
-                all.insert(id.to_string(), ns);
+        let text = {
+            let mut last = self.last.lock();
+            for (id, at) in board.last_successes() {
+                // Exact (nanoseconds): the window starts at the read itself.
+                if let Some(ns) = at.timestamp_nanos_opt() {
+                    last.insert(id.to_string(), ns);
+                }
             }
-        }
-        let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(&all)
+            serde_json::to_string(&*last)
+        };
+        let written = text
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|text| crate::seq::write_durably(path, &text));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "could not persist the last reads");
         }
@@ -158,17 +162,23 @@ pub(crate) async fn run_backfill(b: Backfill, stop: CancellationToken) {
             o = &mut read, if outcome.is_none() => outcome = Some(o),
             _ = stop.cancelled(), if !stopped => {
                 stopped = true;
-                tracing::info!(device = %b.device, from = %window.from, to = %window.to, "backfill cut off by the stop; the rest of the gap stays open");
                 break;
             }
         }
     }
-    if stopped {
-        return;
-    }
-    let outcome = match outcome {
-        Some(o) => o,
-        None => read.await,
+    let outcome = match (outcome, stopped) {
+        (Some(o), _) => o,
+        // Cut off (shutdown, the device changed or removed): what was read
+        // is queued; the rest is reported, not retried.
+        (None, true) => BackfillOutcome {
+            values: 0,
+            unrecoverable: vec![Unrecoverable {
+                window,
+                reason: "stopped",
+                detail: "the backfill was cut off (shutdown, or the device changed or was removed); values already read were delivered".into(),
+            }],
+        },
+        (None, false) => read.await,
     };
     finished(&b, &outcome);
 }
@@ -177,10 +187,10 @@ pub(crate) async fn run_backfill(b: Backfill, stop: CancellationToken) {
 fn finished(b: &Backfill, o: &BackfillOutcome) {
     let window = b.window;
     metrics::counter!(names::BACKFILL_VALUES).increment(o.values);
-    let result = if o.unrecoverable.is_some() {
-        "partial"
-    } else {
+    let result = if o.unrecoverable.is_empty() {
         "complete"
+    } else {
+        "partial"
     };
     metrics::counter!(names::BACKFILL_WINDOWS, "result" => result).increment(1);
     if let Ok(lag) = (Utc::now() - window.to).to_std() {
@@ -188,21 +198,19 @@ fn finished(b: &Backfill, o: &BackfillOutcome) {
     }
     let mut st = b.status.lock();
     st.backfill.values += o.values;
-    match &o.unrecoverable {
-        None => {
-            tracing::info!(device = %b.device, from = %window.from, to = %window.to, values = o.values, "gap backfilled")
-        }
-        Some(u) => {
-            metrics::counter!(names::BACKFILL_UNRECOVERABLE, "reason" => u.reason).increment(1);
-            st.backfill.unrecoverable += 1;
-            st.backfill.last_unrecoverable = Some(format!(
-                "{} .. {}: {}",
-                u.window.from.to_rfc3339(),
-                u.window.to.to_rfc3339(),
-                u.detail
-            ));
-            tracing::warn!(device = %b.device, from = %u.window.from, to = %u.window.to, reason = u.reason, detail = %u.detail, values = o.values, "gap not (fully) recoverable");
-        }
+    if o.unrecoverable.is_empty() {
+        tracing::info!(device = %b.device, from = %window.from, to = %window.to, values = o.values, "gap backfilled");
+    }
+    for u in &o.unrecoverable {
+        metrics::counter!(names::BACKFILL_UNRECOVERABLE, "reason" => u.reason).increment(1);
+        st.backfill.unrecoverable += 1;
+        st.backfill.last_unrecoverable = Some(format!(
+            "{} .. {}: {}",
+            u.window.from.to_rfc3339(),
+            u.window.to.to_rfc3339(),
+            u.detail
+        ));
+        tracing::warn!(device = %b.device, from = %u.window.from, to = %u.window.to, reason = u.reason, detail = %u.detail, values = o.values, "gap not (fully) recoverable");
     }
 }
 
@@ -240,9 +248,13 @@ mod tests {
         st.lock().last_success = Some(at);
         Watermarks::load(Some(dir.path())).persist(&board);
         let loaded = Watermarks::load(Some(dir.path()));
-        assert_eq!(loaded.previous("dev-1"), Some(at));
-        assert_eq!(loaded.previous("dev-2"), None);
+        assert_eq!(loaded.last("dev-1"), Some(at));
+        assert_eq!(loaded.last("dev-2"), None);
+        // Removed from the board: its last read stays.
+        board.remove("dev-1");
+        loaded.persist(&board);
+        assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), Some(at));
         std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
-        assert_eq!(Watermarks::load(Some(dir.path())).previous("dev-1"), None);
+        assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), None);
     }
 }

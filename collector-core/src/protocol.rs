@@ -123,10 +123,9 @@ pub trait History: Send + Sync {
 pub struct BackfillOutcome {
     /// Values sent.
     pub values: u64,
-    /// A part of the window that will not be filled, and why: beyond the
-    /// longest window asked for, a server without history, or a read that
-    /// kept failing.
-    pub unrecoverable: Option<Unrecoverable>,
+    /// Parts of the window (or of single nodes' share of it) that will not
+    /// be filled, and why.
+    pub unrecoverable: Vec<Unrecoverable>,
 }
 
 /// A stretch of a gap that stays a gap.
@@ -134,7 +133,8 @@ pub struct BackfillOutcome {
 pub struct Unrecoverable {
     /// The part of the window not filled.
     pub window: Window,
-    /// Why (`beyond_max_window`, `no_history`, `failed`), a metric label.
+    /// Why, a metric label: `beyond_max_window`, `no_history`, `failed`,
+    /// `max_values`, `node_failed`, `stopped`.
     pub reason: &'static str,
     /// What to tell the operator (device-independent; the core adds the id).
     pub detail: String,

@@ -24,7 +24,7 @@ use crate::internal_events::schedule::{
 };
 use crate::metrics::{names, Stats};
 use crate::protocol::{Delivery, DeviceReader};
-use crate::record::Record;
+use crate::record::{Record, Window};
 use crate::worker::WorkerPool;
 
 /// The offset of a device's first tick within its interval: a stable hash
@@ -102,10 +102,16 @@ pub(crate) async fn run_device(
         return crate::push::run_pushed(device, reader, ctx, status, seq, stop).await;
     }
     let history = reader.history();
+    // The last success before this schedule (a restart, a re-add, a
+    // changed device): the first success compares with it by time; later
+    // ones see a gap only if a scheduled read produced nothing (a late
+    // read is no gap).
     let mut last_ok = status
         .lock()
         .last_success
-        .or_else(|| ctx.watermarks.previous(&device.id));
+        .or_else(|| ctx.watermarks.last(&device.id));
+    let mut first = true;
+    let mut missed = false;
     let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status.clone());
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
@@ -133,6 +139,7 @@ pub(crate) async fn run_device(
         }
         let before = breaker.state();
         if breaker.admit(Instant::now()) == Admit::Skip {
+            missed = true;
             TickSkipped::BreakerOpen { device: &t }.emit();
             deadline = next_deadline(deadline, interval, Instant::now()).0;
             continue;
@@ -170,9 +177,18 @@ pub(crate) async fn run_device(
         };
         let record = match result {
             Ok(samples) => {
-                if let Some(window) = last_ok.and_then(|l| backfill::gap(l, read_time, interval)) {
+                let window = match last_ok {
+                    Some(l) if first => backfill::gap(l, read_time, interval),
+                    Some(from) if missed => Some(Window {
+                        from,
+                        to: read_time,
+                    }),
+                    _ => None,
+                };
+                (first, missed) = (false, false);
+                if let Some(window) = window {
                     backfill::gap_detected(&device.id, &status, window);
-                    if let Some(history) = &history {
+                    if let (Some(history), false) = (&history, stop.is_cancelled()) {
                         ctx.backfills.spawn(backfill::run_backfill(
                             Backfill {
                                 device: device.id.clone(),
@@ -204,6 +220,7 @@ pub(crate) async fn run_device(
                 })
             }
             Err(error) => {
+                missed = true;
                 ReadFailed {
                     device: &t,
                     error: &error,
@@ -222,6 +239,7 @@ pub(crate) async fn run_device(
         }
         let (next, skipped) = next_deadline(deadline, interval, Instant::now());
         if skipped > 0 {
+            missed = true;
             TickSkipped::Overrun {
                 device: &t,
                 count: skipped,

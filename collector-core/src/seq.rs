@@ -80,7 +80,7 @@ fn parse_floor(bytes: &[u8]) -> Result<u64, &'static str> {
     }
 }
 
-fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp: PathBuf = path.with_extension("tmp");
     {

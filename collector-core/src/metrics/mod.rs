@@ -138,8 +138,8 @@ metric_table! {
     BACKFILL_WINDOWS: Counter = "collector_backfill_windows_total", "Gap windows backfilled from the server's history, by result (`result`: complete, partial)";
     /// Values delivered from the servers' history.
     BACKFILL_VALUES: Counter = "collector_backfill_values_total", "Values delivered from the servers' history";
-    /// Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed).
-    BACKFILL_UNRECOVERABLE: Counter = "collector_backfill_unrecoverable_total", "Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed)";
+    /// Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed, max_values, node_failed, stopped).
+    BACKFILL_UNRECOVERABLE: Counter = "collector_backfill_unrecoverable_total", "Gaps (or parts) that stay gaps, by reason (`reason`: beyond_max_window, no_history, failed, max_values, node_failed, stopped)";
     /// Time from the end of a gap to the end of its backfill.
     BACKFILL_LAG: Histogram(Seconds) = "collector_backfill_lag_seconds", "Time from the end of a gap to the end of its backfill";
     /// Subscriptions by state (`state`: active, down).
