@@ -38,13 +38,7 @@ pub(crate) async fn run_pushed(
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let transition = |from: BreakerState, breaker: &Breaker| {
-        BreakerTransitioned {
-            device: &device.id,
-            from,
-            to: breaker.state(),
-            consecutive_failures: breaker.consecutive_failures(),
-        }
-        .emit()
+        BreakerTransitioned::of(&device.id, from, breaker).emit()
     };
     // After a failure the next attempt waits one interval (the breaker may
     // then skip it): a refused subscription is not retried in a loop.

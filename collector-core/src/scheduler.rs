@@ -123,13 +123,7 @@ pub(crate) async fn run_device(
         Instant::now(),
     );
     let transition = |from: BreakerState, breaker: &Breaker| {
-        BreakerTransitioned {
-            device: &device.id,
-            from,
-            to: breaker.state(),
-            consecutive_failures: breaker.consecutive_failures(),
-        }
-        .emit()
+        BreakerTransitioned::of(&device.id, from, breaker).emit()
     };
     loop {
         tokio::select! {

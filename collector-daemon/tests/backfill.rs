@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use collector_testkit::{consume_all, EmbeddedKafka};
+use collector_testkit::EmbeddedKafka;
 use serde_json::Value as Json;
-use support::{free_port, http_get, loadgen_bin, poll_until, start_loadgen, Daemon, LogsOnFailure};
+use support::{
+    all_records, free_port, http_get, loadgen_bin, poll_until, start_loadgen, Daemon, LogsOnFailure,
+};
 
 const DEVICES: usize = 4;
 const TAGS: u32 = 3;
@@ -78,17 +80,8 @@ fn a_killed_collector_backfills_what_it_missed() {
     });
     second.stop(Duration::from_secs(30));
 
-    let msgs = consume_all(
-        kafka.bootstrap_servers(),
-        TOPIC,
-        1_000_000,
-        Duration::from_secs(3),
-        Duration::from_secs(60),
-    )
-    .unwrap();
     let mut backfill: BTreeMap<String, Vec<Json>> = BTreeMap::new();
-    for m in &msgs {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+    for r in all_records(kafka.bootstrap_servers(), TOPIC) {
         if r["origin"] == "backfill" {
             backfill
                 .entry(r["device_id"].as_str().unwrap().to_string())
@@ -189,18 +182,7 @@ fn asyncua_history_fills_a_restart_gap() {
     second.stop(Duration::from_secs(20));
     server.terminate();
 
-    let msgs = consume_all(
-        kafka.bootstrap_servers(),
-        TOPIC,
-        1_000_000,
-        Duration::from_secs(3),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let records: Vec<Json> = msgs
-        .iter()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .collect();
+    let records = all_records(kafka.bootstrap_servers(), TOPIC);
     let backfill: Vec<&Json> = records
         .iter()
         .filter(|r| r["origin"] == "backfill")

@@ -15,10 +15,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use collector_testkit::{consume_all, EmbeddedKafka};
+use collector_testkit::EmbeddedKafka;
 use serde_json::Value as Json;
 use support::stacks::{Stack, VARIABLES};
-use support::{free_port, http_get, metric_labelled, poll_until, Daemon, LogsOnFailure, SeqSet};
+use support::{
+    all_records, free_port, http_get, metric_labelled, poll_until, Daemon, LogsOnFailure, SeqSet,
+};
 
 const TOPIC: &str = "opc-samples";
 
@@ -31,17 +33,8 @@ fn json(addr: SocketAddr, path: &str) -> Json {
 
 /// Every record on the topic, by device, in offset order.
 fn records(kafka: &EmbeddedKafka) -> BTreeMap<String, Vec<Json>> {
-    let msgs = consume_all(
-        kafka.bootstrap_servers(),
-        TOPIC,
-        1_000_000,
-        Duration::from_secs(3),
-        Duration::from_secs(60),
-    )
-    .unwrap();
     let mut by_device: BTreeMap<String, Vec<Json>> = BTreeMap::new();
-    for m in msgs {
-        let r: Json = serde_json::from_slice(&m.payload).unwrap();
+    for r in all_records(kafka.bootstrap_servers(), TOPIC) {
         by_device
             .entry(r["device_id"].as_str().unwrap().to_string())
             .or_default()

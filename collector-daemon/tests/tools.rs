@@ -113,7 +113,8 @@ fn from_an_address_to_a_device_in_the_fleet() {
     let (code, out, err, _) = tool(dir, &["browse", &url, "--depth", "4"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("Tag005") && out.contains("Double [read]"),
+        // The simulator's tags are historized (HistoryRead for backfill).
+        out.contains("Tag005") && out.contains("Double [read, history, historizing]"),
         "{out}"
     );
     let entry = dir.join("plc-1.yaml");

@@ -32,24 +32,6 @@ fn at(t: &Json) -> DateTime<Utc> {
         .to_utc()
 }
 
-fn same_value(s: &Json, expected: &ModelValue) -> bool {
-    let v = &s["value"];
-    match expected {
-        ModelValue::Double(x) => v.as_f64() == Some(*x),
-        ModelValue::Float(x) => v.as_f64().map(|f| f as f32) == Some(*x),
-        ModelValue::Int32(x) => v.as_i64() == Some(i64::from(*x)),
-        ModelValue::UInt16(x) => v.as_u64() == Some(u64::from(*x)),
-        ModelValue::Boolean(x) => v.as_bool() == Some(*x),
-        ModelValue::String(x) => v.as_str() == Some(x.as_str()),
-        ModelValue::DateTime(x) => v.as_str().map(|t| at(&json!(t))) == Some(*x),
-        ModelValue::DoubleArray(xs) => {
-            v.as_array()
-                .map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
-                == Some(xs.iter().map(|x| Some(*x)).collect())
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_offline_is_backfilled_from_history() {
     const TAGS: u32 = 5;
@@ -179,7 +161,7 @@ async fn a_minute_offline_is_backfilled_from_history() {
                 assert_eq!(s["status"]["name"], "BadSensorFailure", "{s}");
             } else {
                 assert!(
-                    same_value(s, value),
+                    support::has_value(s, value),
                     "tag {tag}: expected {value:?}, got {s}"
                 );
             }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use collector_core::config::Settings;
 use collector_core::{CollectorConfig, Device};
-use opc_loadgen::model::{self, ModelValue};
+use opc_loadgen::model;
 use opc_loadgen::{steps, Fault, FaultSpec, Selection, SimConfig, Simulator};
 use serde_json::{json, Value as Json};
 
@@ -63,30 +63,6 @@ fn ms(t: &Json) -> i64 {
         .timestamp_millis()
 }
 
-/// Whether sample `s` carries `expected` (the JSON encoding of a model value).
-fn same_value(s: &Json, expected: &ModelValue) -> bool {
-    let v = &s["value"];
-    match expected {
-        ModelValue::Double(x) => v.as_f64() == Some(*x),
-        ModelValue::Float(x) => v.as_f64().map(|f| f as f32) == Some(*x),
-        ModelValue::Int32(x) => v.as_i64() == Some(i64::from(*x)),
-        ModelValue::UInt16(x) => v.as_u64() == Some(u64::from(*x)),
-        ModelValue::Boolean(x) => v.as_bool() == Some(*x),
-        ModelValue::String(x) => v.as_str() == Some(x.as_str()),
-        ModelValue::DateTime(x) => {
-            v.as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.to_utc())
-                == Some(*x)
-        }
-        ModelValue::DoubleArray(xs) => {
-            v.as_array()
-                .map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
-                == Some(xs.iter().map(|x| Some(*x)).collect())
-        }
-    }
-}
-
 /// Samples of one device, by tag, in arrival order.
 fn samples_by_tag(records: &[Json]) -> BTreeMap<u32, Vec<Json>> {
     let mut by_tag: BTreeMap<u32, Vec<Json>> = BTreeMap::new();
@@ -119,7 +95,7 @@ fn assert_steps(device: u32, tag: u32, samples: &[Json], period: i64) {
             "device {device} tag {tag}: {s} is not a step start"
         );
         assert!(
-            same_value(s, &value),
+            support::has_value(s, &value),
             "device {device} tag {tag}: expected {value:?}, got {s}"
         );
     }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
-use crate::breaker::BreakerState;
+use crate::breaker::{Breaker, BreakerState};
 use crate::device_status::DeviceStatus;
 use crate::error::ReadError;
 use crate::metrics::{names, Stats};
@@ -193,7 +193,18 @@ pub(crate) struct BreakerTransitioned<'a> {
     pub(crate) consecutive_failures: u32,
 }
 
-impl BreakerTransitioned<'_> {
+impl<'a> BreakerTransitioned<'a> {
+    /// The transition `breaker` made from `from` (emitting it does nothing
+    /// when there was none).
+    pub(crate) fn of(device: &'a str, from: BreakerState, breaker: &Breaker) -> Self {
+        Self {
+            device,
+            from,
+            to: breaker.state(),
+            consecutive_failures: breaker.consecutive_failures(),
+        }
+    }
+
     /// Emits if the state changed; does nothing otherwise.
     pub(crate) fn emit(self) {
         let (from, to, device) = (self.from, self.to, self.device);

@@ -32,7 +32,7 @@ pub use daemon::{collector_bin, final_log_line, wait_spill_drained, Daemon, Stop
 pub use loadgen::{device_ids, loadgen_bin, start_loadgen, start_loadgen_from, start_loadgen_with};
 pub use proc::{free_port, log_file, poll_until, port_below_ephemeral, LogsOnFailure, Proc};
 pub use records::{
-    assert_devices, first_run_base, partition_problems, print_device_records, records_by_device,
-    Seen, SeqSet,
+    all_records, assert_devices, first_run_base, partition_problems, print_device_records,
+    records_by_device, Seen, SeqSet,
 };
 pub use scrape::{http_get, metric, metric_labelled, metric_sum};

@@ -195,3 +195,19 @@ pub fn print_device_records(
         );
     }
 }
+
+/// Every record on `topic`, parsed, in the order read (waits until the
+/// topic has been idle for 3 s, at most 60 s).
+pub fn all_records(bootstrap: &str, topic: &str) -> Vec<Value> {
+    collector_testkit::consume_all(
+        bootstrap,
+        topic,
+        1_000_000,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("read the topic back")
+    .iter()
+    .map(|m| serde_json::from_slice(&m.payload).expect("a JSON record"))
+    .collect()
+}

@@ -160,33 +160,36 @@ pub fn assert_model_values(record: &Json) {
         }
         assert_eq!(s["status"]["code"], 0, "{s}");
         let expected = model::value_at(device, tag, at_ms);
-        let v = &s["value"];
-        let ok = match &expected {
-            ModelValue::Double(x) => s["type"] == "Double" && v.as_f64() == Some(*x),
-            ModelValue::Float(x) => {
-                s["type"] == "Float" && v.as_f64().map(|f| f as f32) == Some(*x)
-            }
-            ModelValue::Int32(x) => s["type"] == "Int32" && v.as_i64() == Some(i64::from(*x)),
-            ModelValue::UInt16(x) => s["type"] == "UInt16" && v.as_u64() == Some(u64::from(*x)),
-            ModelValue::Boolean(x) => s["type"] == "Boolean" && v.as_bool() == Some(*x),
-            ModelValue::String(x) => s["type"] == "String" && v.as_str() == Some(x.as_str()),
-            ModelValue::DateTime(x) => {
-                s["type"] == "DateTime"
-                    && v.as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        .map(|t| t.to_utc())
-                        == Some(*x)
-            }
-            ModelValue::DoubleArray(xs) => {
-                s["type"] == "Double[]"
-                    && v.as_array()
-                        .map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
-                        == Some(xs.iter().map(|x| Some(*x)).collect())
-            }
-        };
+        let ok = has_value(s, &expected);
         assert!(
             ok,
             "device {device} tag {tag} at {at_ms}: expected {expected:?}, got {s}"
         );
+    }
+}
+
+/// Whether sample `s` (JSON) carries `expected` with its type.
+pub fn has_value(s: &Json, expected: &ModelValue) -> bool {
+    let v = &s["value"];
+    match expected {
+        ModelValue::Double(x) => s["type"] == "Double" && v.as_f64() == Some(*x),
+        ModelValue::Float(x) => s["type"] == "Float" && v.as_f64().map(|f| f as f32) == Some(*x),
+        ModelValue::Int32(x) => s["type"] == "Int32" && v.as_i64() == Some(i64::from(*x)),
+        ModelValue::UInt16(x) => s["type"] == "UInt16" && v.as_u64() == Some(u64::from(*x)),
+        ModelValue::Boolean(x) => s["type"] == "Boolean" && v.as_bool() == Some(*x),
+        ModelValue::String(x) => s["type"] == "String" && v.as_str() == Some(x.as_str()),
+        ModelValue::DateTime(x) => {
+            s["type"] == "DateTime"
+                && v.as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.to_utc())
+                    == Some(*x)
+        }
+        ModelValue::DoubleArray(xs) => {
+            s["type"] == "Double[]"
+                && v.as_array()
+                    .map(|a| a.iter().map(|e| e.as_f64()).collect::<Vec<_>>())
+                    == Some(xs.iter().map(|x| Some(*x)).collect())
+        }
     }
 }
