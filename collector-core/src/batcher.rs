@@ -19,6 +19,7 @@ pub(crate) async fn run_batcher(
     let mut buf: Vec<Record> = Vec::new();
     let mut bytes = 0usize;
     let mut next_flush = Instant::now() + cfg.interval;
+    let queued = metrics::gauge!(names::QUEUE_RECORDS);
     loop {
         let reason = tokio::select! {
             r = records.recv() => match r {
@@ -40,7 +41,7 @@ pub(crate) async fn run_batcher(
             },
             _ = tokio::time::sleep_until(next_flush) => Some(FlushReason::Interval),
         };
-        metrics::gauge!(names::QUEUE_RECORDS).set(records.len() as f64);
+        queued.set(records.len() as f64);
         if let Some(reason) = reason {
             if !flush(&mut buf, &mut bytes, reason, &batches).await {
                 tracing::error!("dispatcher gone; batcher stopping");

@@ -13,6 +13,8 @@ use crate::metrics::names;
 pub(crate) struct WorkerPool {
     sem: Arc<Semaphore>,
     permits: usize,
+    /// Registered once: no registry look-up per read.
+    in_use: metrics::Gauge,
 }
 
 /// A held permit; gives itself back (and updates the gauge) on drop.
@@ -27,6 +29,7 @@ impl WorkerPool {
         Self {
             sem: Arc::new(Semaphore::new(permits)),
             permits,
+            in_use: metrics::gauge!(names::WORKER_PERMITS_IN_USE),
         }
     }
 
@@ -42,7 +45,7 @@ impl WorkerPool {
 
     fn publish(&self) {
         let in_use = self.permits - self.sem.available_permits();
-        metrics::gauge!(names::WORKER_PERMITS_IN_USE).set(in_use as f64);
+        self.in_use.set(in_use as f64);
     }
 }
 
@@ -50,7 +53,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         // The permit is returned after this body; count it as free already.
         let in_use = self.pool.permits - self.pool.sem.available_permits() - 1;
-        metrics::gauge!(names::WORKER_PERMITS_IN_USE).set(in_use as f64);
+        self.pool.in_use.set(in_use as f64);
     }
 }
 

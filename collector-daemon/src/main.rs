@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod handover;
 mod http;
+mod open_files;
 mod registry;
 mod reload;
 mod run;

@@ -12,7 +12,7 @@ use collector_opcua::OpcUaProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
-use crate::{http, reload, telemetry, Failure};
+use crate::{http, open_files, reload, telemetry, Failure};
 
 /// Loads a config, printing every problem to stderr.
 pub(crate) fn load(path: &Path, limits: LoadLimits) -> Result<CollectorConfig, Failure> {
@@ -45,7 +45,59 @@ pub(crate) fn validate(path: &Path, limits: LoadLimits) -> Result<(), Failure> {
         cfg.kafka.brokers,
         cfg.kafka.topic
     );
+    // What `run` will have here: the soft limit raised to the hard one.
+    if let Some(files) = open_files::current() {
+        let shards = u64::from(cfg.shard.count.max(1));
+        let needed = collector_opcua::config::session_count(&cfg, &cfg.devices) as u64;
+        let per_replica = needed.div_ceil(shards);
+        println!(
+            "{files}: `run` raises the soft limit to the hard one, which allows {} sessions \
+             (one per endpoint); this file needs {needed}{}",
+            files.sessions_at_hard(),
+            if shards > 1 {
+                format!(", about {per_replica} per replica over {shards} shards")
+            } else {
+                String::new()
+            }
+        );
+        if per_replica > files.sessions_at_hard() {
+            eprintln!(
+                "warning: {per_replica} sessions per replica exceed the {} this host's \
+                 open-files limit allows; raise the hard limit (`ulimit -Hn`, \
+                 LimitNOFILE=, the container runtime's nofile) or add shards",
+                files.sessions_at_hard()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Raises the open-files limit and says what it allows against what the
+/// first device list needs (a registry's is not known yet).
+fn check_open_files(cfg: &CollectorConfig, mine: Option<&[collector_core::Device]>) {
+    let Some(files) = open_files::raise() else {
+        return;
+    };
+    let allows = files.sessions();
+    match mine.map(|d| collector_opcua::config::session_count(cfg, d) as u64) {
+        Some(needed) if needed > allows => tracing::warn!(
+            soft = files.soft,
+            hard = files.hard,
+            allows,
+            needed,
+            "the open-files limit allows fewer sessions than the device list needs: \
+             sessions beyond it fail with EMFILE (\"Too many open files\"); raise the hard \
+             limit or add shards"
+        ),
+        needed => tracing::info!(
+            raised_from = files.was,
+            soft = files.soft,
+            hard = files.hard,
+            allows,
+            needed,
+            "open files: the limit allows {allows} sessions (one per endpoint)"
+        ),
+    }
 }
 
 pub(crate) async fn run(
@@ -76,6 +128,7 @@ pub(crate) async fn run(
         })?),
     };
     let (shard, mine) = reload::shard_devices(&cfg, &index);
+    check_open_files(&cfg, registry.is_none().then_some(mine.as_slice()));
     if registry.is_none() {
         tracing::info!(
             shard = shard.index,

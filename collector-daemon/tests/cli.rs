@@ -404,3 +404,111 @@ fn deadletter_tools_count_requeue_and_refuse_a_held_directory() {
     let (_, stdout, _) = run(&["spill", "inspect"]);
     assert_eq!(stdout.matches("batch ").count(), 2, "{stdout}");
 }
+
+/// A file of `n` devices, each on its own endpoint (none is contacted).
+#[allow(clippy::unwrap_used)] // test code: a panic is a failed test
+fn devices_on_their_own_endpoints(dir: &std::path::Path, n: usize) -> PathBuf {
+    let mut yaml = format!(
+        "collector:\n  state_dir: {}\nkafka:\n  brokers: 127.0.0.1:1\ndevices:\n",
+        dir.join("state").display()
+    );
+    for i in 0..n {
+        // Two devices per endpoint from the 10th on: they share a session.
+        let port = if i < 10 { 20_000 + i } else { 30_000 + i / 2 };
+        yaml.push_str(&format!(
+            "  - id: d{i}\n    endpoint: opc.tcp://127.0.0.1:{port}\n    nodes: [\"ns=2;s=T\"]\n"
+        ));
+    }
+    let path = dir.join("fleet.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// `validate` counts sessions (one per endpoint, shared by the devices on
+/// it) against what the hard open-files limit leaves, and warns past it.
+#[test]
+fn validate_says_how_many_sessions_the_open_files_limit_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 endpoints of their own, then 50 devices two per endpoint: 35.
+    let path = devices_on_their_own_endpoints(dir.path(), 60);
+    let run = |hard: u32| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {hard} && ulimit -Hn {hard} && exec \"$0\" validate --config \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_opc-collector"))
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    // 256 descriptors are kept for everything else: 290 leaves 34 < 35.
+    let out = run(290);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("hard limit 290"), "{stdout}");
+    assert!(
+        stdout.contains("allows 34 sessions (one per endpoint); this file needs 35"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: 35 sessions per replica exceed the 34"),
+        "{stderr}"
+    );
+    let out = run(291);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("allows 35 sessions"), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// `run` raises its soft open-files limit to the hard one at start and
+/// logs what that allows against what the device list needs.
+#[test]
+fn run_raises_the_open_files_soft_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = devices_on_their_own_endpoints(dir.path(), 12);
+    let log = dir.path().join("run.log");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 400 && exec \"$0\" --log-format json run --config \"$1\" --http-addr 127.0.0.1:0 2>\"$2\"")
+        .arg(env!("CARGO_BIN_EXE_opc-collector"))
+        .arg(&path)
+        .arg(&log)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hard = {
+        let out = Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("\"raised_from\"")) {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no open-files line within 30 s:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let fields = &v; // flattened JSON log lines
+    assert_eq!(fields["raised_from"], 400, "{line}");
+    assert_eq!(fields["needed"], 11, "{line}");
+    if hard != "unlimited" {
+        let hard: u64 = hard.parse().unwrap();
+        assert_eq!(fields["soft"], hard, "{line}");
+        assert_eq!(fields["allows"], hard.saturating_sub(256), "{line}");
+    }
+}

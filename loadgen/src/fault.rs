@@ -26,7 +26,7 @@ pub enum Fault {
         /// How long the port is closed in each cycle.
         down: Duration,
     },
-    /// Every third Read call on the device (the 3rd, 6th, ...: read count `n` with
+    /// Every third Read call of the device's tags (the 3rd, 6th, ...: read count `n` with
     /// `n % 3 == 2`, counted per device from 0) answers `BadCommunicationError` for every
     /// node of that call.
     BadStatus,

@@ -37,7 +37,7 @@ use crate::{
 /// Counters shared by every device server of a simulator.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Read service calls that reached a device node manager.
+    /// Read service calls of at least one of the device's tags.
     pub reads: AtomicU64,
     /// Node values/attributes answered by those calls.
     pub nodes_read: AtomicU64,
@@ -148,15 +148,25 @@ impl NodeManager for DeviceNodeManager {
         timestamps_to_return: TimestampsToReturn,
         nodes_to_read: &mut [&mut ReadNode],
     ) -> Result<(), StatusCode> {
-        self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .nodes_read
-            .fetch_add(nodes_to_read.len() as u64, Ordering::Relaxed);
-        let nth = self.device.reads.fetch_add(1, Ordering::Relaxed);
+        // A Read of server nodes only (a keep-alive, the namespace array,
+        // the operation limits) is not a read of the device's tags: not
+        // counted, never made Bad; slow all the same.
+        let of_tags = nodes_to_read
+            .iter()
+            .any(|n| n.node().node_id.namespace != 0);
+        let nth = if of_tags {
+            self.counters.reads.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .nodes_read
+                .fetch_add(nodes_to_read.len() as u64, Ordering::Relaxed);
+            Some(self.device.reads.fetch_add(1, Ordering::Relaxed))
+        } else {
+            None
+        };
         if let Some(delay) = self.faults.delay {
             tokio::time::sleep(delay).await;
         }
-        if self.faults.bad_status && nth % 3 == 2 {
+        if self.faults.bad_status && nth.is_some_and(|n| n % 3 == 2) {
             for node in nodes_to_read.iter_mut() {
                 node.set_error(StatusCode::BadCommunicationError);
             }

@@ -22,6 +22,9 @@ pub enum SessionEvent {
     Activated,
     /// CloseSessionResponse.
     Closed,
+    /// ReadResponse, whatever its result (the collector's data reads, its
+    /// keep-alives and what it reads at connect).
+    Read,
 }
 
 /// Incremental parser of OPC UA TCP chunks (server to client direction).
@@ -130,6 +133,8 @@ pub(crate) fn message_type(h: &[u8]) -> Option<(u32, Option<SessionEvent>)> {
         Some(SessionEvent::Activated)
     } else if type_id == ObjectId::CloseSessionResponse_Encoding_DefaultBinary as u32 {
         Some(SessionEvent::Closed)
+    } else if type_id == ObjectId::ReadResponse_Encoding_DefaultBinary as u32 {
+        return Some((type_id, Some(SessionEvent::Read)));
     } else {
         None
     };
@@ -177,6 +182,9 @@ mod tests {
         stream.extend(msg(b'C', create, 0, 10));
         stream.extend(msg(b'F', create, 0, 10));
         stream.extend(msg(b'F', close, 0, 3));
+        // A Read response counts whatever its result.
+        let read = ObjectId::ReadResponse_Encoding_DefaultBinary as u16;
+        stream.extend(msg(b'F', read, 0x8001_0000, 3));
         for step in [1, 3, 7, 64, stream.len()] {
             let mut scanner = ChunkScanner::default();
             let mut events = Vec::new();
@@ -188,7 +196,8 @@ mod tests {
                 vec![
                     SessionEvent::Created,
                     SessionEvent::Activated,
-                    SessionEvent::Closed
+                    SessionEvent::Closed,
+                    SessionEvent::Read
                 ],
                 "step {step}"
             );

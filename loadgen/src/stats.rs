@@ -24,6 +24,8 @@ pub(crate) struct DeviceCounters {
     pub sessions_created: AtomicU64,
     pub connection_attempts: AtomicU64,
     pub reads: AtomicU64,
+    /// Read responses seen on the wire (also keep-alives and reads of server nodes).
+    pub read_responses: AtomicU64,
     /// HistoryRead calls that reached the device's node manager.
     pub history_reads: AtomicU64,
     /// Values (DataValues) those HistoryRead calls returned.
@@ -87,6 +89,9 @@ impl<'a> ConnectionSessions<'a> {
                 self.counters.sessions_gone(1);
             }
             SessionEvent::Closed => {}
+            SessionEvent::Read => {
+                self.counters.read_responses.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -116,8 +121,12 @@ pub struct DeviceStats {
     /// TCP connections accepted on the endpoint's port (for a dead device: accepted and
     /// reset; connections refused while a flapping device is down are not counted).
     pub connection_attempts: u64,
-    /// Read service calls answered by the device.
+    /// Read service calls of the device's tags (reads of server nodes only, such as
+    /// keep-alives, are in `read_responses`).
     pub reads: u64,
+    /// Read responses the device sent, counted on the wire: `reads` plus the Reads
+    /// of server nodes (a client's keep-alives, its reads at connect).
+    pub read_responses: u64,
     /// HistoryRead calls answered by the device (calls that only release continuation
     /// points are answered by async-opcua and not counted).
     pub history_reads: u64,
@@ -162,6 +171,7 @@ impl DeviceStats {
             sessions_created: c.sessions_created.load(Ordering::Relaxed),
             connection_attempts: c.connection_attempts.load(Ordering::Relaxed),
             reads: c.reads.load(Ordering::Relaxed),
+            read_responses: c.read_responses.load(Ordering::Relaxed),
             history_reads: c.history_reads.load(Ordering::Relaxed),
             history_values: c.history_values.load(Ordering::Relaxed),
             server_sessions,
@@ -228,8 +238,8 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
         let _ = write!(
             out,
             "],\"current_sessions\":{},\"peak_sessions\":{},\"sessions_created\":{},\
-             \"connection_attempts\":{},\"reads\":{},\"history_reads\":{},\"history_values\":{},\
-             \"server_sessions\":{},\"listening\":{},\
+             \"connection_attempts\":{},\"reads\":{},\"read_responses\":{},\"history_reads\":{},\
+             \"history_values\":{},\"server_sessions\":{},\"listening\":{},\
              \"namespace_index\":{},\"monitored_items\":{},\"monitored_items_created\":{},\
              \"data_change_notifications\":{},\"bytes_from_clients\":{},\"bytes_to_clients\":{}}}",
             d.current_sessions,
@@ -237,6 +247,7 @@ pub(crate) fn render_json(total: &SimStats, devices: &[DeviceStats]) -> String {
             d.sessions_created,
             d.connection_attempts,
             d.reads,
+            d.read_responses,
             d.history_reads,
             d.history_values,
             d.server_sessions,

@@ -27,7 +27,8 @@ pub struct SimStats {
     /// Sessions created since start (async-opcua's CumulatedSessionCount, summed over
     /// the servers running now).
     pub total_sessions: u64,
-    /// Read service calls that reached a device (each call counts once).
+    /// Read service calls of device tags (each call counts once; reads of server nodes
+    /// only, such as keep-alives, do not count).
     pub reads: u64,
     /// Node/attribute operations answered by those Read calls.
     pub nodes_read: u64,

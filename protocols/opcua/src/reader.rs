@@ -42,6 +42,8 @@ pub(crate) struct OpcUaReader {
     prepared: Option<Result<Arc<Live>, ReadError>>,
     /// The device's history, when its gaps are backfilled.
     pub(crate) history: Option<Arc<crate::history::OpcUaHistory>>,
+    /// `collector_read_requests_total`, registered once.
+    read_requests: metrics::Counter,
 }
 
 impl OpcUaReader {
@@ -60,6 +62,7 @@ impl OpcUaReader {
             released: false,
             prepared: None,
             history: None,
+            read_requests: metrics::counter!(names::READ_REQUESTS),
         })
     }
 
@@ -139,7 +142,7 @@ impl DeviceReader for OpcUaReader {
         self.resolve(&live);
         let mut values = Vec::with_capacity(self.to_read.len());
         for chunk in self.to_read.chunks(live.max_nodes_per_read.max(1)) {
-            metrics::counter!(names::READ_REQUESTS).increment(1);
+            self.read_requests.increment(1);
             let result = tokio::time::timeout(
                 read_timeout,
                 live.session.read(chunk, TimestampsToReturn::Both, 0.0),
@@ -147,6 +150,7 @@ impl DeviceReader for OpcUaReader {
             .await;
             let err = match result {
                 Ok(Ok(dvs)) if dvs.len() == chunk.len() => {
+                    live.liveness.proven();
                     values.extend(dvs);
                     continue;
                 }

@@ -375,5 +375,19 @@ pub fn node_count(cfg: &CollectorConfig) -> usize {
         .sum()
 }
 
+/// Sessions `devices` need: one per endpoint URL and security settings,
+/// as the session pool shares them (for the daemon's open-files check).
+pub fn session_count<'a>(
+    cfg: &CollectorConfig,
+    devices: impl IntoIterator<Item = &'a Device>,
+) -> usize {
+    let fleet = OpcUaSettings::from_config(cfg).unwrap_or_default();
+    devices
+        .into_iter()
+        .filter_map(|d| Some((d.endpoint.as_str(), fleet.device(d).ok()?.security)))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 #[cfg(test)]
 mod tests;

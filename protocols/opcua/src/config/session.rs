@@ -16,8 +16,10 @@ pub struct SessionConfig {
     /// Time allowed for one read request. Default `5s`.
     #[serde(with = "duration")]
     pub read_timeout: Duration,
-    /// Session keep-alive period; a dead-but-open connection is detected
-    /// after `max_failed_keep_alives` missed ones. Default `30s`.
+    /// Session keep-alive period: a Read of the server's state when no
+    /// other request proved the session alive for this long (a device read
+    /// more often than this never sends one); a dead-but-open connection
+    /// is detected after `max_failed_keep_alives` missed ones. Default `30s`.
     #[serde(with = "duration")]
     pub keep_alive_interval: Duration,
     /// Failed keep-alives before a session is dropped. Default 2.

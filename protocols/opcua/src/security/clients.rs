@@ -34,6 +34,9 @@ pub(super) struct SecureClients {
     pub(super) auto_accept: Client,
 }
 
+/// The library's keep-alive period: out of the way (see `base_builder`).
+const LIBRARY_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// Options every client shares: limits, timeouts, our own reconnects.
 pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> ClientBuilder {
     ClientBuilder::new()
@@ -45,8 +48,12 @@ pub(super) fn base_builder(cfg: &SessionConfig, settings: &SecuritySection) -> C
         // Subscriptions move to the next session in `subscribe` (each
         // session is a new client object: nothing for the library to carry).
         .recreate_subscriptions(false)
-        .keep_alive_interval(cfg.keep_alive_interval)
-        .max_failed_keep_alive_count(u64::from(cfg.max_failed_keep_alives))
+        // The keep-alive is ours (`session::keep_alive`: only when no read
+        // proved the session alive); the library's timer, which reads
+        // every interval regardless, fires once at connect and then
+        // yearly, and never ends a session.
+        .keep_alive_interval(LIBRARY_KEEP_ALIVE)
+        .max_failed_keep_alive_count(0)
         .request_timeout(cfg.read_timeout)
         .max_array_length(MAX_ARRAY_LENGTH)
         .max_message_size(usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX))

@@ -17,6 +17,7 @@ use crate::security::{identity_token, token_type, SecurityError};
 
 use super::endpoint::{Endpoint, Live, LoopTask, Resume};
 use super::false_alarms::{quietly, without_false_alarms};
+use super::keep_alive::{KeepAlive, Liveness};
 use super::namespaces::discover;
 use super::pool::LeftBehind;
 use super::wire::GuardedSource;
@@ -132,20 +133,56 @@ impl Pool {
         let ended = tokio_util::sync::CancellationToken::new();
         let loop_ended = ended.clone();
         let loop_lost = subscriptions_lost.clone();
+        let liveness = Arc::new(Liveness::new());
+        let loop_liveness = liveness.clone();
+        let loop_session = session.clone();
+        let keep_alive = KeepAlive {
+            interval: self.cfg.keep_alive_interval,
+            max_failed: self.cfg.max_failed_keep_alives,
+            timeout: self.cfg.read_timeout,
+        };
         let loop_task = LoopTask(tokio::spawn(async move {
             let _ended = loop_ended.drop_guard();
             let mut ready_tx = Some(ready_tx);
             let stream = event_loop.enter();
             futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
+            // Started once the session is up; polled by this task with the
+            // loop, so its Read's response is read meanwhile.
+            let mut keep_alive_run = None;
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    code = async {
+                        match keep_alive_run.as_mut() {
+                            Some(run) => run.await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        tracing::warn!(
+                            endpoint = %loop_url,
+                            %code,
+                            failed = keep_alive.max_failed,
+                            "keep-alives failed: the connection is dropped, the session resumed on a new one"
+                        );
+                        break;
+                    }
+                };
+                let Some(ev) = ev else { break };
                 match ev {
                     Ok(SessionPollResult::Reconnected(mode)) => {
+                        loop_liveness.proven();
+                        keep_alive_run = Some(Box::pin(
+                            keep_alive.run(loop_session.clone(), loop_liveness.clone()),
+                        ));
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(Ok(mode));
                         }
                     }
                     Ok(SessionPollResult::ConnectionLost(code)) => {
                         tracing::debug!(endpoint = %loop_url, %code, "connection lost");
+                    }
+                    Ok(SessionPollResult::Subscription(SubscriptionActivity::Publish)) => {
+                        loop_liveness.proven();
                     }
                     Ok(SessionPollResult::Subscription(SubscriptionActivity::PublishFailed(
                         StatusCode::BadNoSubscription | StatusCode::BadSubscriptionIdInvalid,
@@ -237,6 +274,7 @@ impl Pool {
                 },
                 max_nodes_per_history_read: discovered.max_nodes_per_history_read,
                 subscriptions_lost: subscriptions_lost.clone(),
+                liveness,
                 ended,
                 generation,
             },

@@ -61,6 +61,9 @@ pub(crate) struct Live {
     /// BadSubscriptionIdInvalid: the server lost this session's
     /// subscriptions, so each subscriber recreates its own.
     pub(crate) subscriptions_lost: Arc<AtomicU64>,
+    /// When the server last answered on this session (our keep-alive
+    /// skips its Read while reads keep proving it).
+    pub(crate) liveness: Arc<super::keep_alive::Liveness>,
     /// Cancelled when the session's event loop ends.
     pub(crate) ended: tokio_util::sync::CancellationToken,
     /// Increases with every new session on this endpoint, so readers know

@@ -19,6 +19,7 @@ mod backoff;
 mod connect;
 mod endpoint;
 mod false_alarms;
+mod keep_alive;
 mod namespaces;
 mod pool;
 mod wire;
