@@ -3,6 +3,7 @@
 //! and maps outcomes to exit codes (0 ok, 1 runtime failure, 2 bad config);
 //! the work is in `collector-core` and `collector-opcua`.
 
+mod allocator;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
@@ -19,12 +20,6 @@ mod tools;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// mimalloc instead of glibc's allocator: with thousands of sessions each
-/// allocating and freeing per read on two runtime threads, glibc's arenas
-/// fragment; see BENCHMARKS.md for the figures.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cli::{Cli, Command};
 
@@ -43,6 +38,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    allocator::no_huge_pages();
     // async-opcua 0.19 looks up OPCUA_TRACE_LOCKS with getenv on every lock
     // it takes (it caches only a "true"), ~2 % of the daemon's instructions
     // at the reference workload. Set, the lookups stop; the lock traces it

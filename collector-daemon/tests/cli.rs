@@ -465,7 +465,8 @@ fn validate_says_how_many_sessions_the_open_files_limit_allows() {
 }
 
 /// `run` raises its soft open-files limit to the hard one at start and
-/// logs what that allows against what the device list needs.
+/// logs what that allows against what the device list needs; it runs
+/// without transparent huge pages.
 #[test]
 fn run_raises_the_open_files_soft_limit_to_the_hard_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,6 +501,11 @@ fn run_raises_the_open_files_soft_limit_to_the_hard_one() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // Transparent huge pages off for the daemon (Linux 5.0+ reports it).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    if let Some(thp) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert!(thp.ends_with('0'), "{thp}");
+    }
     let _ = child.kill();
     let _ = child.wait();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
