@@ -15,10 +15,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process, unless
-/// `MIMALLOC_ALLOW_THP` says otherwise. Call first thing in `main`: the
+/// `MIMALLOC_ALLOW_THP=1` says otherwise. Call first thing in `main`: the
 /// flag applies to pages faulted in from then on.
 pub(crate) fn no_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v == "1") {
         return;
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]

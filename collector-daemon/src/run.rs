@@ -47,15 +47,34 @@ pub(crate) fn validate(path: &Path, limits: LoadLimits) -> Result<(), Failure> {
     );
     // What `run` will have here: the soft limit raised to the hard one.
     if let Some(files) = open_files::current() {
-        let shards = u64::from(cfg.shard.count.max(1));
+        let count = cfg.shard.count.max(1);
+        let shards = u64::from(count);
         let needed = collector_opcua::config::session_count(&cfg, &cfg.devices) as u64;
-        let per_replica = needed.div_ceil(shards);
+        // The busiest replica's share: devices go to shards by their id's
+        // hash, so the split is uneven.
+        let per_replica = if count > 1 {
+            let mut by_shard: std::collections::HashMap<u32, Vec<collector_core::Device>> =
+                std::collections::HashMap::new();
+            for d in &cfg.devices {
+                by_shard
+                    .entry(collector_core::shard::shard_of(&d.id, count))
+                    .or_default()
+                    .push(d.clone());
+            }
+            by_shard
+                .values()
+                .map(|d| collector_opcua::config::session_count(&cfg, d) as u64)
+                .max()
+                .unwrap_or(0)
+        } else {
+            needed
+        };
         println!(
             "{files}: `run` raises the soft limit to the hard one, which allows {} sessions \
              (one per endpoint); this file needs {needed}{}",
             files.sessions_at_hard(),
             if shards > 1 {
-                format!(", about {per_replica} per replica over {shards} shards")
+                format!(", at most {per_replica} on one replica over {shards} shards")
             } else {
                 String::new()
             }

@@ -125,7 +125,9 @@ pub struct DeviceStats {
     /// keep-alives, are in `read_responses`).
     pub reads: u64,
     /// Read responses the device sent, counted on the wire: `reads` plus the Reads
-    /// of server nodes (a client's keep-alives, its reads at connect).
+    /// of server nodes (a client's keep-alives, its reads at connect). Seen only
+    /// on sessions with security mode None (signed or encrypted traffic is not
+    /// decoded: 0 there).
     pub read_responses: u64,
     /// HistoryRead calls answered by the device (calls that only release continuation
     /// points are answered by async-opcua and not counted).

@@ -220,6 +220,9 @@ async fn a_frozen_server_behind_an_open_connection_is_found_by_keep_alives() {
     let collector = support::build_collector(cfg).await;
     let watch = async {
         wait_reads(&sim, 0, 1, Duration::from_secs(15)).await;
+        // Let the read's response pass the relay before it freezes (the
+        // simulator counts a read when it answers, not when we receive it).
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let closed_before = relay.closed_by_client.load(Ordering::SeqCst);
         let frozen = relay.freeze();
         let frozen_at = tokio::time::Instant::now();

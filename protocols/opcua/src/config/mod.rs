@@ -148,6 +148,11 @@ impl OpcUaSettings {
             "must be between 64KiB and 1GiB",
         );
         check(
+            !session.keep_alive_interval.is_zero(),
+            "keep_alive_interval",
+            "must be above 0 (a silent session's liveness is checked this often)",
+        );
+        check(
             session.session_timeout > session.keep_alive_interval,
             "session_timeout",
             "must exceed keep_alive_interval (an idle session would expire between keep-alives)",

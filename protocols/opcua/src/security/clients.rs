@@ -35,6 +35,11 @@ pub(super) struct SecureClients {
 }
 
 /// The library's keep-alive period: out of the way (see `base_builder`).
+/// The library's keep-alive also measured the round trip that sizes how
+/// many Publish requests stay outstanding (more than two per subscription
+/// only when a round trip exceeds the publishing interval); parked, the
+/// library keeps its 10 ms floor: two per subscription, enough while a
+/// round trip stays under the publishing interval.
 const LIBRARY_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Options every client shares: limits, timeouts, our own reconnects.
