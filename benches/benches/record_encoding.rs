@@ -1,4 +1,5 @@
-//! JSON encoding of records: the per-sample cost on the hot path to Kafka.
+//! Record encodings (JSON, the default, and `kafka.encoding: protobuf`):
+//! the per-sample cost on the hot path to Kafka.
 //!
 //! `cargo bench -p collector-benches --bench record_encoding`
 
@@ -38,22 +39,46 @@ fn record(tags: usize) -> Record {
 }
 
 fn encode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("record_json");
+    type Encode = fn(&Record, &mut Vec<u8>);
+    let encodings: [(&str, Encode); 2] = [
+        ("record_json", |r, out| {
+            r.encode_json("opc-collector-0", out).unwrap_or_default()
+        }),
+        ("record_protobuf", |r, out| {
+            r.encode_protobuf("opc-collector-0", out)
+        }),
+    ];
+    for (name, encode) in encodings {
+        let mut group = c.benchmark_group(name);
+        for tags in [10usize, 50, 200] {
+            let r = record(tags);
+            let mut buf = Vec::with_capacity(64 * 1024);
+            group.throughput(Throughput::Elements(tags as u64));
+            group.bench_function(format!("{tags}_samples"), |b| {
+                b.iter(|| {
+                    buf.clear();
+                    encode(black_box(&r), &mut buf);
+                    black_box(buf.len())
+                })
+            });
+        }
+        group.finish();
+    }
+
+    // Sizes beside the timings: what each encoding puts on the wire.
     for tags in [10usize, 50, 200] {
         let r = record(tags);
-        let mut buf = Vec::with_capacity(64 * 1024);
-        group.throughput(Throughput::Elements(tags as u64));
-        group.bench_function(format!("{tags}_samples"), |b| {
-            b.iter(|| {
-                buf.clear();
-                black_box(&r)
-                    .encode_json("opc-collector-0", &mut buf)
-                    .unwrap_or_default();
-                black_box(buf.len())
-            })
-        });
+        let (mut json, mut proto) = (Vec::new(), Vec::new());
+        r.encode_json("opc-collector-0", &mut json)
+            .unwrap_or_default();
+        r.encode_protobuf("opc-collector-0", &mut proto);
+        println!(
+            "{tags} samples: JSON {} bytes, protobuf {} bytes ({:.2}x)",
+            json.len(),
+            proto.len(),
+            json.len() as f64 / proto.len() as f64
+        );
     }
-    group.finish();
 }
 
 criterion_group!(benches, encode);

@@ -4,7 +4,9 @@
 //! a collector from outside: an in-process Kafka-protocol cluster and a
 //! topic reader ([`kafka`]), a Prometheus text parser ([`prom`]), a minimal
 //! HTTP GET ([`http`]), the collector's final statistics line
-//! ([`stopped`]) and a throwaway PostgreSQL server ([`postgres`]). It
+//! ([`stopped`]), a throwaway PostgreSQL server ([`postgres`]) and, with
+//! the `protobuf` feature, records read back through the published
+//! Protobuf schema (`protobuf`). It
 //! exists so that each of these is written once.
 //!
 //! Dev-only: the shipped `opc-collector` binary never links it (the demo,
@@ -18,6 +20,8 @@ pub mod http;
 pub mod kafka;
 pub mod postgres;
 pub mod prom;
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
 pub mod stopped;
 
 pub use kafka::{consume_all, ConsumedMessage, EmbeddedKafka};

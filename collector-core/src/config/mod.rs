@@ -24,7 +24,7 @@ mod yaml;
 use std::collections::BTreeMap;
 
 pub use device::{check_device_id, check_endpoint, Device, MAX_DEVICE_ID_LEN};
-pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, SASL_MECHANISMS};
+pub use kafka::{KafkaConfig, KafkaSasl, KafkaTls, RecordEncoding, SASL_MECHANISMS};
 pub use load::{EnvExpansion, LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
     byte_size, duration, opt_duration, parse_byte_size, BatchConfig, BreakerConfig,
@@ -276,6 +276,29 @@ mod tests {
             sled.spill_config().unwrap().backend,
             crate::spill::SpillBackend::Sled
         );
+    }
+
+    /// `kafka.encoding` takes `json` or `protobuf`; anything else is named
+    /// at its line.
+    #[test]
+    fn kafka_encoding_is_json_or_protobuf() {
+        let yaml = |enc: &str| {
+            format!(
+                "kafka:\n  brokers: k:9092\n  encoding: {enc}\ndevices:\n  - id: a\n    \
+                 endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n"
+            )
+        };
+        let parsed = |enc: &str| {
+            CollectorConfig::from_yaml(&yaml(enc), Some(Path::new("c.yaml")), &TestAdapter)
+                .map(|c| c.kafka.encoding)
+        };
+        assert_eq!(parsed("protobuf").unwrap(), RecordEncoding::Protobuf);
+        assert_eq!(parsed("json").unwrap(), RecordEncoding::Json);
+        let errs = parsed("avro").unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].starts_with("c.yaml:3:"), "{msgs:?}");
+        assert!(msgs[0].contains("avro"), "{msgs:?}");
     }
 
     /// The core's problems and the adapter's, all at once, each at its line;

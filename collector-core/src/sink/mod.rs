@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::RecordEncoding;
 use crate::error::SinkError;
 use crate::record::Record;
 
@@ -28,7 +29,7 @@ thread_local! {
 /// record, is given back).
 const SCRATCH_KEEP: usize = 1 << 20;
 
-/// A record as the destination stores it (for Kafka: key and JSON value).
+/// A record as the destination stores it (for Kafka: key and encoded value).
 /// This is what the spill keeps, so a replay sends exactly the bytes the
 /// first attempt would have sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,40 @@ impl Message {
     /// keyed by its device id, stamped with `collector_id`: what the Kafka
     /// sink sends, for any sink that stores the same bytes.
     pub fn json(record: &Record, collector_id: &str) -> Result<Message, SinkError> {
+        Self::encoded(record, |out| record.encode_json(collector_id, out))
+            .map_err(|e| SinkError::Delivery(format!("encode: {e}")))
+    }
+
+    /// `record` as a `Record` of `docs/record.proto`, keyed and stamped as
+    /// [`Message::json`]: what the Kafka sink sends with
+    /// `kafka.encoding: protobuf`.
+    pub fn protobuf(record: &Record, collector_id: &str) -> Message {
+        let encoded = Self::encoded(record, |out| {
+            record.encode_protobuf(collector_id, out);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        match encoded {
+            Ok(m) => m,
+            Err(never) => match never {},
+        }
+    }
+
+    /// `record` in the encoding `encoding`.
+    pub fn encode(
+        record: &Record,
+        collector_id: &str,
+        encoding: RecordEncoding,
+    ) -> Result<Message, SinkError> {
+        match encoding {
+            RecordEncoding::Json => Self::json(record, collector_id),
+            RecordEncoding::Protobuf => Ok(Self::protobuf(record, collector_id)),
+        }
+    }
+
+    fn encoded<E>(
+        record: &Record,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Message, E> {
         // Encoded into this thread's scratch buffer, then copied into an
         // allocation of the exact size: no reallocation while it grows,
         // and a batch holds its records' bytes and no more. (Growing each
@@ -54,16 +89,16 @@ impl Message {
         // CPU in page faults at the reference workload; BENCHMARKS.md.)
         let payload = SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            record.encode_json(collector_id, scratch)?;
+            encode(scratch)?;
             let payload = scratch.as_slice().to_vec();
             if scratch.capacity() > SCRATCH_KEEP {
                 *scratch = Vec::new();
             }
-            Ok::<_, serde_json::Error>(payload)
-        });
+            Ok(payload)
+        })?;
         Ok(Message {
             key: record.device_id.to_string(),
-            payload: payload.map_err(|e| SinkError::Delivery(format!("encode: {e}")))?,
+            payload,
             read_time_us: record.read_time.timestamp_micros(),
         })
     }

@@ -53,6 +53,8 @@ pub struct CollectorConfig {
     pub interval: Duration,
     /// `batch.interval`; `None` = the collector's default.
     pub batch_interval: Option<Duration>,
+    /// `kafka.encoding`.
+    pub encoding: &'static str,
     /// `session.max_connects_per_second`.
     pub connect_rate: u32,
     /// `workers.permits`; `None` = the collector's default.
@@ -88,8 +90,8 @@ pub fn write_config(dir: &Path, c: &CollectorConfig, http: SocketAddr) -> anyhow
         y += &format!("batch:\n  interval: {}ms\n", b.as_millis());
     }
     y += &format!(
-        "kafka:\n  brokers: \"{}\"\n  topic: \"{}\"\n",
-        c.brokers, c.topic
+        "kafka:\n  brokers: \"{}\"\n  topic: \"{}\"\n  encoding: {}\n",
+        c.brokers, c.topic, c.encoding
     );
     y += &format!("http:\n  addr: \"{http}\"\n");
     y += "device_files:\n";

@@ -46,6 +46,26 @@ impl Mode {
     }
 }
 
+/// How the collector writes its records (`kafka.encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Encoding {
+    /// The JSON envelope (the collector's default).
+    Json,
+    /// `docs/record.proto`'s `Record`.
+    Protobuf,
+}
+
+impl Encoding {
+    /// The name used on the command line, in the collector's configuration
+    /// and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+}
+
 /// `opc-loadgen bench` options.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -83,6 +103,9 @@ pub struct BenchArgs {
     /// The collector's `batch.interval` (default: the collector's default).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub batch_interval: Option<Duration>,
+    /// The collector's `kafka.encoding` (the topic is read back in it).
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    pub encoding: Encoding,
     /// The collector's `session.max_connects_per_second`.
     #[arg(long, default_value_t = 500)]
     pub connect_rate: u32,
@@ -182,6 +205,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &CollectorConfig {
             interval: args.interval,
             batch_interval: args.batch_interval,
+            encoding: args.encoding.name(),
             connect_rate: args.connect_rate,
             permits: args.permits,
             brokers: bootstrap.clone(),
@@ -397,6 +421,7 @@ async fn measure(
         warmup_s: args.warmup.as_secs_f64(),
         window_s: window,
         batch_interval_s: args.batch_interval.map(|b| b.as_secs_f64()),
+        encoding: args.encoding.name().to_string(),
         connect_rate: args.connect_rate,
         machine_cpus: cpus,
         machine_cpu_model: model,

@@ -38,6 +38,8 @@ pub struct Report {
     pub window_s: f64,
     /// `batch.interval` given to the collector, seconds (null = its default).
     pub batch_interval_s: Option<f64>,
+    /// `kafka.encoding` given to the collector (`json` or `protobuf`).
+    pub encoding: String,
     /// `session.max_connects_per_second`.
     pub connect_rate: u32,
     /// "mock" (librdkafka mock cluster in the bench process) or the brokers.

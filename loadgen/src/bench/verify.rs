@@ -67,14 +67,92 @@ impl TopicCheck {
     }
 }
 
-/// The fields of a record the check needs; the rest is skipped unparsed.
-#[derive(serde::Deserialize)]
+/// The fields of a record the check needs.
 struct Envelope {
+    device_id: String,
+    seq: u64,
+    /// How many samples it holds.
+    samples: u64,
+}
+
+/// A JSON record's fields the check needs; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct JsonEnvelope {
     device_id: String,
     seq: u64,
     /// Only counted: `IgnoredAny` skips each sample without building it.
     #[serde(default)]
     samples: Vec<serde::de::IgnoredAny>,
+}
+
+/// A record in either encoding (`kafka.encoding`): a JSON record is an
+/// object, a Protobuf one starts with its `schema` field.
+fn envelope(payload: &[u8]) -> Option<Envelope> {
+    if payload.first() == Some(&b'{') {
+        let e = serde_json::from_slice::<JsonEnvelope>(payload).ok()?;
+        Some(Envelope {
+            device_id: e.device_id,
+            seq: e.seq,
+            samples: e.samples.len() as u64,
+        })
+    } else {
+        protobuf_envelope(payload)
+    }
+}
+
+/// The top-level fields of a `docs/record.proto` `Record`: `schema` (1),
+/// `device_id` (2), `seq` (3) and the `samples` (10) counted, not decoded.
+fn protobuf_envelope(mut p: &[u8]) -> Option<Envelope> {
+    fn varint(p: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = p.split_first()?;
+            *p = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (p.get(..n)?, p.get(n..)?);
+        *p = rest;
+        Some(head)
+    }
+    let (mut schema, mut device_id, mut seq, mut samples) = (None, None, 0, 0);
+    while !p.is_empty() {
+        let key = varint(&mut p)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => schema = Some(varint(&mut p)?),
+            (3, 0) => seq = varint(&mut p)?,
+            (_, 0) => {
+                varint(&mut p)?;
+            }
+            (_, 1) => {
+                take(&mut p, 8)?;
+            }
+            (_, 5) => {
+                take(&mut p, 4)?;
+            }
+            (field, 2) => {
+                let len = usize::try_from(varint(&mut p)?).ok()?;
+                let body = take(&mut p, len)?;
+                match field {
+                    2 => device_id = Some(String::from_utf8(body.to_vec()).ok()?),
+                    10 => samples += 1,
+                    _ => {}
+                }
+            }
+            _ => return None,
+        }
+    }
+    schema?;
+    Some(Envelope {
+        device_id: device_id?,
+        seq,
+        samples,
+    })
 }
 
 /// The bench reader's state: each device's seqs, and the totals.
@@ -84,9 +162,9 @@ type SeqState = (HashMap<String, Vec<u64>>, TopicCheck);
 fn fold_record(state: &mut SeqState, payload: Option<&[u8]>, timestamp_ms: Option<i64>) {
     let (seqs, check) = state;
     check.consumed += 1;
-    match payload.and_then(|p| serde_json::from_slice::<Envelope>(p).ok()) {
+    match payload.and_then(envelope) {
         Some(e) => {
-            let samples = e.samples.len() as u64;
+            let samples = e.samples;
             check.samples += samples;
             if let Some(t) = timestamp_ms {
                 let c = check.by_time.entry(t).or_default();
@@ -294,5 +372,37 @@ mod tests {
         }
         // A data-change record continues the device's seqs: no gap.
         assert_eq!((check.unique, check.seq_gaps), (3, 0));
+    }
+
+    #[test]
+    fn reads_protobuf_records_as_the_collector_writes_them() {
+        use collector_core::record::{Record, Sample, Status, Value};
+        let now = chrono::Utc::now();
+        let record = Record {
+            device_id: "dev-00003".into(),
+            seq: 1_795_000_000_000_042,
+            read_time: now,
+            samples: (0..3)
+                .map(|i| Sample {
+                    node_id: format!("ns=2;s=Tag{i:03}").into(),
+                    value: Value::Double(f64::from(i)),
+                    status: Status::GOOD,
+                    source_timestamp: Some(now),
+                    server_timestamp: None,
+                })
+                .collect(),
+            part: None,
+            origin: Default::default(),
+        };
+        let mut payload = Vec::new();
+        record.encode_protobuf("opc-bench", &mut payload);
+        let e = envelope(&payload).expect("a protobuf record");
+        assert_eq!(
+            (e.device_id.as_str(), e.seq, e.samples),
+            ("dev-00003", 1_795_000_000_000_042, 3)
+        );
+        // Cut short anywhere inside, it is malformed, not miscounted.
+        assert!(envelope(&payload[..payload.len() - 1]).is_none());
+        assert!(envelope(&payload[1..]).is_none());
     }
 }

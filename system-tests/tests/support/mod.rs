@@ -13,7 +13,7 @@ use collector_core::config::Settings;
 use collector_core::metrics::StatsSnapshot;
 use collector_core::{Collector, CollectorConfig, Device};
 use collector_opcua::OpcUaProtocol;
-use collector_testkit::{consume_all, EmbeddedKafka};
+use collector_testkit::{consume_all, ConsumedMessage, EmbeddedKafka};
 use opc_loadgen::model::{self, ModelValue};
 use serde_json::Value as Json;
 
@@ -75,10 +75,16 @@ pub async fn consume(bootstrap: &str, expected: usize) -> Consumed {
     consume_topic(bootstrap, TOPIC, expected).await
 }
 
-pub async fn consume_topic(bootstrap: &str, topic: &str, expected: usize) -> Consumed {
+/// Every message on `topic`, unparsed, once `expected` arrived and the
+/// topic stayed quiet for 5 s.
+pub async fn consume_messages(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<ConsumedMessage> {
     let b = bootstrap.to_string();
     let t = topic.to_string();
-    let msgs = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         consume_all(
             &b,
             &t,
@@ -89,7 +95,11 @@ pub async fn consume_topic(bootstrap: &str, topic: &str, expected: usize) -> Con
     })
     .await
     .unwrap()
-    .unwrap();
+    .unwrap()
+}
+
+pub async fn consume_topic(bootstrap: &str, topic: &str, expected: usize) -> Consumed {
+    let msgs = consume_messages(bootstrap, topic, expected).await;
     let schema = schema_validator();
     let mut by_device: BTreeMap<String, Vec<Json>> = BTreeMap::new();
     for m in &msgs {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::delivery::{BatchAck, Context, Pending};
 use super::producer::PolledProducer;
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, RecordEncoding};
 use crate::error::SinkError;
 use crate::metrics::names;
 use crate::record::Record;
@@ -92,6 +92,8 @@ pub struct KafkaSink {
     slot: Arc<ProducerSlot>,
     topic: String,
     collector_id: String,
+    /// `kafka.encoding`.
+    encoding: RecordEncoding,
     /// `kafka.max_record_bytes` (or its default).
     max_record_bytes: u64,
     /// The broker's reachability as last observed.
@@ -146,6 +148,7 @@ impl KafkaSink {
             }),
             topic: cfg.topic.clone(),
             collector_id: collector_id.to_string(),
+            encoding: cfg.encoding,
             max_record_bytes: cfg.max_record_bytes(),
             up,
         })
@@ -210,7 +213,7 @@ fn redact(msg: &str) -> String {
 #[async_trait]
 impl Sink for KafkaSink {
     fn encode(&self, record: &Record) -> Result<Message, SinkError> {
-        Message::json(record, &self.collector_id)
+        Message::encode(record, &self.collector_id, self.encoding)
     }
 
     async fn deliver_messages(&self, messages: &[Message]) -> DeliveryReport {

@@ -4,7 +4,10 @@
 //! with its value, status and timestamps, in configuration order. Non-Good
 //! samples are kept. The JSON encoding is the public contract with
 //! consumers and is documented in `docs/record-format.md`, with a JSON
-//! Schema in `docs/record.schema.json`.
+//! Schema in `docs/record.schema.json`; the same record in Protobuf
+//! (`docs/record.proto`) is in [`protobuf`].
+
+mod protobuf;
 
 use std::sync::Arc;
 
