@@ -117,6 +117,14 @@ fn every_value_type_reads_back_as_its_json_encoding() {
         name: "Uncertain",
     };
     samples[3].source_timestamp = Some(time("2026-11-22T19:51:12.000001Z"));
+    // A leap second (chrono: nanos past 1e9) stays inside its second in
+    // both encodings; the decoder refuses nanos past 999,999,999.
+    samples[4].source_timestamp = Some(
+        chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc(),
+    );
     let record = Record::new(
         Arc::from("dev-00010"),
         1_795_377_071_812_936,
@@ -128,6 +136,10 @@ fn every_value_type_reads_back_as_its_json_encoding() {
     assert_eq!(decoded["samples"].as_array().unwrap().len(), 34);
     assert_eq!(decoded["samples"][0]["type"], "Null");
     assert_eq!(decoded["samples"][14]["value"], "NaN");
+    assert_eq!(
+        decoded["samples"][4]["source_timestamp"],
+        "2016-12-31T23:59:59.999999999Z"
+    );
 }
 
 #[test]

@@ -95,7 +95,10 @@ fn time(m: &DynamicMessage) -> Result<Json, String> {
         other => return Err(format!("seconds: {other:?}")),
     };
     let nanos = match field(m, "nanos")? {
-        Value::I32(n) => u32::try_from(n).map_err(|_| format!("negative nanos {n}"))?,
+        Value::I32(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= 999_999_999)
+            .ok_or_else(|| format!("nanos {n} outside 0..=999999999"))?,
         other => return Err(format!("nanos: {other:?}")),
     };
     let t = DateTime::<Utc>::from_timestamp(seconds, nanos)

@@ -5,7 +5,7 @@
 //! samples are kept. The JSON encoding is the public contract with
 //! consumers and is documented in `docs/record-format.md`, with a JSON
 //! Schema in `docs/record.schema.json`; the same record in Protobuf
-//! (`docs/record.proto`) is in [`protobuf`].
+//! (`docs/record.proto`) is written by [`Record::encode_protobuf`].
 
 mod protobuf;
 
@@ -14,7 +14,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 
-/// The version of the JSON envelope; bumped on incompatible changes.
+/// The version of the record (`schema`, in JSON and Protobuf); bumped on
+/// incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One successful read of one device.

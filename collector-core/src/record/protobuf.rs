@@ -52,7 +52,7 @@ impl Record {
 impl Sample {
     fn encode_protobuf(&self, out: &mut Vec<u8>) {
         string(out, 1, &self.node_id);
-        if self.value != Value::Null {
+        if !matches!(self.value, Value::Null) {
             nested(out, 2, |out| self.value.encode_protobuf(out));
         }
         uint(out, 3, u64::from(self.status.code));

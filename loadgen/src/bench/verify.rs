@@ -401,8 +401,14 @@ mod tests {
             (e.device_id.as_str(), e.seq, e.samples),
             ("dev-00003", 1_795_000_000_000_042, 3)
         );
-        // Cut short anywhere inside, it is malformed, not miscounted.
+        // Cut short, it is malformed, not miscounted.
         assert!(envelope(&payload[..payload.len() - 1]).is_none());
-        assert!(envelope(&payload[1..]).is_none());
+        // schema 1, then: a varint of 11 bytes; a length past the end; a
+        // group (wire type 3); no device_id.
+        let overlong = [&[0x08, 0x01, 0x18][..], &[0xff; 10], &[0x01]].concat();
+        assert!(envelope(&overlong).is_none());
+        assert!(envelope(&[0x08, 0x01, 0x12, 0x7f, b'd']).is_none());
+        assert!(envelope(&[0x08, 0x01, 0x1b]).is_none());
+        assert!(envelope(&[0x08, 0x01, 0x18, 0x05]).is_none());
     }
 }
