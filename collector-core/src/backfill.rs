@@ -3,15 +3,15 @@
 //! collector stopped or killed. The schedule sees one when a read succeeds
 //! more than an interval and a half after the previous success; the last
 //! success of every device survives restarts in `state_dir/last_reads.json`
-//! (written every second), so the first read after a restart sees the gap
-//! the restart made. When the device's adapter offers its history
-//! ([`History`]), a task of its own reads the window and turns each batch
-//! into a record flagged `origin: backfill`, with the device's next `seq`,
-//! while live reads go on.
+//! (written each second a read moved it), so the first read after a
+//! restart sees the gap the restart made. When the device's adapter offers
+//! its history ([`History`]), a task of its own reads the window and turns
+//! each batch into a record flagged `origin: backfill`, with the device's
+//! next `seq`, while live reads go on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ const FILE: &str = "last_reads.json";
 pub(crate) struct Watermarks {
     path: Option<PathBuf>,
     last: Mutex<HashMap<String, i64>>,
+    /// Whether the file holds `last` as it is (set by a write, cleared by
+    /// a failed one, so the next second tries again).
+    written: AtomicBool,
 }
 
 impl Watermarks {
@@ -60,6 +63,7 @@ impl Watermarks {
         Watermarks {
             path: Some(path),
             last: Mutex::new(last),
+            written: AtomicBool::new(false),
         }
     }
 
@@ -72,25 +76,47 @@ impl Watermarks {
             .map(|ns| DateTime::from_timestamp_nanos(*ns))
     }
 
-    /// Takes every device's last success from `board` and writes the map
-    /// (a temporary file, fsynced, renamed over the old one).
+    /// Takes every device's last success from `board` and, when one moved
+    /// since the last write, writes the map (a temporary file, fsynced,
+    /// renamed over the old one).
     pub(crate) fn persist(&self, board: &DeviceBoard) {
         let Some(path) = &self.path else { return };
         let text = {
             let mut last = self.last.lock();
+            let mut changed = !self.written.load(Ordering::Relaxed);
             for (id, at) in board.last_successes() {
                 // Exact (nanoseconds): the window starts at the read itself.
-                if let Some(ns) = at.timestamp_nanos_opt() {
-                    last.insert(id.to_string(), ns);
+                let Some(ns) = at.timestamp_nanos_opt() else {
+                    continue;
+                };
+                match last.get_mut(&*id) {
+                    Some(known) if *known == ns => {}
+                    Some(known) => {
+                        *known = ns;
+                        changed = true;
+                    }
+                    None => {
+                        last.insert(id.to_string(), ns);
+                        changed = true;
+                    }
                 }
+            }
+            // Nothing read since the last write (a fleet down, long
+            // intervals): the file already says it; no write, no fsync.
+            if !changed {
+                return;
             }
             serde_json::to_string(&*last)
         };
         let written = text
             .map_err(std::io::Error::other)
             .and_then(|text| crate::seq::write_durably(path, &text));
-        if let Err(e) = written {
-            tracing::warn!(file = %path.display(), error = %e, "could not persist the last reads");
+        match written {
+            Ok(()) => self.written.store(true, Ordering::Relaxed),
+            Err(e) => {
+                self.written.store(false, Ordering::Relaxed);
+                tracing::warn!(file = %path.display(), error = %e, "could not persist the last reads");
+            }
         }
     }
 
@@ -256,5 +282,38 @@ mod tests {
         assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), Some(at));
         std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
         assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), None);
+    }
+
+    #[test]
+    fn watermarks_are_written_only_when_a_read_moved_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(FILE);
+        let board = DeviceBoard::default();
+        let st = board.register(Arc::from("dev-1"), "opc.tcp://x:1");
+        let at = DateTime::from_timestamp_nanos(1_700_000_000_000_000_000);
+        st.lock().last_success = Some(at);
+        let w = Watermarks::load(Some(dir.path()));
+        w.persist(&board);
+        assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), Some(at));
+        // Nothing read since: the file is not rewritten (a marker survives).
+        std::fs::write(&file, b"{\"marker\":1}").unwrap();
+        w.persist(&board);
+        assert_eq!(std::fs::read(&file).unwrap(), b"{\"marker\":1}");
+        // A new success: written again, with it.
+        let later = at + chrono::Duration::seconds(10);
+        st.lock().last_success = Some(later);
+        w.persist(&board);
+        assert_eq!(
+            Watermarks::load(Some(dir.path())).last("dev-1"),
+            Some(later)
+        );
+        // A fresh process writes its first second whatever it loaded.
+        let again = Watermarks::load(Some(dir.path()));
+        std::fs::write(&file, b"{\"marker\":1}").unwrap();
+        again.persist(&board);
+        assert_eq!(
+            Watermarks::load(Some(dir.path())).last("dev-1"),
+            Some(later)
+        );
     }
 }

@@ -294,6 +294,7 @@ impl Collector {
             board: self.board.clone(),
             breaker: cfg.breaker.clone(),
             epoch: tokio::time::Instant::now(),
+            phase_slots: cfg.schedule.phase_slots,
             seq_base: self.seq.0,
             watermarks: self.watermarks.clone(),
             backfills: backfills.clone(),

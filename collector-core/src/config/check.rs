@@ -32,6 +32,12 @@ pub(crate) fn check_sections(
         "interval",
         "must be at least 10ms",
     );
+    check(
+        cfg.schedule.phase_slots >= 1,
+        "schedule",
+        "phase_slots",
+        "must be at least 1",
+    );
     check(cfg.shard.count >= 1, "shard", "count", "must be at least 1");
     check(
         cfg.shard.index.is_none_or(|i| i < cfg.shard.count),

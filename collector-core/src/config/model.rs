@@ -117,12 +117,19 @@ pub struct ScheduleConfig {
     /// Read interval for devices without their own. Default `10s`.
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// Phases per interval: each device reads at one of this many evenly
+    /// spaced offsets (a hash of its id). Devices on the same phase read in
+    /// the same timer tick and share the runtime's wake-ups; more phases
+    /// make smaller bursts (less lateness on a large fleet with few cores),
+    /// fewer save CPU. Default 100 (every 100 ms at 10 s).
+    pub phase_slots: u32,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(10),
+            phase_slots: 100,
         }
     }
 }

@@ -519,6 +519,10 @@ fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static 
         }
     };
     check(old.collector == new.collector, "collector");
+    check(
+        old.schedule.phase_slots == new.schedule.phase_slots,
+        "schedule.phase_slots",
+    );
     check(old.workers == new.workers, "workers");
     check(old.breaker == new.breaker, "breaker");
     check(old.batch == new.batch, "batch");

@@ -59,6 +59,8 @@ pub struct CollectorConfig {
     pub connect_rate: u32,
     /// `workers.permits`; `None` = the collector's default.
     pub permits: Option<u32>,
+    /// `schedule.phase_slots`; `None` = the collector's default.
+    pub phase_slots: Option<u32>,
     /// Kafka bootstrap servers.
     pub brokers: String,
     /// Kafka topic.
@@ -78,6 +80,9 @@ pub fn write_config(dir: &Path, c: &CollectorConfig, http: SocketAddr) -> anyhow
         dir.join("state").display()
     );
     y += &format!("schedule:\n  interval: {}ms\n", c.interval.as_millis());
+    if let Some(s) = c.phase_slots {
+        y += &format!("  phase_slots: {s}\n");
+    }
     if let Some(p) = c.permits {
         y += &format!("workers:\n  permits: {p}\n");
     }

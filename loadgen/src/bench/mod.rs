@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// The collector's `workers.permits` (default: the collector's default).
     #[arg(long)]
     pub permits: Option<u32>,
+    /// The collector's `schedule.phase_slots` (default: the collector's
+    /// default): phases per interval, devices on one phase read together.
+    #[arg(long)]
+    pub phase_slots: Option<u32>,
     /// Simulator processes: 0 = in this process; default: in process while
     /// the open-files limit allows (5 fds per device), else split.
     #[arg(long)]
@@ -208,6 +212,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             encoding: args.encoding.name(),
             connect_rate: args.connect_rate,
             permits: args.permits,
+            phase_slots: args.phase_slots,
             brokers: bootstrap.clone(),
             topic: topic.clone(),
             device_files,
@@ -423,6 +428,7 @@ async fn measure(
         batch_interval_s: args.batch_interval.map(|b| b.as_secs_f64()),
         encoding: args.encoding.name().to_string(),
         connect_rate: args.connect_rate,
+        phase_slots: args.phase_slots,
         machine_cpus: cpus,
         machine_cpu_model: model,
         connect_s,

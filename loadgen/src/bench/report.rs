@@ -42,6 +42,8 @@ pub struct Report {
     pub encoding: String,
     /// `session.max_connects_per_second`.
     pub connect_rate: u32,
+    /// The collector's `schedule.phase_slots` (`None`: its default).
+    pub phase_slots: Option<u32>,
     /// "mock" (librdkafka mock cluster in the bench process) or the brokers.
     pub kafka: String,
     /// Topic written.

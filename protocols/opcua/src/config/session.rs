@@ -19,7 +19,9 @@ pub struct SessionConfig {
     /// Session keep-alive period: a Read of the server's state when no
     /// other request proved the session alive for this long (a device read
     /// more often than this never sends one); a dead-but-open connection
-    /// is detected after `max_failed_keep_alives` missed ones. Default `30s`.
+    /// is detected after `max_failed_keep_alives` missed ones. Keep-alives
+    /// fall due on a grid of a tenth of this (at most 1 s), so the sessions
+    /// due together send theirs together. Default `30s`.
     #[serde(with = "duration")]
     pub keep_alive_interval: Duration,
     /// Failed keep-alives before a session is dropped. Default 2.
