@@ -301,6 +301,24 @@ mod tests {
         assert!(msgs[0].contains("avro"), "{msgs:?}");
     }
 
+    #[test]
+    fn phase_slots_are_at_least_one() {
+        let parsed = |slots: &str| {
+            let yaml = format!(
+                "kafka:\n  brokers: k:9092\nschedule:\n  phase_slots: {slots}\ndevices:\n  - id: a\n    \
+                 endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T\"]\n"
+            );
+            CollectorConfig::from_yaml(&yaml, Some(Path::new("c.yaml")), &TestAdapter)
+                .map(|c| c.schedule.phase_slots)
+        };
+        assert_eq!(parsed("1000").unwrap(), 1000);
+        let errs = parsed("0").unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].starts_with("c.yaml:4:"), "{msgs:?}");
+        assert!(msgs[0].contains("phase_slots"), "{msgs:?}");
+    }
+
     /// The core's problems and the adapter's, all at once, each at its line;
     /// keys neither owns are reported with both lists.
     #[test]

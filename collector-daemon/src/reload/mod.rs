@@ -534,3 +534,18 @@ fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static 
     check(old.registry == new.registry, "registry");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_slots_need_a_restart_and_the_interval_does_not() {
+        let old = CollectorConfig::default();
+        let mut new = old.clone();
+        new.schedule.interval = old.schedule.interval * 2;
+        assert!(restart_needed(&old, &new).is_empty());
+        new.schedule.phase_slots = 1000;
+        assert_eq!(restart_needed(&old, &new), vec!["schedule.phase_slots"]);
+    }
+}
