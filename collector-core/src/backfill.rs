@@ -81,10 +81,15 @@ impl Watermarks {
     /// renamed over the old one).
     pub(crate) fn persist(&self, board: &DeviceBoard) {
         let Some(path) = &self.path else { return };
+        // The board's locks (the list, each device's status) are taken and
+        // let go before `last`'s: a schedule starting holds its device's
+        // status and then takes `last` (`Watermarks::last`); the other
+        // order deadlocked the two when they met.
+        let successes = board.last_successes();
         let text = {
             let mut last = self.last.lock();
             let mut changed = !self.written.load(Ordering::Relaxed);
-            for (id, at) in board.last_successes() {
+            for (id, at) in successes {
                 // Exact (nanoseconds): the window starts at the read itself.
                 let Some(ns) = at.timestamp_nanos_opt() else {
                     continue;
@@ -282,6 +287,48 @@ mod tests {
         assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), Some(at));
         std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
         assert_eq!(Watermarks::load(Some(dir.path())).last("dev-1"), None);
+    }
+
+    /// A schedule starting (its status locked, then the watermarks) and the
+    /// once-a-second persist (the board, then the watermarks) never wait on
+    /// each other: holding the watermarks while taking the board's locks
+    /// deadlocked a 19,000-device start.
+    #[test]
+    fn persist_and_a_starting_schedule_do_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = DeviceBoard::default();
+        let st = board.register(Arc::from("dev-1"), "opc.tcp://x:1");
+        st.lock().last_success = Some(DateTime::from_timestamp_nanos(1));
+        let w = Arc::new(Watermarks::load(Some(dir.path())));
+        let stop = Arc::new(AtomicBool::new(false));
+        let starter = {
+            let (w, st, stop) = (w.clone(), st.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let held = st.lock();
+                    let _ = w.last("dev-1");
+                    drop(held);
+                }
+            })
+        };
+        let persister = {
+            let (w, board, stop) = (w.clone(), board.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    w.persist(&board);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(starter.is_finished() && persister.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "persist and a starting schedule deadlocked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -115,11 +115,11 @@ pub(crate) async fn run_device(
     // The last success before this schedule (a restart, a re-add, a
     // changed device): the first success compares with it by time; later
     // ones see a gap only if a scheduled read produced nothing (a late
-    // read is no gap).
-    let mut last_ok = status
-        .lock()
-        .last_success
-        .or_else(|| ctx.watermarks.last(&device.id));
+    // read is no gap). The status lock is let go before the watermarks'
+    // is taken: no lock here is held while another is taken (see
+    // `Watermarks::persist`).
+    let known = status.lock().last_success;
+    let mut last_ok = known.or_else(|| ctx.watermarks.last(&device.id));
     let mut first = true;
     let mut missed = false;
     let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status.clone());
