@@ -21,8 +21,9 @@ pub struct SimSecurity {
     /// Accepted users (name, password); empty: anonymous only.
     pub users: Vec<(String, String)>,
     /// PKI directory: the fleet's server certificate (`own/cert.der`,
-    /// generated once if absent, shared by every device) and the client
-    /// certificates seen (`trusted/`: every client is accepted).
+    /// generated once if absent, shared by every device) and, per device,
+    /// the client certificates it has seen
+    /// (`devices/<device id>/trusted/`: every client is accepted).
     pub pki_dir: PathBuf,
 }
 

@@ -106,6 +106,15 @@ pub(super) async fn start_server(
             _ => None,
         })
         .unwrap_or(cfg.max_sessions);
+    // A secure device keeps the client certificates it trusts in a
+    // directory of its own: async-opcua's store writes an unknown
+    // certificate there (truncate, then write) and compares the file with
+    // it, so devices sharing `trusted/` failed a concurrent first connect
+    // with `BadUnexpectedError` when one read what another was writing.
+    let device_pki = match fleet.secure {
+        Some(_) => fleet.pki.join("devices").join(model::device_id(index)),
+        None => fleet.pki.clone(),
+    };
     spawn_device(
         DeviceSpec {
             index,
@@ -117,7 +126,7 @@ pub(super) async fn start_server(
             max_sessions: max_sessions as usize,
             read_faults: read_faults(faults),
             counters: counters.clone(),
-            pki_dir: &fleet.pki,
+            pki_dir: &device_pki,
             security: fleet.secure.as_ref(),
             period_ms: cfg.change_rate.map(steps::period_ms),
             history: history_settings(cfg, faults),

@@ -4,6 +4,7 @@
 //! (trust store) the session is then built with.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::{DeviceSecurity, Identity, TrustMode};
@@ -152,12 +153,80 @@ fn find_same_certificate(dir: &Path, der: &[u8]) -> Option<PathBuf> {
     })
 }
 
+/// Writes `der` as `dir/name` unless that file exists, atomically: a
+/// session being validated meanwhile (the library compares its server's
+/// certificate with this file) sees no file or the whole file, never one
+/// being written. Devices sharing a certificate (one vendor image, one
+/// server with several endpoints) prepare concurrently: a plain write
+/// truncated the file under a validation in flight, which then failed
+/// with `BadUnexpectedError`.
 fn write_if_absent(dir: &Path, name: &str, der: &[u8]) -> Result<(), String> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(name);
     if path.is_file() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&path, der))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, der))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writers racing to create the same certificate file while a reader
+    /// compares it (as the library's validation does): the reader sees no
+    /// file or the whole file. A plain `std::fs::write` fails this within a
+    /// few rounds (a second writer truncates the first one's file).
+    #[test]
+    fn concurrent_writes_never_show_a_partial_certificate() {
+        let der: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        for round in 0..20 {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("trusted");
+            let path = dir.join("server.der");
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut seen = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        if let Ok(bytes) = std::fs::read(&path) {
+                            assert!(
+                                bytes == der,
+                                "round {round}: a reader saw {} of {} bytes",
+                                bytes.len(),
+                                der.len()
+                            );
+                            seen += 1;
+                        }
+                    }
+                    seen
+                });
+                let writers: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| write_if_absent(&dir, "server.der", &der)))
+                    .collect();
+                for w in writers {
+                    w.join().unwrap().unwrap();
+                }
+                // Let the reader see the finished file at least once.
+                while std::fs::read(&path).map(|b| b != der).unwrap_or(true) {}
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                done.store(true, Ordering::Relaxed);
+                reader.join().unwrap();
+            });
+            assert_eq!(std::fs::read(&path).unwrap(), der);
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+            assert_eq!(left.len(), 1, "no temporary file left behind: {left:?}");
+        }
+    }
 }
