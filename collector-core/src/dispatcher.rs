@@ -61,7 +61,7 @@ impl Dispatch {
         // samples: ~30 ms): on the blocking pool, not on the executor
         // threads whose delay would show as schedule lateness. Each record
         // is encoded once; what fails delivery is spilled from these bytes.
-        let batch = Arc::new(batch);
+        let mut batch = Arc::new(batch);
         let (sink, shared) = (self.sink.clone(), batch.clone());
         let encoded = match tokio::task::spawn_blocking(move || Encoded::new(&*sink, &shared)).await
         {
@@ -80,6 +80,15 @@ impl Dispatch {
                 return;
             }
         };
+        // The samples live on in the messages: while those are delivered
+        // (and the producer holds its copies), the batch keeps only what
+        // its logs name, each record's device and seq (at 2,000 devices x
+        // 50 tags, ~12 MB less at each flush).
+        if let Some(b) = Arc::get_mut(&mut batch) {
+            for r in &mut b.records {
+                r.samples = Vec::new();
+            }
+        }
         let Encoded {
             messages,
             index,

@@ -9,8 +9,10 @@
 //! fresh again after mimalloc returns it, so at the reference workload
 //! this cost ~14 % of the collector's CPU in page faults and ~30-50 MiB of
 //! RSS in partly used huge pages (BENCHMARKS.md, "Toward the floor").
-//! `MIMALLOC_ALLOW_THP=1` in the environment keeps them.
+//! `MIMALLOC_ALLOW_THP=1` in the environment keeps them. The
+//! `system-allocator` feature keeps glibc's, for heap profilers.
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

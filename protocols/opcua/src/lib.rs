@@ -52,12 +52,15 @@ use session::Pool;
 /// Largest array (and so Read request/response) the client will decode.
 /// The library default (1000) fails a Read of more than 1000 nodes.
 pub(crate) const MAX_ARRAY_LENGTH: usize = 1_000_000;
-/// Chunk size for what the client sends. The library preallocates (and
-/// zeroes) one send buffer of this size per connection: its default of
-/// 64 KiB cost ~66 KiB of RSS per session. Read requests are small (a
-/// 1,000-node Read is ~30 KiB, sent as a few chunks), so 16 KiB loses
-/// nothing. Responses keep the 64 KiB receive chunks (no preallocation).
-pub(crate) const SEND_CHUNK_SIZE: usize = 16 * 1024;
+/// Chunk size for what the client sends: 8 KiB, the smallest the
+/// standard allows. The library preallocates (and zeroes) one send buffer
+/// of this size (plus 1 KiB) per connection: its default of 64 KiB cost
+/// ~66 KiB of RSS per session, 16 KiB ~17 KiB (heap profile,
+/// BENCHMARKS.md). Read requests are small (a 50-node Read is ~1.5 KiB; a
+/// 1,000-node Read ~30 KiB goes as four chunks, which every server must
+/// take), so nothing is lost. Responses keep the 64 KiB receive chunks (no
+/// preallocation).
+pub(crate) const SEND_CHUNK_SIZE: usize = 8 * 1024;
 
 /// Why the adapter could not be created.
 #[derive(Debug, thiserror::Error)]
