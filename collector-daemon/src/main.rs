@@ -39,6 +39,7 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     allocator::no_huge_pages();
+    allocator::purge_at_once();
     // async-opcua 0.19 looks up OPCUA_TRACE_LOCKS with getenv on every lock
     // it takes (it caches only a "true"), ~2 % of the daemon's instructions
     // at the reference workload. Set, the lookups stop; the lock traces it
