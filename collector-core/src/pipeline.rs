@@ -158,9 +158,18 @@ impl CollectorBuilder {
         self.health.attach(sink.clone(), spill.is_some());
         let source = match self.source {
             Some(s) => s,
-            // The source owns the list from here (the collector keeps no
-            // second copy of 2,000 devices' settings).
-            None => Box::new(StaticSource::new(std::mem::take(&mut self.config.devices))),
+            None => {
+                // Phases for the devices it starts with (a source of its
+                // own says how many through `schedule.phase_slots`).
+                let slots = self
+                    .config
+                    .schedule
+                    .phase_slots_for(self.config.devices.len());
+                self.config.schedule.phase_slots = Some(slots);
+                // The source owns the list from here (the collector keeps
+                // no second copy of 2,000 devices' settings).
+                Box::new(StaticSource::new(std::mem::take(&mut self.config.devices)))
+            }
         };
         Ok(Collector {
             source: Some(source),
@@ -294,7 +303,7 @@ impl Collector {
             board: self.board.clone(),
             breaker: cfg.breaker.clone(),
             epoch: tokio::time::Instant::now(),
-            phase_slots: cfg.schedule.phase_slots,
+            phase_slots: cfg.schedule.phase_slots_for(0),
             seq_base: self.seq.0,
             watermarks: self.watermarks.clone(),
             backfills: backfills.clone(),

@@ -14,7 +14,7 @@
 //! Freed memory goes back to the kernel at once (mimalloc's purge delay 0
 //! instead of its 1 s): mimalloc purges freed pages only once the delay
 //! has passed and the thread that freed them allocates again, so the
-//! ~30 MB of each 10 s batch freed on a blocking-pool thread stayed
+//! ~40 MB of each 10 s batch freed on a blocking-pool thread stayed
 //! resident long after; 0 cut peak RSS at the reference workload by
 //! ~25 MiB at the same CPU (BENCHMARKS.md, "Memory per session").
 //! `MIMALLOC_PURGE_DELAY` in the environment overrides it.

@@ -157,9 +157,15 @@ pub(crate) async fn run(
             "device list loaded"
         );
     }
+    let starting_with = mine.len();
     let (sender, source) = collector_core::source::channel(mine);
     let mut reloader = reload::Reloader::new(path, limits, index, cfg.clone(), registry, sender);
     let list_status = reloader.status();
+    // The phases for the devices this replica starts with (the registry's
+    // arrive later: its replicas take the fewest), fixed until a restart;
+    // the reloader keeps the file's setting to compare with.
+    let mut cfg = cfg;
+    cfg.schedule.phase_slots = Some(cfg.schedule.phase_slots_for(starting_with));
     let builder = Collector::builder(cfg).protocol(protocol).source(source);
     // Bind before building: recovering a large spill takes time, and
     // `/healthz` must answer meanwhile (`/startupz` and `/readyz` say 503).

@@ -33,7 +33,7 @@ pub(crate) fn check_sections(
         "must be at least 10ms",
     );
     check(
-        cfg.schedule.phase_slots >= 1,
+        cfg.schedule.phase_slots != Some(0),
         "schedule",
         "phase_slots",
         "must be at least 1",

@@ -29,7 +29,7 @@ pub use load::{EnvExpansion, LoadLimits, MAX_DEVICES_PER_FILE, MAX_FILE_BYTES};
 pub use model::{
     byte_size, duration, opt_duration, parse_byte_size, BatchConfig, BreakerConfig,
     CollectorSection, DeadLetterSection, HttpConfig, ScheduleConfig, ShardSection, SpillSection,
-    WorkerConfig,
+    WorkerConfig, MIN_PHASE_SLOTS, READS_PER_PHASE,
 };
 pub use registry::{
     check_connection_string, RegistrySection, RegistryUrl, SourceKind, REGISTRY_MAX_SHARDS,
@@ -302,6 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn phase_slots_default_to_one_per_twenty_devices_and_at_least_a_hundred() {
+        let auto = ScheduleConfig::default();
+        assert_eq!(auto.phase_slots_for(0), 100);
+        assert_eq!(auto.phase_slots_for(2_000), 100);
+        assert_eq!(auto.phase_slots_for(2_001), 101);
+        assert_eq!(auto.phase_slots_for(19_000), 950);
+        let set = ScheduleConfig {
+            phase_slots: Some(7),
+            ..ScheduleConfig::default()
+        };
+        assert_eq!(set.phase_slots_for(19_000), 7);
+    }
+
+    #[test]
     fn phase_slots_are_at_least_one() {
         let parsed = |slots: &str| {
             let yaml = format!(
@@ -311,7 +325,7 @@ mod tests {
             CollectorConfig::from_yaml(&yaml, Some(Path::new("c.yaml")), &TestAdapter)
                 .map(|c| c.schedule.phase_slots)
         };
-        assert_eq!(parsed("1000").unwrap(), 1000);
+        assert_eq!(parsed("1000").unwrap(), Some(1000));
         let errs = parsed("0").unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 1, "{msgs:?}");

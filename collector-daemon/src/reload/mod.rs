@@ -545,7 +545,7 @@ mod tests {
         let mut new = old.clone();
         new.schedule.interval = old.schedule.interval * 2;
         assert!(restart_needed(&old, &new).is_empty());
-        new.schedule.phase_slots = 1000;
+        new.schedule.phase_slots = Some(1000);
         assert_eq!(restart_needed(&old, &new), vec!["schedule.phase_slots"]);
     }
 }
