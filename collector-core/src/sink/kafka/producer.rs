@@ -1,56 +1,149 @@
 //! [`PolledProducer`]: rdkafka's `BaseProducer` with a thread of ours
-//! serving its delivery reports.
+//! serving its delivery reports, woken by librdkafka when one arrives.
 //!
 //! It replaces rdkafka's `ThreadedProducer`, whose thread polls with a
 //! 100 ms timeout. rdkafka rounds what is left of a poll's deadline down to
-//! whole milliseconds for librdkafka, so every poll ends in a busy loop of
-//! zero-timeout polls for up to a millisecond: measured at ~0.7 % of a core
-//! on an idle daemon (BENCHMARKS.md). Reports are served as they arrive
-//! whatever the timeout, so a long one costs no latency; it only sets how
-//! rarely the spin happens and how long [`PolledProducer::close`] waits for
-//! the thread.
+//! whole milliseconds for librdkafka, so every timed poll ends in a busy
+//! loop of zero-timeout polls for up to a millisecond: ~0.7 % of a core on
+//! an idle daemon with 100 ms polls, and with 1 s polls still 3 % of the
+//! collector's CPU at the reference workload and 14 % of an idle fleet's
+//! (BENCHMARKS.md). So the thread never makes a timed poll: librdkafka
+//! writes a byte to a socket of ours when an event lands on the producer's
+//! empty event queue (`rd_kafka_queue_io_event_enable`), the thread sleeps
+//! in a read of that socket, and serves the queue with zero-timeout polls
+//! until it is empty.
 
+use std::io::{ErrorKind, Read, Write};
 use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 
 use super::delivery::Context;
 
-/// How long one poll waits when no delivery report comes.
+/// How long the thread sleeps when no event comes: the bound on a missed
+/// wake-up, and how often it checks that it should stop.
 const POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// Zero-timeout polls per wake-up at most (each serves one event, which
+/// carries many delivery reports); the rest waits for the next round.
+const MAX_POLLS_PER_WAKE: usize = 10_000;
+
+/// The byte librdkafka writes to wake the thread.
+const WAKE: [u8; 1] = [1];
 
 /// A producer whose delivery reports are served by a background thread
 /// until [`PolledProducer::close`] or the handle's drop.
 pub(crate) struct PolledProducer {
-    producer: Arc<BaseProducer<Context>>,
+    producer: Arc<Woken>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The producer, its event queue registered to write to `wake`.
+struct Woken {
+    producer: BaseProducer<Context>,
+    /// A handle on the producer's event queue (librdkafka's "main" queue,
+    /// the one `BaseProducer::poll` serves), owned: destroyed on drop.
+    queue: *mut rdsys::rd_kafka_queue_t,
+    /// The end librdkafka writes to (non-blocking, as librdkafka requires).
+    wake: UnixStream,
+}
+
+// SAFETY: `queue` is only passed to librdkafka's queue functions, which
+// are thread-safe; it lives as long as the producer (see `Drop`).
+unsafe impl Send for Woken {}
+unsafe impl Sync for Woken {}
+
+impl Woken {
+    /// Events waiting on the queue.
+    fn queued(&self) -> usize {
+        // SAFETY: `queue` is a live handle until `drop`.
+        unsafe { rdsys::rd_kafka_queue_length(self.queue) }
+    }
+
+    /// Wakes the thread (for `close`): a full socket already wakes it.
+    fn wake(&self) {
+        let _ = (&self.wake).write(&WAKE);
+    }
+}
+
+impl Drop for Woken {
+    fn drop(&mut self) {
+        // SAFETY: unregisters the socket before it is closed (a closed
+        // descriptor's number can be reused by another file) and releases
+        // the handle; the producer itself is dropped after this.
+        unsafe {
+            rdsys::rd_kafka_queue_io_event_enable(self.queue, -1, std::ptr::null(), 0);
+            rdsys::rd_kafka_queue_destroy(self.queue);
+        }
+    }
 }
 
 impl PolledProducer {
     /// Creates the producer and starts its poll thread.
     pub(crate) fn create(config: &ClientConfig, context: Context) -> Result<Self, String> {
-        let producer: Arc<BaseProducer<Context>> = Arc::new(
-            config
-                .create_with_context(context)
-                .map_err(|e| e.to_string())?,
-        );
+        let producer: BaseProducer<Context> = config
+            .create_with_context(context)
+            .map_err(|e| e.to_string())?;
+        let (wake, mut woken) = UnixStream::pair()
+            .map_err(|e| format!("cannot create the kafka wake-up socket: {e}"))?;
+        wake.set_nonblocking(true)
+            .and_then(|()| woken.set_read_timeout(Some(POLL_WAIT)))
+            .map_err(|e| format!("cannot set up the kafka wake-up socket: {e}"))?;
+        // SAFETY: the client pointer is live (we own the producer); the
+        // returned handle is owned by `Woken`, whose drop unregisters the
+        // descriptor and destroys the handle before the socket closes.
+        let producer = unsafe {
+            let queue = rdsys::rd_kafka_queue_get_main(producer.client().native_ptr());
+            if queue.is_null() {
+                return Err("librdkafka has no event queue for the producer".to_string());
+            }
+            rdsys::rd_kafka_queue_io_event_enable(
+                queue,
+                wake.as_raw_fd(),
+                WAKE.as_ptr().cast(),
+                WAKE.len(),
+            );
+            Arc::new(Woken {
+                producer,
+                queue,
+                wake,
+            })
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (producer.clone(), stop.clone());
-        // Joined by `close`; not on drop, which must not block for up to
-        // POLL_WAIT: the thread then ends after its current poll and drops
-        // its reference to the producer.
+        // Joined by `close`; not on drop, which must not block: the thread
+        // then ends at its next wake-up (the drop sends one) and drops its
+        // reference to the producer.
         let thread = std::thread::Builder::new()
             .name("kafka-poll".to_string())
             .spawn(move || {
+                let mut buf = [0u8; 64];
                 while !s.load(Ordering::Acquire) {
-                    p.poll(POLL_WAIT);
+                    // Each poll marks the queue served: an event arriving
+                    // after it writes a new wake-up.
+                    let mut polls = 0;
+                    while p.queued() > 0 && polls < MAX_POLLS_PER_WAKE {
+                        p.producer.poll(Duration::ZERO);
+                        polls += 1;
+                    }
+                    match woken.read(&mut buf) {
+                        Ok(_) => {}
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the kafka wake-up socket failed; polling every second");
+                            std::thread::sleep(POLL_WAIT);
+                        }
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the kafka poll thread: {e}"))?;
@@ -61,10 +154,11 @@ impl PolledProducer {
         })
     }
 
-    /// Stops the poll thread and waits for it (at most POLL_WAIT). Reports
-    /// after this are served only by `flush`.
+    /// Stops the poll thread and waits for it. Reports after this are
+    /// served only by `flush`.
     pub(crate) fn close(&self) {
         self.stop.store(true, Ordering::Release);
+        self.producer.wake();
         let thread = self.thread.lock().take();
         if let Some(t) = thread {
             if t.join().is_err() {
@@ -78,13 +172,14 @@ impl Deref for PolledProducer {
     type Target = BaseProducer<Context>;
 
     fn deref(&self) -> &Self::Target {
-        &self.producer
+        &self.producer.producer
     }
 }
 
 impl Drop for PolledProducer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.producer.wake();
     }
 }
 
