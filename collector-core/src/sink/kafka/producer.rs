@@ -128,6 +128,7 @@ impl PolledProducer {
             .name("kafka-poll".to_string())
             .spawn(move || {
                 let mut buf = [0u8; 64];
+                let mut degraded = false;
                 while !s.load(Ordering::Acquire) {
                     // Each poll marks the queue served: an event arriving
                     // after it writes a new wake-up.
@@ -137,10 +138,20 @@ impl PolledProducer {
                         polls += 1;
                     }
                     match woken.read(&mut buf) {
-                        Ok(_) => {}
-                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the kafka wake-up socket failed; polling every second");
+                        Ok(n) if n > 0 => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                            ) => {}
+                        // Neither an end of file (the write end lives as
+                        // long as `p`) nor another error is expected: serve
+                        // the queue once a second, and say so once.
+                        other => {
+                            if !degraded {
+                                degraded = true;
+                                tracing::warn!(result = ?other, "the kafka wake-up socket failed; delivery reports are served once a second");
+                            }
                             std::thread::sleep(POLL_WAIT);
                         }
                     }
