@@ -189,15 +189,19 @@ fn asyncua_history_fills_a_restart_gap() {
         .collect();
     assert!(!backfill.is_empty());
     let window = &backfill[0]["window"];
-    // The polled Ramp values at the window's two ends.
-    let ramp_read_at = |t: &Json| -> i64 {
+    // The polled Ramp samples at the window's two ends: (value, source
+    // timestamp).
+    let ramp_read_at = |t: &Json| -> (i64, DateTime<Utc>) {
         let r = records
             .iter()
             .find(|r| r.get("origin").is_none() && &r["read_time"] == t)
             .unwrap_or_else(|| panic!("no read at {t}"));
-        r["samples"][0]["value"].as_i64().unwrap()
+        let s = &r["samples"][0];
+        assert_eq!(s["node_id"], ramp.as_str(), "{r}");
+        (s["value"].as_i64().unwrap(), at(&s["source_timestamp"]))
     };
-    let (v0, v1) = (ramp_read_at(&window["from"]), ramp_read_at(&window["to"]));
+    let (from, to) = (at(&window["from"]), at(&window["to"]));
+    let ((v0, t0), (v1, t1)) = (ramp_read_at(&window["from"]), ramp_read_at(&window["to"]));
     assert!(v1 - v0 >= 12, "Ramp counted {v0} .. {v1} over a 4 s stop");
     let mut got = Vec::new();
     for r in &backfill {
@@ -209,13 +213,23 @@ fn asyncua_history_fills_a_restart_gap() {
                 "Temperature is not historized: {s}"
             );
             assert_eq!(s["type"], "Int32", "{s}");
+            let t = at(&s["source_timestamp"]);
+            assert!(from < t && t < to, "outside the window: {s}");
             got.push(s["value"].as_i64().unwrap());
         }
     }
-    let want: Vec<i64> = (v0 + 1..=v1).collect();
+    // Every value Ramp took strictly inside the window (docs/backfill.md):
+    // those after the value the read at `from` returned, up to the one the
+    // read at `to` returned. `read_time` is when the Read was sent, so a
+    // read's value can have changed after it (the server answered later):
+    // that value then lies inside the window too, and the history gives
+    // it again.
+    let first = if t0 > from { v0 } else { v0 + 1 };
+    let last = if t1 < to { v1 } else { v1 - 1 };
+    let want: Vec<i64> = (first..=last).collect();
     assert_eq!(
         got, want,
-        "every value Ramp took in the gap, once, in order"
+        "every value Ramp took in the gap, once, in order (Ramp {v0} at {t0} read at {from}, {v1} at {t1} read at {to})"
     );
     logs.passed();
 }
