@@ -14,7 +14,7 @@
 //! # Backends
 //!
 //! - [`SpillBackend::SegmentLog`] (default): a segmented append-only log,
-//!   see [`segment_log`] for the on-disk format and the invariants.
+//!   see `spill/segment_log.rs` for the on-disk format and the invariants.
 //! - [`SpillBackend::Sled`]: sled 0.34.7, kept selectable. It passed the
 //!   SIGKILL torture below but does not give disk space back after a queue
 //!   is drained (and needs 5x the live data at peak), which is why it is
@@ -25,7 +25,7 @@
 //! An append is acknowledged only after the data reached the disk
 //! (`fdatasync`, or `sled::Db::flush`). The fsync dominates the cost, so
 //! appends share it: each appender writes its frame under the writer lock,
-//! then waits in [`commit::GroupCommit`]; one waiter becomes the leader,
+//! then waits in a group commit (`spill/commit.rs`); one waiter becomes the leader,
 //! syncs everything written so far, and wakes every appender whose frame
 //! that sync covered. Appenders that arrive during a sync are covered by
 //! the next one. [`SpillStore::append_many`] writes several batches with

@@ -33,7 +33,7 @@ pub(crate) struct Report {
     pub poll_median_ms: f64,
     pub poll_max_ms: f64,
     /// CPU time of the database process serving the polls, per poll
-    /// (when it runs on this host: /proc/<pid>/schedstat).
+    /// (when it runs on this host: `/proc/<pid>/schedstat`).
     pub poll_db_cpu_us: Option<f64>,
 }
 
