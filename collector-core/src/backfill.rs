@@ -39,6 +39,11 @@ pub(crate) struct Watermarks {
     /// Whether the file holds `last` as it is (set by a write, cleared by
     /// a failed one, so the next second tries again).
     written: AtomicBool,
+    /// The board's last successes as the previous `persist` took them (in
+    /// the board's order): a device whose entry is the same and whose
+    /// time did not move is skipped without a look-up in `last` (2,000
+    /// look-ups a second were ~9 % of an idle fleet's CPU).
+    seen: Mutex<Vec<(Arc<str>, DateTime<Utc>)>>,
 }
 
 impl Watermarks {
@@ -64,6 +69,7 @@ impl Watermarks {
             path: Some(path),
             last: Mutex::new(last),
             written: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
         }
     }
 
@@ -87,14 +93,25 @@ impl Watermarks {
         // order deadlocked the two when they met.
         let successes = board.last_successes();
         let text = {
+            let mut seen = self.seen.lock();
             let mut last = self.last.lock();
             let mut changed = !self.written.load(Ordering::Relaxed);
-            for (id, at) in successes {
+            // The same devices in the same order as last time (the board
+            // only changes when devices are added or removed).
+            let same_devices = seen.len() == successes.len()
+                && seen
+                    .iter()
+                    .zip(&successes)
+                    .all(|((a, _), (b, _))| Arc::ptr_eq(a, b));
+            for (i, (id, at)) in successes.iter().enumerate() {
+                if same_devices && seen[i].1 == *at {
+                    continue;
+                }
                 // Exact (nanoseconds): the window starts at the read itself.
                 let Some(ns) = at.timestamp_nanos_opt() else {
                     continue;
                 };
-                match last.get_mut(&*id) {
+                match last.get_mut(&**id) {
                     Some(known) if *known == ns => {}
                     Some(known) => {
                         *known = ns;
@@ -106,6 +123,7 @@ impl Watermarks {
                     }
                 }
             }
+            *seen = successes;
             // Nothing read since the last write (a fleet down, long
             // intervals): the file already says it; no write, no fsync.
             if !changed {
@@ -329,6 +347,37 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A device removed and another added in its place, with the times
+    /// the old list had at the same positions: both are written (the
+    /// skip of unchanged devices goes by entry, not by position).
+    #[test]
+    fn a_changed_device_list_is_compared_device_by_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = DeviceBoard::default();
+        let t =
+            |s: i64| DateTime::from_timestamp_nanos(1_700_000_000_000_000_000 + s * 1_000_000_000);
+        let mut status = Vec::new();
+        for (id, at) in [("dev-1", t(1)), ("dev-2", t(2)), ("dev-3", t(3))] {
+            let st = board.register(Arc::from(id), "opc.tcp://x:1");
+            st.lock().last_success = Some(at);
+            status.push(st);
+        }
+        let w = Watermarks::load(Some(dir.path()));
+        w.persist(&board);
+        board.remove("dev-2");
+        status[2].lock().last_success = Some(t(2));
+        board
+            .register(Arc::from("dev-4"), "opc.tcp://x:1")
+            .lock()
+            .last_success = Some(t(3));
+        w.persist(&board);
+        let loaded = Watermarks::load(Some(dir.path()));
+        assert_eq!(loaded.last("dev-1"), Some(t(1)));
+        assert_eq!(loaded.last("dev-2"), Some(t(2)));
+        assert_eq!(loaded.last("dev-3"), Some(t(2)));
+        assert_eq!(loaded.last("dev-4"), Some(t(3)));
     }
 
     #[test]
