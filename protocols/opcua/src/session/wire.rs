@@ -1,13 +1,13 @@
 //! The TCP connection to a device (without Nagle's delay), with every
-//! incoming chunk header checked before its body is read. The library's codec waits for the whole chunk
-//! a header announces (up to 4 GiB) and never compares it with the receive
-//! buffer it told the server in Hello, and it bounds a message only by its
-//! number of chunks, so one hostile or broken server could make the
-//! collector buffer gigabytes. Here the connection ends as soon as a chunk
-//! header is not OPC UA's, announces more than the receive buffer, or
-//! takes its message past `session.max_message_size` (chunks of a message
-//! are sent one after another, Part 6, so the running sum of a message's
-//! chunks is its size). On a plaintext channel (security None) a chunk of
+//! incoming chunk header checked before its body is read. The library's
+//! codec waits for the whole chunk a header announces (up to 4 GiB) and
+//! never compares it with the receive buffer it told the server in Hello,
+//! and it bounds a message only by its number of chunks, so one hostile or
+//! broken server could make the collector buffer gigabytes. Here the
+//! connection ends as soon as a chunk header is not OPC UA's, announces
+//! more than the receive buffer, or takes its message past
+//! `session.max_message_size` (chunks of a message are sent one after
+//! another, Part 6, so the running sum of a message's chunks is its size). On a plaintext channel (security None) a chunk of
 //! another request in the middle of a message is refused too; an encrypted
 //! channel hides the request id, so there the bound rests on the server
 //! being the trusted one the channel was opened with.
@@ -273,8 +273,8 @@ async fn connect_tcp(
 /// larger than one chunk is written chunk by chunk, and with Nagle each
 /// chunk's last segment waits for the ACK of the one before, which the
 /// server delays (40 ms on Linux, 200 ms on Windows) because half a request
-/// gives it nothing to answer (1,000-node Reads: read p99 100 ms with it,
-/// 5 ms without; BENCHMARKS.md).
+/// gives it nothing to answer (1,000-node Reads: read p99 50-100 ms with
+/// it, 5 ms without; BENCHMARKS.md).
 async fn open(host: &str, port: u16) -> Result<TcpStream, Error> {
     let socket = TcpStream::connect((host, port)).await.map_err(|e| {
         Error::new(
