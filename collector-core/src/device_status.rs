@@ -3,6 +3,7 @@
 //! carry no device labels (cardinality); this is where a shard is debugged
 //! device by device.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -68,7 +69,20 @@ pub struct BackfillStatus {
 /// Every scheduled device's status; cheap to clone and read.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceBoard {
-    devices: Arc<RwLock<Vec<Arc<Mutex<DeviceStatus>>>>>,
+    devices: Arc<RwLock<Entries>>,
+}
+
+/// The board's devices in registration (configuration) order, and where
+/// each id is: registering or removing one of 20,000 devices looks it up
+/// instead of scanning (and locking) every entry before it.
+#[derive(Debug, Default)]
+struct Entries {
+    /// Registration number -> device, so iteration keeps the order.
+    list: BTreeMap<u64, (Arc<str>, Arc<Mutex<DeviceStatus>>)>,
+    /// Device id -> its registration number.
+    index: HashMap<Arc<str>, u64>,
+    /// The next registration number.
+    next: u64,
 }
 
 impl DeviceBoard {
@@ -76,12 +90,13 @@ impl DeviceBoard {
     /// restarted (its history stays), else a new one.
     pub(crate) fn register(&self, id: Arc<str>, endpoint: &str) -> Arc<Mutex<DeviceStatus>> {
         let mut all = self.devices.write();
-        if let Some(existing) = all.iter().find(|e| e.lock().id == id) {
+        if let Some((_, existing)) = all.index.get(&id).and_then(|n| all.list.get(n)) {
+            let existing = existing.clone();
             existing.lock().endpoint = endpoint.to_string();
-            return existing.clone();
+            return existing;
         }
         let entry = Arc::new(Mutex::new(DeviceStatus {
-            id,
+            id: id.clone(),
             endpoint: endpoint.to_string(),
             breaker: BreakerState::Closed,
             session: SessionState::Unknown,
@@ -97,7 +112,10 @@ impl DeviceBoard {
             lateness: LatencyHistogram::default(),
             backfill: BackfillStatus::default(),
         }));
-        all.push(entry.clone());
+        let n = all.next;
+        all.next += 1;
+        all.list.insert(n, (id.clone(), entry.clone()));
+        all.index.insert(id, n);
         entry
     }
 
@@ -105,17 +123,18 @@ impl DeviceBoard {
     pub(crate) fn last_successes(&self) -> Vec<(Arc<str>, DateTime<Utc>)> {
         self.devices
             .read()
-            .iter()
-            .filter_map(|e| {
-                let s = e.lock();
-                s.last_success.map(|at| (s.id.clone(), at))
-            })
+            .list
+            .values()
+            .filter_map(|(id, e)| e.lock().last_success.map(|at| (id.clone(), at)))
             .collect()
     }
 
     /// Forgets a device that was removed from the set.
     pub(crate) fn remove(&self, id: &str) {
-        self.devices.write().retain(|e| &*e.lock().id != id);
+        let mut all = self.devices.write();
+        if let Some(n) = all.index.remove(id) {
+            all.list.remove(&n);
+        }
     }
 
     /// A page of devices (in configuration order) matching `filter`,
@@ -130,7 +149,7 @@ impl DeviceBoard {
         let now = Utc::now();
         let mut total = 0;
         let mut page = Vec::new();
-        for entry in all.iter() {
+        for (_, entry) in all.list.values() {
             let s = entry.lock();
             if filter(&s) {
                 if total >= offset && page.len() < limit {
@@ -144,5 +163,50 @@ impl DeviceBoard {
             }
         }
         (total, page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(board: &DeviceBoard) -> Vec<String> {
+        let (_, page) = board.page(|_| true, 0, usize::MAX);
+        page.iter().map(|s| s.id.to_string()).collect()
+    }
+
+    #[test]
+    fn devices_keep_their_entry_and_order_across_removals() {
+        let board = DeviceBoard::default();
+        let a = board.register(Arc::from("dev-a"), "opc.tcp://a:1");
+        board.register(Arc::from("dev-b"), "opc.tcp://b:1");
+        let c = board.register(Arc::from("dev-c"), "opc.tcp://c:1");
+        a.lock().reads_ok = 7;
+        // Registered again (a restarted schedule): the same entry, its
+        // history kept, its endpoint the new one.
+        let again = board.register(Arc::from("dev-a"), "opc.tcp://a:2");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(again.lock().reads_ok, 7);
+        assert_eq!(again.lock().endpoint, "opc.tcp://a:2");
+        // A removal before the others: they keep their entries and order.
+        board.remove("dev-a");
+        board.remove("dev-unknown");
+        assert_eq!(ids(&board), ["dev-b", "dev-c"]);
+        assert!(Arc::ptr_eq(
+            &c,
+            &board.register(Arc::from("dev-c"), "opc.tcp://c:1")
+        ));
+        // Added again after its removal: a fresh entry, at the end.
+        let fresh = board.register(Arc::from("dev-a"), "opc.tcp://a:3");
+        assert!(!Arc::ptr_eq(&a, &fresh));
+        assert_eq!(fresh.lock().reads_ok, 0);
+        assert_eq!(ids(&board), ["dev-b", "dev-c", "dev-a"]);
+        board.remove("dev-b");
+        board.remove("dev-a");
+        assert_eq!(ids(&board), ["dev-c"]);
+        assert!(Arc::ptr_eq(
+            &c,
+            &board.register(Arc::from("dev-c"), "opc.tcp://c:1")
+        ));
     }
 }
