@@ -73,3 +73,73 @@ async fn every_read_arrives_with_the_simulators_values() {
         "consumed exactly what was acknowledged"
     );
 }
+
+/// A device with more nodes than the server's MaxNodesPerRead is read in
+/// several requests (the simulator refuses a larger one as a whole), and
+/// the values come back each on its own node, in the configured order,
+/// also when a node in between cannot be resolved on this server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_over_the_servers_limit_is_chunked_and_stays_in_order() {
+    let kafka = support::kafka().await;
+    let sim = Simulator::start(SimConfig {
+        devices: 3,
+        tags: 25,
+        max_nodes_per_read: 7,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let ghost = "nsu=urn:not-on-this-server;s=Ghost";
+    let devices = sim
+        .devices()
+        .iter()
+        .map(|d| {
+            let mut nodes: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
+            // Between the first two requests' nodes.
+            nodes.insert(6, ghost);
+            collector_opcua::config::device(
+                d.id.as_str(),
+                d.endpoint_url.as_str(),
+                &nodes,
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        })
+        .collect();
+    let cfg = support::config(kafka.bootstrap_servers(), devices);
+
+    let totals = support::run_collector(cfg, Duration::from_secs(4)).await;
+    let expected_order: Vec<Vec<String>> = sim
+        .devices()
+        .iter()
+        .map(|d| {
+            let mut nodes = d.node_ids.clone();
+            nodes.insert(6, ghost.to_string());
+            nodes
+        })
+        .collect();
+    sim.shutdown().await;
+
+    assert_eq!(totals.reads_failed, 0, "{totals:?}");
+    assert!(totals.reads_ok >= 6, "3 devices x ~4 ticks: {totals:?}");
+    let consumed =
+        support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
+    assert_eq!(consumed.by_device.len(), 3, "every device delivered");
+    for (device, recs) in &consumed.by_device {
+        let index = opc_loadgen::model::device_index(device).unwrap() as usize;
+        for r in recs {
+            let samples = r["samples"].as_array().unwrap();
+            let order: Vec<&str> = samples
+                .iter()
+                .map(|s| s["node_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(order, expected_order[index], "{device}: sample order");
+            let lost = &samples[6];
+            assert_eq!(lost["status"]["name"], "BadNodeIdUnknown", "{lost}");
+            assert!(lost["value"].is_null(), "{lost}");
+            let mut rest = r.clone();
+            rest["samples"].as_array_mut().unwrap().remove(6);
+            support::assert_model_values(&rest);
+        }
+    }
+}

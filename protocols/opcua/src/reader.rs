@@ -3,6 +3,11 @@
 //! chunks of at most MaxNodesPerRead, and maps results to samples. A node
 //! the server rejects becomes a Bad sample; only session-level failures
 //! fail the read.
+//!
+//! The request's node list is built for each read and handed to the
+//! library, which would otherwise copy a kept list every time: keeping one
+//! per device held ~5 KiB per 50-node device (10 MB at 2,000 devices) to
+//! save nothing.
 
 use std::sync::Arc;
 
@@ -14,26 +19,17 @@ use collector_core::metrics::names;
 use collector_core::protocol::{DeviceReader, SessionState};
 use collector_core::record::Sample;
 use collector_core::ReadError;
+use opcua::client::services::Read;
+use opcua::client::UARequest;
 use opcua::types::{ByteString, Guid, NodeId, ReadValueId, StatusCode, TimestampsToReturn};
 
 use crate::convert;
 use crate::session::{Endpoint, Live, Pool};
 
-/// A node ready to read (its ReadValueId is next in `to_read`), or the
-/// reason it cannot be.
-enum Resolved {
-    Read,
-    Unavailable(StatusCode),
-}
-
 pub(crate) struct OpcUaReader {
     pool: Arc<Pool>,
     endpoint: Arc<Endpoint>,
     nodes: Vec<NodeAddress>,
-    /// Resolution for session generation `.0`, and the nodes to request
-    /// (the resolved ones, in order), built once per session.
-    resolved: Option<(u64, Vec<Resolved>)>,
-    to_read: Vec<ReadValueId>,
     released: bool,
     /// The session `prepare` opened (or failed to) for the next read:
     /// connecting happens there, before the scheduler hands out a worker
@@ -57,8 +53,6 @@ impl OpcUaReader {
             pool,
             endpoint,
             nodes: opc.nodes,
-            resolved: None,
-            to_read: Vec::new(),
             released: false,
             prepared: None,
             history: None,
@@ -70,31 +64,6 @@ impl OpcUaReader {
     pub(crate) fn endpoint(&self) -> Arc<Endpoint> {
         self.endpoint.clone()
     }
-
-    /// Resolves the node ids for `live` unless already done for it.
-    fn resolve(&mut self, live: &Live) {
-        let fresh = !matches!(&self.resolved, Some((g, _)) if *g == live.generation);
-        if fresh {
-            let mut to_read = Vec::with_capacity(self.nodes.len());
-            let list: Vec<Resolved> = self
-                .nodes
-                .iter()
-                .map(|n| match resolve_one(n, live) {
-                    Ok(id) => {
-                        to_read.push(id);
-                        Resolved::Read
-                    }
-                    Err(code) => Resolved::Unavailable(code),
-                })
-                .collect();
-            self.to_read = to_read;
-            self.resolved = Some((live.generation, list));
-        }
-    }
-}
-
-fn resolve_one(n: &NodeAddress, live: &Live) -> Result<ReadValueId, StatusCode> {
-    node_id_of(n, live).map(ReadValueId::from)
 }
 
 /// The node id `n` means on `live`'s server (its namespace index now).
@@ -139,26 +108,57 @@ impl DeviceReader for OpcUaReader {
             None => self.pool.session(&self.endpoint).await?,
         };
         let read_timeout = self.pool.config().read_timeout;
-        self.resolve(&live);
-        let mut values = Vec::with_capacity(self.to_read.len());
-        for chunk in self.to_read.chunks(live.max_nodes_per_read.max(1)) {
-            self.read_requests.increment(1);
-            let result = tokio::time::timeout(
-                read_timeout,
-                live.session.read(chunk, TimestampsToReturn::Both, 0.0),
-            )
-            .await;
-            let err = match result {
-                Ok(Ok(dvs)) if dvs.len() == chunk.len() => {
-                    live.liveness.proven();
-                    values.extend(dvs);
-                    continue;
+        // Resolved against this session: a node whose namespace it lacks
+        // is not asked for and becomes a Bad sample. The rest go in
+        // requests of at most the server's MaxNodesPerRead.
+        let per_request = live.max_nodes_per_read.max(1);
+        let mut refused: Vec<Option<StatusCode>> = Vec::with_capacity(self.nodes.len());
+        let mut requests: Vec<Vec<ReadValueId>> = Vec::new();
+        for node in &self.nodes {
+            match node_id_of(node, &live) {
+                Ok(id) => {
+                    match requests.last_mut() {
+                        Some(request) if request.len() < per_request => request.push(id.into()),
+                        _ => {
+                            let left = self.nodes.len() - refused.len();
+                            let mut request = Vec::with_capacity(left.min(per_request));
+                            request.push(id.into());
+                            requests.push(request);
+                        }
+                    }
+                    refused.push(None);
                 }
-                Ok(Ok(dvs)) => ReadError::Service(format!(
-                    "server returned {} results for {} nodes",
-                    dvs.len(),
-                    chunk.len()
-                )),
+                Err(code) => refused.push(Some(code)),
+            }
+        }
+        let mut values = Vec::new();
+        for chunk in requests {
+            let asked = chunk.len();
+            self.read_requests.increment(1);
+            let request = Read::new(&live.session)
+                .nodes_to_read(chunk)
+                .timestamps_to_return(TimestampsToReturn::Both)
+                .max_age(0.0)
+                .send(live.session.channel());
+            let err = match tokio::time::timeout(read_timeout, request).await {
+                Ok(Ok(response)) => {
+                    let dvs = response.results.unwrap_or_default();
+                    if dvs.len() == asked {
+                        live.liveness.proven();
+                        // One request (the usual case): its results are
+                        // the values, not copied.
+                        if values.is_empty() {
+                            values = dvs;
+                        } else {
+                            values.extend(dvs);
+                        }
+                        continue;
+                    }
+                    ReadError::Service(format!(
+                        "server returned {} results for {asked} nodes",
+                        dvs.len()
+                    ))
+                }
                 Ok(Err(e)) => ReadError::Service(e.to_string()),
                 Err(_) => ReadError::Timeout {
                     what: "read",
@@ -171,17 +171,13 @@ impl DeviceReader for OpcUaReader {
         }
         let mut values = values.into_iter();
         let mut samples = Vec::with_capacity(self.nodes.len());
-        let resolved = match &self.resolved {
-            Some((_, r)) => r,
-            None => return Err(ReadError::Service("node resolution missing".into())),
-        };
-        for (node, r) in self.nodes.iter().zip(resolved) {
-            match r {
-                Resolved::Read => match values.next() {
+        for (node, refused) in self.nodes.iter().zip(refused) {
+            match refused {
+                None => match values.next() {
                     Some(dv) => samples.push(convert::sample(&node.text, dv)),
                     None => return Err(ReadError::Service("fewer results than nodes".into())),
                 },
-                Resolved::Unavailable(code) => samples.push(convert::missing(&node.text, *code)),
+                Some(code) => samples.push(convert::missing(&node.text, code)),
             }
         }
         Ok(samples)
