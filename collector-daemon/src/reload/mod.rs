@@ -32,58 +32,20 @@ use collector_opcua::config::OpcUaConfig;
 use std::sync::{Mutex, PoisonError};
 use tokio_util::sync::CancellationToken;
 
-use crate::handover::{HandoverView, Handovers};
-use crate::registry::{Registry, RegistryView};
+use crate::handover::Handovers;
+use crate::registry::Registry;
 
 mod registry;
+mod restart;
 mod stamp;
+mod status;
 
+use restart::restart_needed;
 use stamp::{stamp, stamps, Stamp};
+pub(crate) use status::{Fleet, ListStatus, SharedStatus};
 
 /// How often the files are checked for a change.
 pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// What `/status` shows of the device list.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct ListStatus {
-    /// This replica's shard.
-    pub shard_index: u32,
-    /// Shards in the fleet, as last read.
-    pub shard_count: u32,
-    /// Changes of `shard_count` read since start.
-    pub shard_generation: u64,
-    /// Devices of other shards still read here until their handover
-    /// grace ends (`/devices?handover=true` lists them).
-    pub handovers: usize,
-    /// Devices in the list (all shards).
-    pub listed: usize,
-    /// Devices of this shard in the list.
-    pub devices: usize,
-    /// Reloads applied since start.
-    pub reloads_ok: u64,
-    /// Reloads rejected since start.
-    pub reloads_failed: u64,
-    /// When the running list was read (RFC 3339).
-    pub loaded_at: String,
-    /// The problems of the last rejected reload, until one is applied.
-    pub last_error: Option<Vec<String>>,
-    /// The device registry, with `source: postgres`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry: Option<RegistryView>,
-}
-
-/// What the HTTP server shows of the fleet: `/status`, and the devices
-/// handing over in `/devices`.
-#[derive(Debug, Clone)]
-pub(crate) struct Fleet {
-    /// `/status`.
-    pub status: ListStatus,
-    /// The devices handing over, by id.
-    pub handovers: HashMap<Arc<str>, HandoverView>,
-}
-
-/// Shared with the HTTP server.
-pub(crate) type SharedStatus = Arc<Mutex<Fleet>>;
 
 /// This replica's shard of `cfg`, and its devices.
 pub(crate) fn shard_devices(cfg: &CollectorConfig, source: &IndexSource) -> (Shard, Vec<Device>) {
@@ -508,44 +470,4 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// The sections of `new` that differ from `old` and need a restart.
-fn restart_needed(old: &CollectorConfig, new: &CollectorConfig) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let mut check = |same: bool, name: &'static str| {
-        if !same {
-            out.push(name);
-        }
-    };
-    check(old.collector == new.collector, "collector");
-    check(
-        old.schedule.phase_slots == new.schedule.phase_slots,
-        "schedule.phase_slots",
-    );
-    check(old.workers == new.workers, "workers");
-    check(old.breaker == new.breaker, "breaker");
-    check(old.batch == new.batch, "batch");
-    check(old.kafka == new.kafka, "kafka");
-    check(old.spill == new.spill, "spill");
-    check(old.dead_letters == new.dead_letters, "dead_letters");
-    check(old.http == new.http, "http");
-    check(old.protocol == new.protocol, "security/session");
-    check(old.registry == new.registry, "registry");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phase_slots_need_a_restart_and_the_interval_does_not() {
-        let old = CollectorConfig::default();
-        let mut new = old.clone();
-        new.schedule.interval = old.schedule.interval * 2;
-        assert!(restart_needed(&old, &new).is_empty());
-        new.schedule.phase_slots = Some(1000);
-        assert_eq!(restart_needed(&old, &new), vec!["schedule.phase_slots"]);
-    }
 }
