@@ -90,13 +90,23 @@ async fn a_read_over_the_servers_limit_is_chunked_and_stays_in_order() {
     .await
     .unwrap();
     let ghost = "nsu=urn:not-on-this-server;s=Ghost";
-    let devices = sim
+    // Each device's nodes as configured (and expected in its records): the
+    // unresolvable one between the first two requests' nodes.
+    let expected_order: Vec<Vec<String>> = sim
         .devices()
         .iter()
         .map(|d| {
-            let mut nodes: Vec<&str> = d.node_ids.iter().map(String::as_str).collect();
-            // Between the first two requests' nodes.
-            nodes.insert(6, ghost);
+            let mut nodes = d.node_ids.clone();
+            nodes.insert(6, ghost.to_string());
+            nodes
+        })
+        .collect();
+    let devices = sim
+        .devices()
+        .iter()
+        .zip(&expected_order)
+        .map(|(d, nodes)| {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             collector_opcua::config::device(
                 d.id.as_str(),
                 d.endpoint_url.as_str(),
@@ -109,15 +119,6 @@ async fn a_read_over_the_servers_limit_is_chunked_and_stays_in_order() {
     let cfg = support::config(kafka.bootstrap_servers(), devices);
 
     let totals = support::run_collector(cfg, Duration::from_secs(4)).await;
-    let expected_order: Vec<Vec<String>> = sim
-        .devices()
-        .iter()
-        .map(|d| {
-            let mut nodes = d.node_ids.clone();
-            nodes.insert(6, ghost.to_string());
-            nodes
-        })
-        .collect();
     sim.shutdown().await;
 
     assert_eq!(totals.reads_failed, 0, "{totals:?}");
