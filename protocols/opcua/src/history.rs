@@ -198,7 +198,7 @@ impl OpcUaHistory {
                 let code = result.status_code;
                 if no_history(code) {
                     if self.unsupported.lock().insert(r.index) {
-                        tracing::warn!(device = %self.device, node = %node.text, status = %code, "the server keeps no history of this node; its gaps stay gaps");
+                        tracing::warn!(device = %self.device, node = %node.text(), status = %code, "the server keeps no history of this node; its gaps stay gaps");
                     }
                     r.done = true;
                     continue;
@@ -239,7 +239,7 @@ impl OpcUaHistory {
                     }
                     r.last = at;
                     r.values += 1;
-                    batch.push(convert::sample(&node.text, dv));
+                    batch.push(convert::sample(node.text(), dv));
                 }
                 r.continuation = result.continuation_point.clone();
                 // A full page without a continuation point: some servers
@@ -331,7 +331,7 @@ impl OpcUaHistory {
         reason: &'static str,
         code: StatusCode,
     ) {
-        let node = &self.nodes[index].text;
+        let node = self.nodes[index].text();
         let detail = match reason {
             "max_values" => format!(
                 "node {node}: more than backfill.max_values_per_node ({}) values in the gap",

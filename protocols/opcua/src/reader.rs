@@ -68,9 +68,9 @@ impl OpcUaReader {
 
 /// The node id `n` means on `live`'s server (its namespace index now).
 pub(crate) fn node_id_of(n: &NodeAddress, live: &Live) -> Result<NodeId, StatusCode> {
-    let ns = match &n.namespace {
-        Namespace::Index(i) => match live.remap.get(i) {
-            None => *i,
+    let ns = match n.namespace() {
+        Namespace::Index(i) => match live.remap.get(&i) {
+            None => i,
             Some(Some(moved)) => *moved,
             Some(None) => return Err(StatusCode::BadNodeIdUnknown),
         },
@@ -79,9 +79,9 @@ pub(crate) fn node_id_of(n: &NodeAddress, live: &Live) -> Result<NodeId, StatusC
             None => return Err(StatusCode::BadNodeIdUnknown),
         },
     };
-    let id = match &n.identifier {
-        Identifier::Numeric(i) => NodeId::new(ns, *i),
-        Identifier::String(s) => NodeId::new(ns, s.as_str()),
+    let id = match n.identifier() {
+        Identifier::Numeric(i) => NodeId::new(ns, i),
+        Identifier::String(s) => NodeId::new(ns, s),
         Identifier::Guid(g) => match g.parse::<Guid>() {
             Ok(g) => NodeId::new(ns, g),
             Err(_) => return Err(StatusCode::BadNodeIdInvalid),
@@ -174,10 +174,10 @@ impl DeviceReader for OpcUaReader {
         for (node, refused) in self.nodes.iter().zip(refused) {
             match refused {
                 None => match values.next() {
-                    Some(dv) => samples.push(convert::sample(&node.text, dv)),
+                    Some(dv) => samples.push(convert::sample(node.text(), dv)),
                     None => return Err(ReadError::Service("fewer results than nodes".into())),
                 },
-                Some(code) => samples.push(convert::missing(&node.text, code)),
+                Some(code) => samples.push(convert::missing(node.text(), code)),
             }
         }
         Ok(samples)

@@ -30,10 +30,11 @@ use tokio_util::codec::FramedRead;
 /// The receive buffer told to servers in Hello: no chunk may be larger.
 pub(crate) const RECEIVE_CHUNK_SIZE: usize = 65_536;
 
-/// The receive buffer a connection starts with: a 50-value Read's
-/// response (~1.6 KiB) fits; a larger one grows it. tokio-util's default
-/// (8 KiB) was ~8 KiB of RSS per session (heap profile, BENCHMARKS.md).
-const INITIAL_RECEIVE_BUFFER: usize = 4 * 1024;
+/// The receive buffer a connection starts with, and keeps while the
+/// device's responses fit: a 50-value Read's response (~1.6 KiB) does; a
+/// larger one doubles it, once, for good. tokio-util's default (8 KiB) was
+/// ~8 KiB of RSS per session (heap profile, BENCHMARKS.md).
+const INITIAL_RECEIVE_BUFFER: usize = 2 * 1024;
 
 /// Message types a server may send (Part 6, 7.1.2).
 const TYPES: [&[u8; 3]; 6] = [b"ACK", b"ERR", b"OPN", b"MSG", b"CLO", b"RHE"];

@@ -96,7 +96,7 @@ impl OpcUaSubscriber {
         for (i, (node, item)) in self.nodes.iter().zip(&s.items).enumerate() {
             match node_id_of(node, &live) {
                 Ok(id) => requests.push(items::request(id, i, item)),
-                Err(code) => refused.push(items::refusal(&self.device, &node.text, code)),
+                Err(code) => refused.push(items::refusal(&self.device, node.text(), code)),
             }
         }
         let created = match items::create(

@@ -127,7 +127,7 @@ fn session_gone(e: &opcua::types::Error) -> bool {
 impl OpcUaSubscriber {
     pub(crate) fn new(pool: Arc<Pool>, device: &Device, opc: OpcUaDevice) -> Self {
         let endpoint = pool.endpoint(&device.endpoint, &opc.security);
-        let texts: Arc<[Arc<str>]> = opc.nodes.iter().map(|n| n.text.clone()).collect();
+        let texts: Arc<[Arc<str>]> = opc.nodes.iter().map(|n| n.text().clone()).collect();
         metrics::gauge!(names::SUBSCRIPTIONS, "state" => "down").increment(1.0);
         Self {
             pool,
