@@ -210,6 +210,7 @@ mod tests {
         cc.set("bootstrap.servers", kafka.bootstrap_servers())
             .set("linger.ms", "0");
         let context = Context {
+            metrics: crate::sink::kafka::delivery::MessageMetrics::register(),
             up: Arc::new(crate::sink::SharedReachability::new(
                 crate::sink::Reachability::Unknown,
             )),

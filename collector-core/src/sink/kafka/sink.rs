@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{BatchAck, Context, Pending};
+use super::delivery::{BatchAck, Context, MessageMetrics, Pending};
 use super::producer::PolledProducer;
 use crate::config::{KafkaConfig, RecordEncoding};
 use crate::error::SinkError;
@@ -38,6 +38,8 @@ struct ProducerSlot {
     up: Arc<SharedReachability>,
     /// Set by the delivery callback when the broker fenced the producer.
     fenced: Arc<AtomicBool>,
+    /// Shared with every producer's delivery callback.
+    metrics: MessageMetrics,
 }
 
 impl ProducerSlot {
@@ -45,10 +47,12 @@ impl ProducerSlot {
         config: &ClientConfig,
         up: &Arc<SharedReachability>,
         fenced: &Arc<AtomicBool>,
+        metrics: &MessageMetrics,
     ) -> Result<PolledProducer, SinkError> {
         PolledProducer::create(
             config,
             Context {
+                metrics: metrics.clone(),
                 up: up.clone(),
                 fenced: fenced.clone(),
             },
@@ -67,7 +71,7 @@ impl ProducerSlot {
         if !self.fenced.swap(false, Ordering::AcqRel) && fatal.is_none() {
             return;
         }
-        match Self::create(&self.config, &self.up, &self.fenced) {
+        match Self::create(&self.config, &self.up, &self.fenced, &self.metrics) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *self.current.write(), Arc::new(fresh));
                 metrics::counter!(names::KAFKA_PRODUCER_RENEWED).increment(1);
@@ -138,13 +142,15 @@ impl KafkaSink {
         }
         let up = Arc::new(SharedReachability::new(Reachability::Unknown));
         let fenced = Arc::new(AtomicBool::new(false));
-        let producer = ProducerSlot::create(&cc, &up, &fenced)?;
+        let metrics = MessageMetrics::register();
+        let producer = ProducerSlot::create(&cc, &up, &fenced, &metrics)?;
         Ok(KafkaSink {
             slot: Arc::new(ProducerSlot {
                 current: RwLock::new(Arc::new(producer)),
                 config: cc,
                 up: up.clone(),
                 fenced,
+                metrics,
             }),
             topic: cfg.topic.clone(),
             collector_id: collector_id.to_string(),
@@ -234,7 +240,7 @@ impl Sink for KafkaSink {
                     .timestamp(m.read_time_us / 1000);
                 match producer.send(msg) {
                     Ok(()) => {
-                        metrics::gauge!(names::KAFKA_IN_FLIGHT).increment(1.0);
+                        self.slot.metrics.in_flight.increment(1.0);
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
