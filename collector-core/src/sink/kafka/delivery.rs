@@ -141,7 +141,7 @@ pub(crate) struct Pending {
 /// metric per record was all it did besides settling.
 #[derive(Clone)]
 pub(crate) struct MessageMetrics {
-    /// `collector_kafka_in_flight`: up at enqueue, down at delivery.
+    /// `collector_kafka_in_flight_records`: up at enqueue, down at delivery.
     pub(crate) in_flight: metrics::Gauge,
     delivered: metrics::Counter,
     ack_latency: metrics::Histogram,

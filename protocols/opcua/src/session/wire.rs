@@ -32,8 +32,9 @@ pub(crate) const RECEIVE_CHUNK_SIZE: usize = 65_536;
 
 /// The receive buffer a connection starts with, and keeps while the
 /// device's responses fit: a 50-value Read's response (~1.6 KiB) does; a
-/// larger one doubles it, once, for good. tokio-util's default (8 KiB) was
-/// ~8 KiB of RSS per session (heap profile, BENCHMARKS.md).
+/// larger one grows it (doubling until it fits), and it stays that size.
+/// tokio-util's default (8 KiB) was ~8 KiB of RSS per session (heap
+/// profile, BENCHMARKS.md).
 const INITIAL_RECEIVE_BUFFER: usize = 2 * 1024;
 
 /// Message types a server may send (Part 6, 7.1.2).
