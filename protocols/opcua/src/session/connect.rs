@@ -20,7 +20,7 @@ use super::false_alarms::{quietly, without_false_alarms};
 use super::keep_alive::{KeepAlive, Liveness};
 use super::namespaces::discover;
 use super::pool::LeftBehind;
-use super::wire::GuardedSource;
+use super::transport::WireSource;
 use super::{Pool, MONITORED_ITEMS_PER_CALL_CAP};
 
 /// How a connect ended up with its session.
@@ -88,7 +88,7 @@ impl Pool {
             let build = || {
                 client
                     .session_builder()
-                    .with_connector(GuardedSource)
+                    .with_connector(WireSource)
                     .connect_to_endpoint_directly(endpoint)
                     .and_then(|b| {
                         let b = b.user_identity_token(token);

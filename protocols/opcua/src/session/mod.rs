@@ -13,7 +13,9 @@
 //! state machine), `connect` (opening one session), `namespaces` (the
 //! server's namespace array and configured `ns=` indexes), `backoff`, and
 //! `false_alarms` (the library's ERROR lines that security None is not),
-//! and `wire` (the TCP connection, every incoming chunk header checked).
+//! `wire` (the TCP connection, every incoming chunk header checked) and
+//! `transport` (requests out and responses in over it, holding a send
+//! buffer only while a request is being sent).
 
 mod backoff;
 mod connect;
@@ -22,6 +24,7 @@ mod false_alarms;
 mod keep_alive;
 mod namespaces;
 mod pool;
+mod transport;
 mod wire;
 
 pub(crate) use endpoint::{Endpoint, Live};

@@ -13,17 +13,12 @@
 //! being the trusted one the channel was opened with.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use opcua::client::transport::{
-    Connector, OutgoingMessage, SecureChannelState, StreamConnection, StreamConnector,
-    StreamTransport,
-};
-use opcua::client::ConnectionSource;
 use opcua::core::comms::tcp_codec::TcpCodec;
-use opcua::types::{DecodingOptions, EndpointDescription, Error, MessageSecurityMode, StatusCode};
-use tokio::io::{AsyncRead, ReadBuf, ReadHalf, WriteHalf};
+use opcua::types::{DecodingOptions, Error, StatusCode};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
@@ -189,64 +184,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
     }
 }
 
-/// Connections through [`Guarded`], for the session builder.
-pub(crate) struct GuardedSource;
+/// A connection's reader: chunks framed by async-opcua's codec, through
+/// [`Guarded`].
+pub(crate) type Reader = FramedRead<Guarded<OwnedReadHalf>, TcpCodec>;
 
-impl ConnectionSource for GuardedSource {
-    type Builder = GuardedConnector;
-
-    fn get_connector(&self, endpoint: &EndpointDescription) -> Result<GuardedConnector, Error> {
-        Ok(GuardedConnector {
-            url: endpoint.endpoint_url.as_ref().to_string(),
-            plaintext: endpoint.security_mode == MessageSecurityMode::None,
-        })
-    }
-}
-
-/// Connects to one endpoint URL.
-pub(crate) struct GuardedConnector {
-    url: String,
-    /// Security mode None: message chunks in the clear.
-    plaintext: bool,
-}
-
-type Transport = StreamTransport<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>;
-
-impl Connector for GuardedConnector {
-    type Transport = Transport;
-
-    async fn connect(
-        &self,
-        channel: Arc<SecureChannelState>,
-        outgoing_recv: tokio::sync::mpsc::Receiver<OutgoingMessage>,
-        config: opcua::client::transport::TransportConfiguration,
-    ) -> Result<Transport, Error> {
-        let plaintext = self.plaintext;
-        StreamConnector::new(
-            move |url, decoding| connect_tcp(url, decoding, plaintext),
-            self.url.clone(),
-        )
-        .connect(channel, outgoing_recv, config)
-        .await
-    }
-
-    fn default_endpoint(&self) -> EndpointDescription {
-        EndpointDescription::from(self.url.as_str())
-    }
-}
-
-async fn connect_tcp(
-    url: String,
+/// Opens the TCP connection to `url` (`opc.tcp://host:port/...`).
+pub(crate) async fn connect_tcp(
+    url: &str,
     decoding: DecodingOptions,
     plaintext: bool,
-) -> Result<StreamConnection<Guarded<ReadHalf<TcpStream>>, WriteHalf<TcpStream>>, Error> {
+) -> Result<(Reader, OwnedWriteHalf), Error> {
     let bad_url = |what: &str| {
         Error::new(
             StatusCode::BadTcpEndpointUrlInvalid,
             format!("{url}: {what}"),
         )
     };
-    let parsed = url::Url::parse(&url).map_err(|e| bad_url(&e.to_string()))?;
+    let parsed = url::Url::parse(url).map_err(|e| bad_url(&e.to_string()))?;
     let host = parsed
         .host_str()
         .ok_or_else(|| bad_url("no host"))?
@@ -254,21 +208,20 @@ async fn connect_tcp(
         .to_string();
     let port = parsed.port().unwrap_or(4840);
     let socket = open(&host, port).await?;
-    let (reader, writer) = tokio::io::split(socket);
-    Ok(StreamConnection::new(
-        FramedRead::with_capacity(
-            Guarded::new(
-                reader,
-                RECEIVE_CHUNK_SIZE,
-                decoding.max_message_size,
-                plaintext,
-            ),
-            TcpCodec::new(decoding),
-            INITIAL_RECEIVE_BUFFER,
+    // Owned halves: no lock between reading and writing (`io::split` takes
+    // one on every poll).
+    let (reader, writer) = socket.into_split();
+    let reader = FramedRead::with_capacity(
+        Guarded::new(
+            reader,
+            RECEIVE_CHUNK_SIZE,
+            decoding.max_message_size,
+            plaintext,
         ),
-        writer,
-        url,
-    ))
+        TcpCodec::new(decoding),
+        INITIAL_RECEIVE_BUFFER,
+    );
+    Ok((reader, writer))
 }
 
 /// A TCP connection to `host:port`, without Nagle's algorithm: a request
