@@ -6,9 +6,12 @@
 //! of a ~158 MiB daemon (heap profile, BENCHMARKS.md). This transport
 //! encodes a request when the session sends it, hands it to the socket at
 //! once (a Read of a few hundred nodes goes out in one `write`), and holds
-//! the encoded bytes only until the socket has taken them. Receiving is
-//! async-opcua's own [`TransportState`] (chunk reassembly, security,
-//! request deadlines), fed through the chunk guard of [`super::wire`].
+//! the encoded bytes only until the socket has taken them. Between
+//! responses it holds no receive buffer either: it waits until the socket
+//! is readable, then reads into a buffer the size of the last chunk.
+//! Receiving is async-opcua's own [`TransportState`] (chunk reassembly,
+//! security, request deadlines), fed through the chunk guard of
+//! [`super::wire`].
 //!
 //! Encoding and securing chunks is async-opcua's too ([`Chunker`],
 //! `SecureChannel::apply_security`); what this module decides is only
@@ -29,13 +32,14 @@ use opcua::core::comms::sequence_number::SequenceNumberHandle;
 use opcua::core::comms::tcp_codec::Message;
 use opcua::core::comms::tcp_types::{AcknowledgeMessage, HelloMessage, MIN_CHUNK_SIZE};
 use opcua::core::{Message as _, RequestMessage};
+use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     EndpointDescription, Error, MessageSecurityMode, SimpleBinaryEncodable, StatusCode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::wire::{connect_tcp, Reader};
+use super::wire::{connect_tcp, Reader, INITIAL_RECEIVE_BUFFER};
 
 /// Room a chunk may gain when it is signed or encrypted, over the chunk
 /// size: async-opcua's send buffer keeps the same slack.
@@ -94,6 +98,7 @@ impl Connector for WireConnector {
             limits,
             out: Vec::new(),
             written: 0,
+            receive_size: INITIAL_RECEIVE_BUFFER,
             closing: false,
             closed: Closed::Open,
             url: self.url.clone(),
@@ -230,6 +235,9 @@ pub(crate) struct WireTransport {
     out: Vec<u8>,
     /// Bytes of `out` the socket has taken.
     written: usize,
+    /// The receive buffer to take when the socket has data: the last
+    /// chunk's size, at least [`INITIAL_RECEIVE_BUFFER`].
+    receive_size: usize,
     /// A CloseSecureChannel request was encoded: the transport ends once
     /// it is sent.
     closing: bool,
@@ -281,13 +289,26 @@ impl WireTransport {
             }
         };
         self.sequence.increment(count as u32);
-        let mut out = Vec::with_capacity(storage.len() + count * SECURITY_SLACK);
+        // A signed or encrypted chunk may grow (padding, signature) up to
+        // the agreed chunk size and the library's slack; a plaintext one is
+        // copied as it is, so it gets only its own size (not a zeroed
+        // 64 KiB per request).
+        let secured = channel.security_policy() != SecurityPolicy::None
+            && matches!(
+                channel.security_mode(),
+                MessageSecurityMode::Sign | MessageSecurityMode::SignAndEncrypt
+            );
+        let room = |len: usize| {
+            if secured {
+                len.max(self.limits.chunk) + SECURITY_SLACK
+            } else {
+                len
+            }
+        };
+        let mut out = Vec::with_capacity(room(storage.len()));
         for chunk in &chunks {
             let start = out.len();
-            out.resize(
-                start + chunk.data.len().max(self.limits.chunk) + SECURITY_SLACK,
-                0,
-            );
+            out.resize(start + room(chunk.data.len()), 0);
             match channel.apply_security(chunk, &mut out[start..]) {
                 Ok(size) => out.truncate(start + size),
                 Err(status) => {
@@ -365,7 +386,7 @@ impl WireTransport {
                         TransportPollResult::Closed(StatusCode::BadCommunicationError)
                     }
                 },
-                incoming = self.read.next() => self.incoming(incoming),
+                incoming = receive(&mut self.read, &mut self.receive_size) => self.incoming(incoming),
             }
         } else {
             if self.closing {
@@ -385,10 +406,35 @@ impl WireTransport {
                     }
                     r
                 }
-                incoming = self.read.next() => self.incoming(incoming),
+                incoming = receive(&mut self.read, &mut self.receive_size) => self.incoming(incoming),
             }
         }
     }
+}
+
+/// The next message from the server. Between messages a connection holds
+/// no receive buffer (most of a polled session's life is between
+/// messages): it waits until the socket has data, then reads into a buffer
+/// the size of the last chunk it received. Cancel-safe: a message that has
+/// begun to arrive stays in the buffer.
+async fn receive(
+    read: &mut Reader,
+    receive_size: &mut usize,
+) -> Option<Result<Message, std::io::Error>> {
+    if read.read_buffer().is_empty() {
+        if read.read_buffer().capacity() > 0 {
+            *read.read_buffer_mut() = bytes::BytesMut::new();
+        }
+        if let Err(e) = read.get_ref().get_ref().readable().await {
+            return Some(Err(e));
+        }
+        read.read_buffer_mut().reserve(*receive_size);
+    }
+    let message = read.next().await;
+    if let Some(Ok(Message::Chunk(chunk))) = &message {
+        *receive_size = chunk.data.len().max(INITIAL_RECEIVE_BUFFER);
+    }
+    message
 }
 
 impl Transport for WireTransport {

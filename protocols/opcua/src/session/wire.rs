@@ -25,12 +25,14 @@ use tokio_util::codec::FramedRead;
 /// The receive buffer told to servers in Hello: no chunk may be larger.
 pub(crate) const RECEIVE_CHUNK_SIZE: usize = 65_536;
 
-/// The receive buffer a connection starts with, and keeps while the
-/// device's responses fit: a 50-value Read's response (~1.6 KiB) does; a
-/// larger one grows it (doubling until it fits), and it stays that size.
-/// tokio-util's default (8 KiB) was ~8 KiB of RSS per session (heap
-/// profile, BENCHMARKS.md).
-const INITIAL_RECEIVE_BUFFER: usize = 2 * 1024;
+/// The receive buffer a connection takes when data arrives, while the
+/// device's chunks fit: a 50-value Read's response (~1.6 KiB) does; a
+/// larger chunk grows it (doubling until it fits), and the next message
+/// starts from that chunk's size. Between messages the transport holds no
+/// buffer ([`super::transport`]). tokio-util's default (8 KiB, held for the
+/// connection's life) was ~8 KiB of RSS per session (heap profile,
+/// BENCHMARKS.md).
+pub(crate) const INITIAL_RECEIVE_BUFFER: usize = 2 * 1024;
 
 /// Message types a server may send (Part 6, 7.1.2).
 const TYPES: [&[u8; 3]; 6] = [b"ACK", b"ERR", b"OPN", b"MSG", b"CLO", b"RHE"];
@@ -65,6 +67,11 @@ fn refuse(msg: String) -> std::io::Error {
 }
 
 impl<R> Guarded<R> {
+    /// The stream it reads.
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// `max_message`: 0 for no limit.
     pub(crate) fn new(inner: R, max_chunk: usize, max_message: usize, plaintext: bool) -> Self {
         Self {
