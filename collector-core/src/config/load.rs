@@ -139,7 +139,8 @@ impl CollectorConfig {
             );
             return Err(errors);
         };
-        for (key, line, node) in entries {
+        for (key, line, node) in entries.iter() {
+            let line = &(*line as usize);
             let at = |e: ConfigError| e.at(path, None);
             macro_rules! section {
                 ($field:expr) => {
@@ -149,7 +150,7 @@ impl CollectorConfig {
                     }
                 };
             }
-            match key.as_str() {
+            match &**key {
                 "collector" => section!(cfg.collector),
                 "schedule" => section!(cfg.schedule),
                 "workers" => section!(cfg.workers),
@@ -400,15 +401,15 @@ fn collect_devices(
     for (i, item) in items.iter().enumerate() {
         let mut adapter_entries = Vec::new();
         if let Node::Map { entries, .. } = item {
-            for (key, line, value) in entries {
-                if owned.device_keys.contains(&key.as_str()) {
+            for (key, line, value) in entries.iter() {
+                if owned.device_keys.contains(&&**key) {
                     adapter_entries.push((key.clone(), *line, value.clone()));
-                } else if !RawDevice::FIELDS.contains(&key.as_str()) {
+                } else if !RawDevice::FIELDS.contains(&&**key) {
                     let mut fields = RawDevice::FIELDS.to_vec();
                     fields.extend_from_slice(owned.device_keys);
                     errors.push(
                         ConfigError::new(format!("devices[{i}]: unknown field `{key}`"))
-                            .at(file, Some(*line))
+                            .at(file, Some(*line as usize))
                             .hint(format!("device fields are {}", fields.join(", "))),
                     );
                 }
@@ -416,8 +417,8 @@ fn collect_devices(
         }
         let settings = Settings::from_node(
             Node::Map {
-                entries: adapter_entries,
-                line: item.line(),
+                entries: adapter_entries.into_boxed_slice(),
+                line: yaml::line32(item.line()),
             },
             file,
             Some(item.line()),

@@ -83,10 +83,7 @@ impl CollectorConfig {
     /// devices (the adapter checks its own part when it is created).
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::default();
-        let root = Node::Map {
-            entries: Vec::new(),
-            line: 0,
-        };
+        let root = Node::empty_map(0);
         check_sections(self, None, &root, &mut errors);
         let mut seen = std::collections::HashSet::new();
         for d in &self.devices {

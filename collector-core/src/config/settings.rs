@@ -76,7 +76,7 @@ impl Settings {
     /// The keys set, in the order written.
     pub fn keys(&self) -> Vec<&str> {
         match self.node.as_deref() {
-            Some(Node::Map { entries, .. }) => entries.iter().map(|(k, _, _)| k.as_str()).collect(),
+            Some(Node::Map { entries, .. }) => entries.iter().map(|(k, _, _)| &**k).collect(),
             _ => Vec::new(),
         }
     }
@@ -103,6 +103,26 @@ impl Settings {
         match self.node.as_ref().and_then(|n| n.get(key)) {
             None => Ok(T::default()),
             Some((node, _)) => super::yaml::deserialize(node, context).map_err(|e| self.place(e)),
+        }
+    }
+
+    /// The texts of the list of scalars under `key`, shared with these
+    /// settings rather than copied; `None` when `key` is missing or is not
+    /// a list of scalars. For an adapter that keeps many strings a device
+    /// (node ids): a devices file repeats a model's node ids on every
+    /// device, the file's parser keeps each distinct text once, and this
+    /// hands out that one allocation. Check the list with
+    /// [`Settings::get`] first: the texts are as written, untyped.
+    pub fn texts(&self, key: &str) -> Option<Vec<Arc<str>>> {
+        match self.node.as_ref()?.get(key)? {
+            (Node::Seq { items, .. }, _) => items
+                .iter()
+                .map(|item| match item {
+                    Node::Scalar { text, .. } => Some(text.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
         }
     }
 

@@ -7,7 +7,8 @@
 //! part is deserialized on its own with `serde_path_to_error`, and an error's
 //! path is walked back through the tree to find its line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -15,29 +16,56 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 use crate::error::ConfigError;
 
 /// A parsed YAML node with the 1-based line it starts on.
+///
+/// Kept for the daemon's life (a device's [`Settings`](super::Settings) is
+/// its entry's subtree), so it is compact: 24 bytes a node, slices sized
+/// exactly, lines as `u32`, and scalar texts shared. A devices file repeats
+/// the same node ids on every device of a model, and each repeat is the
+/// same `Arc<str>` (the parser interns scalars per document). At 2,000
+/// devices x 50 nodes the trees held ~2.8 KiB a device as `String`s, `Vec`s
+/// and `usize` lines (BENCHMARKS.md, "Toward the floor").
 #[derive(Debug, Clone)]
 pub(crate) enum Node {
     Scalar {
-        text: String,
+        text: Arc<str>,
         /// Plain (unquoted) scalars are typed (null, bool, number);
         /// quoted ones are always strings.
         plain: bool,
-        line: usize,
+        line: Line,
     },
     Seq {
-        items: Vec<Node>,
-        line: usize,
+        items: Box<[Node]>,
+        line: Line,
     },
     Map {
-        entries: Vec<(String, usize, Node)>,
-        line: usize,
+        entries: Box<[(Arc<str>, Line, Node)]>,
+        line: Line,
     },
+}
+
+/// A 1-based line number as the tree keeps it (a configuration file has
+/// far fewer than 2^32 lines; a larger number saturates).
+pub(crate) type Line = u32;
+
+/// `line` as the tree keeps it.
+pub(crate) fn line32(line: usize) -> Line {
+    Line::try_from(line).unwrap_or(Line::MAX)
 }
 
 impl Node {
     pub(crate) fn line(&self) -> usize {
         match self {
-            Node::Scalar { line, .. } | Node::Seq { line, .. } | Node::Map { line, .. } => *line,
+            Node::Scalar { line, .. } | Node::Seq { line, .. } | Node::Map { line, .. } => {
+                *line as usize
+            }
+        }
+    }
+
+    /// An empty mapping starting at `line`.
+    pub(crate) fn empty_map(line: usize) -> Node {
+        Node::Map {
+            entries: Box::default(),
+            line: line32(line),
         }
     }
 
@@ -46,8 +74,8 @@ impl Node {
         match self {
             Node::Map { entries, .. } => entries
                 .iter()
-                .find(|(k, _, _)| k == key)
-                .map(|(_, l, n)| (n, *l)),
+                .find(|(k, _, _)| &**k == key)
+                .map(|(_, l, n)| (n, *l as usize)),
             _ => None,
         }
     }
@@ -57,7 +85,7 @@ impl Node {
     pub(crate) fn from_json(value: &serde_json::Value) -> Node {
         use serde_json::Value as J;
         let scalar = |text: String, plain: bool| Node::Scalar {
-            text,
+            text: text.into(),
             plain,
             line: 0,
         };
@@ -65,7 +93,7 @@ impl Node {
             J::Null => scalar("null".into(), true),
             J::Bool(b) => scalar(b.to_string(), true),
             J::Number(n) => scalar(n.to_string(), true),
-            J::String(s) => scalar(s.clone(), false),
+            J::String(s) => scalar(s.as_str().into(), false),
             J::Array(items) => Node::Seq {
                 items: items.iter().map(Node::from_json).collect(),
                 line: 0,
@@ -73,7 +101,7 @@ impl Node {
             J::Object(map) => Node::Map {
                 entries: map
                     .iter()
-                    .map(|(k, v)| (k.clone(), 0, Node::from_json(v)))
+                    .map(|(k, v)| (k.as_str().into(), 0, Node::from_json(v)))
                     .collect(),
                 line: 0,
             },
@@ -87,9 +115,9 @@ impl Node {
         match self {
             Node::Scalar { text, plain, .. } => {
                 if !plain {
-                    return J::String(text.clone());
+                    return J::String(text.to_string());
                 }
-                match text.as_str() {
+                match &**text {
                     "" | "~" | "null" | "Null" | "NULL" => J::Null,
                     "true" | "True" | "TRUE" => J::Bool(true),
                     "false" | "False" | "FALSE" => J::Bool(false),
@@ -114,7 +142,7 @@ impl Node {
             Node::Map { entries, .. } => J::Object(
                 entries
                     .iter()
-                    .map(|(k, _, v)| (k.clone(), v.to_json()))
+                    .map(|(k, _, v)| (k.to_string(), v.to_json()))
                     .collect(),
             ),
         }
@@ -219,18 +247,16 @@ fn parse_with(text: &str, max_alias_nodes: usize, literal: bool) -> Result<Node,
     if !builder.errors.is_empty() {
         return Err(builder.errors);
     }
-    Ok(builder.root.unwrap_or(Node::Map {
-        entries: Vec::new(),
-        line: 1,
-    }))
+    Ok(builder.root.unwrap_or(Node::empty_map(1)))
 }
 
+/// An open sequence or mapping: its items so far, its line and anchor.
 enum Frame {
-    Seq(Vec<Node>, usize, usize),
+    Seq(Vec<Node>, Line, usize),
     Map(
-        Vec<(String, usize, Node)>,
-        Option<(String, usize)>,
-        usize,
+        Vec<(Arc<str>, Line, Node)>,
+        Option<(Arc<str>, Line)>,
+        Line,
         usize,
     ),
 }
@@ -249,6 +275,8 @@ struct Builder {
     alias_budget_spent: bool,
     /// Scalars as written: no `${VAR}` expansion.
     literal: bool,
+    /// Every scalar text so far, so repeats share one allocation.
+    texts: HashSet<Arc<str>>,
     errors: Vec<ConfigError>,
 }
 
@@ -266,6 +294,17 @@ impl Node {
 }
 
 impl Builder {
+    /// `text` as a shared allocation: the one already made for an equal
+    /// scalar of this document, or a new one.
+    fn intern(&mut self, text: String) -> Arc<str> {
+        if let Some(t) = self.texts.get(text.as_str()) {
+            return t.clone();
+        }
+        let t: Arc<str> = text.into();
+        self.texts.insert(t.clone());
+        t
+    }
+
     fn push_node(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
             let size = node.count();
@@ -289,7 +328,7 @@ impl Builder {
                                 ConfigError::new("mapping keys must be plain strings")
                                     .at(None, Some(line)),
                             );
-                            *pending = Some((String::new(), line));
+                            *pending = Some((Arc::from(""), line32(line)));
                         }
                     }
                 }
@@ -301,7 +340,8 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
-        let line = mark.line();
+        let at = mark.line();
+        let line = line32(at);
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let expanded = if self.literal {
@@ -314,12 +354,13 @@ impl MarkedEventReceiver for Builder {
                     Err(msg) => {
                         self.errors.push(
                             ConfigError::new(msg)
-                                .at(None, Some(line))
+                                .at(None, Some(at))
                                 .hint("export the variable or give a default: ${VAR:-default}"),
                         );
                         text
                     }
                 };
+                let text = self.intern(text);
                 let plain = style == TScalarStyle::Plain;
                 self.push_node(Node::Scalar { text, plain, line }, anchor);
             }
@@ -331,24 +372,26 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(items, line, anchor)) = self.stack.pop() {
+                    let items = items.into_boxed_slice();
                     self.push_node(Node::Seq { items, line }, anchor);
                 }
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(entries, _, line, anchor)) = self.stack.pop() {
+                    let entries = entries.into_boxed_slice();
                     self.push_node(Node::Map { entries, line }, anchor);
                 }
             }
             Event::Alias(id) => {
                 let placeholder = Node::Scalar {
-                    text: String::new(),
+                    text: Arc::from(""),
                     plain: true,
                     line,
                 };
                 match self.anchors.get(&id) {
                     None => {
                         self.errors
-                            .push(ConfigError::new("unknown YAML alias").at(None, Some(line)));
+                            .push(ConfigError::new("unknown YAML alias").at(None, Some(at)));
                         self.push_node(placeholder, 0);
                     }
                     Some(_) if self.alias_budget_spent => self.push_node(placeholder, 0),
@@ -359,7 +402,7 @@ impl MarkedEventReceiver for Builder {
                                 "YAML aliases expand to more than {} nodes; refused (an alias bomb?)",
                                 self.max_alias_nodes
                             ))
-                            .at(None, Some(line))
+                            .at(None, Some(at))
                             .hint("write the repeated parts out, or use fewer nested aliases"),
                         );
                         self.push_node(placeholder, 0);

@@ -255,9 +255,16 @@ impl OpcUaSettings {
             );
         }
         let texts = texts.unwrap_or_default();
+        // The texts as the settings hold them, shared by every device of
+        // the file that lists the same node id (checked as strings above).
+        let shared = s.texts("nodes").filter(|t| t.len() == texts.len());
         let mut nodes = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
-            match text.parse::<NodeAddress>() {
+            let parsed = match shared.as_ref().map(|t| &t[i]) {
+                Some(t) if **t == **text => NodeAddress::from_shared(t.clone()),
+                _ => text.parse::<NodeAddress>(),
+            };
+            match parsed {
                 Ok(n) => nodes.push(n),
                 Err(msg) => errors.push(
                     s.item_error("nodes", i, format!("device `{id}`: {msg}"))

@@ -95,6 +95,20 @@ impl std::str::FromStr for NodeAddress {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        NodeAddress::parse(text, None)
+    }
+}
+
+impl NodeAddress {
+    /// Parses `shared`, keeping that allocation as the node's text (no
+    /// copy) unless it has surrounding blanks to trim: the texts of a
+    /// devices file are shared by every device that lists the same node
+    /// id ([`Settings::texts`](collector_core::config::Settings::texts)).
+    pub fn from_shared(shared: Arc<str>) -> Result<Self, String> {
+        NodeAddress::parse(&shared.clone(), Some(shared))
+    }
+
+    fn parse(text: &str, shared: Option<Arc<str>>) -> Result<Self, String> {
         let t = text.trim();
         // Offsets into `t` are kept as u32: a node id is never 4 GiB.
         let offset = |part: &str| -> Result<u32, String> {
@@ -151,10 +165,14 @@ impl std::str::FromStr for NodeAddress {
                 "node id {text:?}: expected an identifier `i=`, `s=`, `g=` or `b=` (e.g. `ns=2;s=Tag1`)"
             ));
         };
+        let text = match shared {
+            Some(s) if s.len() == t.len() => s,
+            _ => Arc::from(t),
+        };
         Ok(NodeAddress {
             namespace,
             identifier,
-            text: Arc::from(t),
+            text,
         })
     }
 }

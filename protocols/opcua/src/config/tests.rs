@@ -2,6 +2,7 @@
 //! problem at its line.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 
@@ -51,6 +52,29 @@ fn loads_a_device_with_its_nodes_and_default_security() {
     assert_eq!(d.nodes.len(), 1);
     assert_eq!(d.security, DeviceSecurity::default());
     assert_eq!(node_count(&cfg), 1);
+}
+
+/// Devices of one file that list the same node ids hold one allocation
+/// per id between them (the file's text, shared by its settings and by
+/// every device's parsed node), not one per device; a padded id is still
+/// trimmed, in its own allocation.
+#[test]
+fn node_ids_repeated_across_a_file_share_one_text() {
+    let cfg = CollectorConfig::from_yaml(
+        "kafka:\n  brokers: k:9092\ndevices:\n  - id: a\n    endpoint: opc.tcp://h:4840\n    nodes: [\"ns=2;s=T1\", ns=2;s=T2]\n  - id: b\n    endpoint: opc.tcp://h:4841\n    nodes: [ns=2;s=T2, \"ns=2;s=T1\", \" ns=2;s=T3 \"]\n",
+        None,
+        &OpcUaConfig,
+    )
+    .unwrap();
+    let fleet = OpcUaSettings::from_config(&cfg).unwrap();
+    let a = fleet.device(&cfg.devices[0]).unwrap().nodes;
+    let b = fleet.device(&cfg.devices[1]).unwrap().nodes;
+    assert!(Arc::ptr_eq(a[0].text(), b[1].text()));
+    assert!(Arc::ptr_eq(a[1].text(), b[0].text()));
+    let written = cfg.devices[1].settings.texts("nodes").unwrap();
+    assert!(Arc::ptr_eq(&written[0], b[0].text()));
+    assert_eq!(&**b[2].text(), "ns=2;s=T3");
+    assert!(!Arc::ptr_eq(&written[2], b[2].text()));
 }
 
 #[test]
