@@ -140,7 +140,7 @@ impl CollectorConfig {
             return Err(errors);
         };
         for (key, line, node) in entries.iter() {
-            let line = &(*line as usize);
+            let line = *line as usize;
             let at = |e: ConfigError| e.at(path, None);
             macro_rules! section {
                 ($field:expr) => {
@@ -180,7 +180,7 @@ impl CollectorConfig {
                 other if adapter.sections().contains(&other) => {
                     cfg.protocol.insert(
                         other.to_string(),
-                        Settings::from_node(node.clone(), path, Some(*line)),
+                        Settings::from_node(node.clone(), path, Some(line)),
                     );
                 }
                 other => {
@@ -188,7 +188,7 @@ impl CollectorConfig {
                     sections.extend_from_slice(adapter.sections());
                     errors.push(
                         ConfigError::new(format!("unknown section `{other}`"))
-                            .at(path, Some(*line))
+                            .at(path, Some(line))
                             .hint(format!("sections are {}", sections.join(", "))),
                     )
                 }

@@ -84,16 +84,16 @@ impl Node {
     /// in code. Strings become quoted scalars, so they stay strings.
     pub(crate) fn from_json(value: &serde_json::Value) -> Node {
         use serde_json::Value as J;
-        let scalar = |text: String, plain: bool| Node::Scalar {
-            text: text.into(),
+        let scalar = |text: &str, plain: bool| Node::Scalar {
+            text: Arc::from(text),
             plain,
             line: 0,
         };
         match value {
-            J::Null => scalar("null".into(), true),
-            J::Bool(b) => scalar(b.to_string(), true),
-            J::Number(n) => scalar(n.to_string(), true),
-            J::String(s) => scalar(s.as_str().into(), false),
+            J::Null => scalar("null", true),
+            J::Bool(b) => scalar(if *b { "true" } else { "false" }, true),
+            J::Number(n) => scalar(&n.to_string(), true),
+            J::String(s) => scalar(s, false),
             J::Array(items) => Node::Seq {
                 items: items.iter().map(Node::from_json).collect(),
                 line: 0,
