@@ -9,6 +9,7 @@ cols = [
     ("points_per_s", "{:.0f}"), ("samples_read_per_s", "{:.0f}"), ("reads_per_s", "{:.1f}"),
     ("collector_cpu_percent_of_one_core", "{:.1f}"),
     ("collector_cpu_s_per_million_points", "{:.2f}"),
+    ("collector_cpu_us_per_session_per_s", "{:.3f}"), ("collector_to_simulator_cpu", "{:.2f}"),
     ("collector_peak_rss_mib", "{:.0f}"), ("collector_rss_per_session_kib", "{:.0f}"),
     ("lateness_p50_ms", "{}"), ("lateness_p99_ms", "{}"), ("read_p99_ms", "{}"),
     ("sample_to_ack_p99_ms", "{}"), ("records_lost", "{}"),
@@ -23,6 +24,11 @@ def fix(r):
     # CPU per point over the points read in the window (steady; deliveries
     # come in batch-interval steps), as opc-loadgen bench reports it now
     # (reports with samples_delivered count them on the topic already).
+    # Reports from before these two fields: computed the same way.
+    if "collector_cpu_us_per_session_per_s" not in r and r.get("window_s") and r.get("devices"):
+        r["collector_cpu_us_per_session_per_s"] = r["collector_cpu_s"] * 1e6 / r["window_s"] / r["devices"]
+    if "collector_to_simulator_cpu" not in r and r.get("simulator_cpu_s"):
+        r["collector_to_simulator_cpu"] = r["collector_cpu_s"] / r["simulator_cpu_s"]
     if "samples_delivered" in r:
         return
     pts = r.get("samples_read_per_s", 0) * r.get("window_s", 0)

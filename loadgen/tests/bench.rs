@@ -50,6 +50,8 @@ const NUMBERS: &[&str] = &[
     "ticks_skipped",
     "collector_cpu_s",
     "collector_cpu_percent_of_one_core",
+    "collector_cpu_us_per_session_per_s",
+    "collector_to_simulator_cpu",
     "collector_cpu_s_per_million_points",
     "collector_peak_rss_mib",
     "collector_rss_per_session_kib",
@@ -141,6 +143,7 @@ fn tiny_bench_reports_every_field_and_loses_nothing() {
         "simulator_cpu_covers",
         "mode",
         "bytes_covers",
+        "collector_cpu_clock",
     ] {
         assert!(r[k].is_string(), "`{k}` missing in {text}");
     }
@@ -157,6 +160,18 @@ fn tiny_bench_reports_every_field_and_loses_nothing() {
     assert!((16.0..=24.0).contains(&reads), "reads/s {reads}: {text}");
     assert!(n("window_s") >= 5.0, "{text}");
     assert!(n("collector_cpu_s") > 0.0, "{text}");
+    // Linux lets a parent read its child's CPU clock: nanoseconds, not ticks.
+    assert_eq!(r["collector_cpu_clock"], "cpu clock (ns)", "{text}");
+    let per_session = n("collector_cpu_s") * 1e6 / n("window_s") / 20.0;
+    assert!(
+        (n("collector_cpu_us_per_session_per_s") - per_session).abs() <= 1e-6 * per_session,
+        "{text}"
+    );
+    let ratio = n("collector_cpu_s") / n("simulator_cpu_s");
+    assert!(
+        (n("collector_to_simulator_cpu") - ratio).abs() <= 1e-9 * ratio,
+        "{text}"
+    );
     assert!(n("collector_peak_rss_mib") > 1.0, "{text}");
     assert!(n("simulator_cpu_s") > 0.0, "{text}");
     assert!(n("lateness_p50_ms") <= n("lateness_p99_ms"), "{text}");

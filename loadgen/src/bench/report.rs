@@ -90,8 +90,19 @@ pub struct Report {
     /// Ticks skipped in the window (device still busy).
     pub ticks_skipped: f64,
     // --- collector cost (window)
-    /// Collector user+sys CPU seconds in the window.
+    /// Collector user+sys CPU seconds in the window (the process's CPU
+    /// clock, nanosecond resolution; see `collector_cpu_clock`).
     pub collector_cpu_s: f64,
+    /// How the CPU seconds were read: `"cpu clock (ns)"`, or `"clock ticks"`
+    /// where the process's CPU clock could not be read.
+    pub collector_cpu_clock: String,
+    /// Collector CPU microseconds per session per second of the window (the
+    /// idle fleet's figure).
+    pub collector_cpu_us_per_session_per_s: f64,
+    /// collector_cpu_s / simulator_cpu_s: the collector's cost against the
+    /// same VM's cost of serving the same requests, steadier across days and
+    /// machines than either figure alone.
+    pub collector_to_simulator_cpu: f64,
     /// Collector CPU as a percentage of one core.
     pub collector_cpu_percent_of_one_core: f64,
     /// Collector CPU seconds per million points read (= microseconds per
@@ -264,6 +275,14 @@ impl Report {
                 "<= 3 %",
             ),
             (
+                "collector CPU per session",
+                format!(
+                    "{:.3} us per session per second",
+                    self.collector_cpu_us_per_session_per_s
+                ),
+                "idle <= 2 us",
+            ),
+            (
                 "collector CPU per point",
                 format!(
                     "{:.3} s per million points (us/point)",
@@ -309,6 +328,11 @@ impl Report {
             (
                 "simulator + mock Kafka CPU",
                 format!("{:.1} % of one core", self.simulator_cpu_percent),
+                "",
+            ),
+            (
+                "collector / simulator CPU",
+                format!("{:.2}", self.collector_to_simulator_cpu),
                 "",
             ),
             ("bytes on the wire", self.bytes_text(), ""),

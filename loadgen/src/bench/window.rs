@@ -172,6 +172,9 @@ pub(super) async fn measure(
         reads_failed: reads_all - reads,
         ticks_skipped: d("collector_schedule_ticks_skipped_total", &[]),
         collector_cpu_s: cpu,
+        collector_cpu_clock: procfs::cpu_source(pid).to_string(),
+        collector_cpu_us_per_session_per_s: cpu * 1e6 / window / f64::from(args.devices.max(1)),
+        collector_to_simulator_cpu: if f1 > f0 { cpu / (f1 - f0) } else { 0.0 },
         collector_cpu_percent_of_one_core: 100.0 * cpu / window,
         // Over the points read (steady): deliveries come in batch-interval
         // steps. Replaced by the count on the topic once it is read back.
