@@ -119,16 +119,6 @@ impl DeviceBoard {
         entry
     }
 
-    /// Every device's last successful read (for `state_dir/last_reads.json`).
-    pub(crate) fn last_successes(&self) -> Vec<(Arc<str>, DateTime<Utc>)> {
-        self.devices
-            .read()
-            .list
-            .values()
-            .filter_map(|(id, e)| e.lock().last_success.map(|at| (id.clone(), at)))
-            .collect()
-    }
-
     /// Forgets a device that was removed from the set.
     pub(crate) fn remove(&self, id: &str) {
         let mut all = self.devices.write();

@@ -291,11 +291,7 @@ impl Collector {
         let schedules_stop = CancellationToken::new();
         let backfills = TaskTracker::new();
         let watermarks_stop = CancellationToken::new();
-        let watermarks = tokio::spawn(
-            self.watermarks
-                .clone()
-                .run(self.board.clone(), watermarks_stop.clone()),
-        );
+        let watermarks = tokio::spawn(self.watermarks.clone().run(watermarks_stop.clone()));
         let ctx = Arc::new(ScheduleContext {
             pool: WorkerPool::new(cfg.workers.permits),
             records: record_tx,

@@ -34,7 +34,12 @@ pub(crate) async fn run_pushed(
     stop: CancellationToken,
 ) {
     status.lock().delivery = Delivery::Push;
-    let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status);
+    let t = DeviceTelemetry::new(
+        device.id.clone(),
+        ctx.stats.clone(),
+        status,
+        ctx.watermarks.clone(),
+    );
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let transition = |from: BreakerState, breaker: &Breaker| {

@@ -122,7 +122,12 @@ pub(crate) async fn run_device(
     let mut last_ok = known.or_else(|| ctx.watermarks.last(&device.id));
     let mut first = true;
     let mut missed = false;
-    let t = DeviceTelemetry::new(device.id.clone(), ctx.stats.clone(), status.clone());
+    let t = DeviceTelemetry::new(
+        device.id.clone(),
+        ctx.stats.clone(),
+        status.clone(),
+        ctx.watermarks.clone(),
+    );
     let mut breaker = Breaker::new(ctx.breaker.clone());
     metrics::gauge!(names::BREAKERS, "state" => breaker.state().label()).increment(1.0);
     let interval = device.interval;

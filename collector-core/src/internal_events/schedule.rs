@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
+use crate::backfill::Watermarks;
 use crate::breaker::{Breaker, BreakerState};
 use crate::device_status::DeviceStatus;
 use crate::error::ReadError;
@@ -22,6 +23,8 @@ pub(crate) struct DeviceTelemetry {
     pub(crate) device: Arc<str>,
     stats: Arc<Stats>,
     status: Arc<Mutex<DeviceStatus>>,
+    /// Where a success is reported for `state_dir/last_reads.json`.
+    watermarks: Arc<Watermarks>,
     ok: Counter,
     ticks: Counter,
     skipped: Counter,
@@ -38,11 +41,13 @@ impl DeviceTelemetry {
         device: Arc<str>,
         stats: Arc<Stats>,
         status: Arc<Mutex<DeviceStatus>>,
+        watermarks: Arc<Watermarks>,
     ) -> Self {
         Self {
             device,
             stats,
             status,
+            watermarks,
             ok: metrics::counter!(names::READS, "result" => "ok"),
             ticks: metrics::counter!(names::TICKS),
             skipped: metrics::counter!(names::TICKS_SKIPPED, "reason" => "overrun"),
@@ -151,10 +156,15 @@ impl ReadSucceeded<'_> {
         d.good.increment(g);
         d.uncertain.increment(u);
         d.bad.increment(b);
-        let mut st = d.status.lock();
-        self.after.record(d, &mut st);
-        st.reads_ok += 1;
-        st.last_success = Some(self.read_time);
+        {
+            let mut st = d.status.lock();
+            self.after.record(d, &mut st);
+            st.reads_ok += 1;
+            st.last_success = Some(self.read_time);
+        }
+        // After the status is let go: no lock is taken while another is
+        // held (see `Watermarks::persist`).
+        d.watermarks.moved(&d.device, self.read_time);
     }
 }
 
