@@ -42,7 +42,8 @@ pub(crate) struct Watermarks {
     /// Successes reported since the last `persist`, in the order they
     /// came (device, Unix nanoseconds). Each second looks only at these:
     /// scanning every device's status instead (2,000 locks, clones and
-    /// a list each second) was ~5 % of an idle fleet's CPU.
+    /// a list each second) cost an idle fleet 7–12 % of its CPU
+    /// (BENCHMARKS.md).
     moved: Mutex<Vec<(Arc<str>, i64)>>,
 }
 

@@ -42,18 +42,15 @@ pub fn clock_ticks_per_second() -> f64 {
 /// system), from its CPU clock; from `/proc/<pid>/stat` where the clock
 /// cannot be read.
 pub fn cpu_seconds(pid: Pid) -> anyhow::Result<f64> {
-    match cpu_clock_seconds(pid) {
-        Some(s) => Ok(s),
-        None => cpu_tick_seconds(pid),
-    }
+    cpu_reading(pid).map(|(s, _)| s)
 }
 
-/// Which source [`cpu_seconds`] reads for this process, for the report.
-pub fn cpu_source(pid: Pid) -> &'static str {
-    if cpu_clock_seconds(pid).is_some() {
-        "cpu clock (ns)"
-    } else {
-        "clock ticks"
+/// [`cpu_seconds`] with the source it read, for the report:
+/// `"cpu clock (ns)"` or `"clock ticks"`.
+pub fn cpu_reading(pid: Pid) -> anyhow::Result<(f64, &'static str)> {
+    match cpu_clock_seconds(pid) {
+        Some(s) => Ok((s, "cpu clock (ns)")),
+        None => Ok((cpu_tick_seconds(pid)?, "clock ticks")),
     }
 }
 

@@ -129,7 +129,7 @@ pub(super) async fn measure(
         peak_rss = peak_rss.max(procfs::rss_kib(pid)?);
     }
     let s1 = scrape(col)?;
-    let c1 = procfs::cpu_seconds(pid)?;
+    let (c1, cpu_clock) = procfs::cpu_reading(pid)?;
     let f1 = fleet.cpu_seconds()?;
     let window = t0.elapsed().as_secs_f64();
     let w1 = now_ms();
@@ -172,7 +172,7 @@ pub(super) async fn measure(
         reads_failed: reads_all - reads,
         ticks_skipped: d("collector_schedule_ticks_skipped_total", &[]),
         collector_cpu_s: cpu,
-        collector_cpu_clock: procfs::cpu_source(pid).to_string(),
+        collector_cpu_clock: cpu_clock.to_string(),
         collector_cpu_us_per_session_per_s: cpu * 1e6 / window / f64::from(args.devices.max(1)),
         collector_to_simulator_cpu: if f1 > f0 { cpu / (f1 - f0) } else { 0.0 },
         collector_cpu_percent_of_one_core: 100.0 * cpu / window,
