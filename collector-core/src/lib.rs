@@ -85,6 +85,7 @@ pub(crate) mod batcher;
 pub(crate) mod breaker;
 pub(crate) mod dispatcher;
 pub(crate) mod internal_events;
+pub(crate) mod last_reads;
 pub(crate) mod pipeline;
 pub(crate) mod push;
 pub(crate) mod reconcile;

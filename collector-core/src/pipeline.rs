@@ -10,7 +10,7 @@
 //! stops the replay, flushes the producer and the spill and closes
 //! sessions; nothing waits past the deadline.
 
-use crate::backfill::Watermarks;
+use crate::last_reads::Watermarks;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backfill::{self, Backfill, Watermarks};
+use crate::backfill::{self, Backfill};
 use crate::breaker::{Admit, Breaker, BreakerState};
 use crate::config::{BreakerConfig, Device};
 use crate::device_status::{DeviceBoard, DeviceStatus};
@@ -23,6 +23,7 @@ use crate::internal_events::schedule::{
     AfterRead, BreakerTransitioned, DeviceTelemetry, ReadFailed, ReadSucceeded, ReadTiming,
     TickFired, TickSkipped,
 };
+use crate::last_reads::Watermarks;
 use crate::metrics::{names, Stats};
 use crate::protocol::{Delivery, DeviceReader};
 use crate::record::{Record, Window};

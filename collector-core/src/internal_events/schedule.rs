@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 
-use crate::backfill::Watermarks;
 use crate::breaker::{Breaker, BreakerState};
 use crate::device_status::DeviceStatus;
 use crate::error::ReadError;
+use crate::last_reads::Watermarks;
 use crate::metrics::{names, Stats};
 use crate::protocol::SessionState;
 use crate::record::{Quality, Sample};
@@ -23,7 +23,7 @@ pub(crate) struct DeviceTelemetry {
     pub(crate) device: Arc<str>,
     stats: Arc<Stats>,
     status: Arc<Mutex<DeviceStatus>>,
-    /// Where a success is reported for `state_dir/last_reads.json`.
+    /// Where a success is reported for the last reads kept in `state_dir`.
     watermarks: Arc<Watermarks>,
     ok: Counter,
     ticks: Counter,
