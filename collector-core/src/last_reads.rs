@@ -261,11 +261,11 @@ fn compact(dir: &Path, journal: &mut Journal, lines: &[u8], snapshot: &str) -> s
     file.write_all(b"\n")?;
     file.write_all(lines)?;
     file.sync_data()?;
+    // Its directory fsync also makes the journal's name durable, when the
+    // journal was just made.
     crate::seq::write_durably(&dir.join(SNAPSHOT), snapshot)?;
     file.set_len(0)?;
     file.sync_all()?;
-    // The journal's own name, when it was just made.
-    File::open(dir)?.sync_all()?;
     journal.file = Some(file);
     journal.lines = 0;
     Ok(())
