@@ -13,9 +13,11 @@
 //! state machine), `connect` (opening one session), `namespaces` (the
 //! server's namespace array and configured `ns=` indexes), `backoff`, and
 //! `false_alarms` (the library's ERROR lines that security None is not),
-//! `wire` (the TCP connection, every incoming chunk header checked) and
+//! `wire` (the TCP connection, every incoming chunk header checked),
 //! `transport` (requests out and responses in over it, holding a send
-//! buffer only while a request is being sent).
+//! buffer only while a request is being sent) and `responses` (the
+//! requests in flight, their responses decoded; Read responses without the
+//! library's timestamp arithmetic).
 
 mod backoff;
 mod connect;
@@ -24,6 +26,7 @@ mod false_alarms;
 mod keep_alive;
 mod namespaces;
 mod pool;
+mod responses;
 mod transport;
 mod wire;
 

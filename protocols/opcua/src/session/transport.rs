@@ -9,11 +9,11 @@
 //! the encoded bytes only until the socket has taken them. Between
 //! responses it holds no receive buffer either: it waits until the socket
 //! is readable, then reads into a buffer the size of the last chunk.
-//! Receiving is async-opcua's own [`TransportState`] (chunk reassembly,
-//! security, request deadlines), fed through the chunk guard of
-//! [`super::wire`].
+//! Requests in flight and responses (chunk reassembly, security, request
+//! deadlines, decoding) are [`super::responses`], fed through the chunk
+//! guard of [`super::wire`].
 //!
-//! Encoding and securing chunks is async-opcua's too ([`Chunker`],
+//! Encoding and securing chunks is async-opcua's ([`Chunker`],
 //! `SecureChannel::apply_security`); what this module decides is only
 //! when buffers exist. It keeps the library's transport contract: `poll`
 //! finishes at most one await, so a `select!` that drops it loses nothing.
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use opcua::client::transport::{
     Connector, OutgoingMessage, SecureChannelState, Transport, TransportConfiguration,
-    TransportPollResult, TransportState,
+    TransportPollResult,
 };
 use opcua::client::ConnectionSource;
 use opcua::core::comms::buffer::SendBuffer;
@@ -32,13 +32,13 @@ use opcua::core::comms::sequence_number::SequenceNumberHandle;
 use opcua::core::comms::tcp_codec::Message;
 use opcua::core::comms::tcp_types::{AcknowledgeMessage, HelloMessage, MIN_CHUNK_SIZE};
 use opcua::core::{Message as _, RequestMessage};
-use opcua::crypto::SecurityPolicy;
 use opcua::types::{
     EndpointDescription, Error, MessageSecurityMode, SimpleBinaryEncodable, StatusCode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
+use super::responses::{signed, Requests};
 use super::wire::{connect_tcp, Reader, INITIAL_RECEIVE_BUFFER};
 
 /// Room a chunk may gain when it is signed or encrypted, over the chunk
@@ -82,12 +82,7 @@ impl Connector for WireConnector {
         let (mut read, mut write) = connect_tcp(&self.url, decoding, self.plaintext).await?;
         let ack = hello(&mut read, &mut write, &self.url, &config).await?;
         let limits = Limits::agreed(&config, &ack);
-        let state = TransportState::new(
-            channel,
-            outgoing_recv,
-            config.max_chunk_count,
-            ack.send_buffer_size.min(config.recv_buffer_size as u32) as usize,
-        );
+        let state = Requests::new(channel, outgoing_recv, config.max_chunk_count);
         Ok(WireTransport {
             state,
             read,
@@ -220,12 +215,11 @@ enum Closed {
 
 /// One connection's transport; see the module doc.
 pub(crate) struct WireTransport {
-    state: TransportState,
+    state: Requests,
     read: Reader,
     write: OwnedWriteHalf,
-    /// Hands out request ids: async-opcua's request bookkeeping
-    /// (`wait_for_outgoing_message`) takes them from a send buffer. Built
-    /// with no chunk room, it holds 1 KiB.
+    /// Hands out request ids, as async-opcua's send buffer does for its
+    /// own transport. Built with no chunk room, it holds 1 KiB.
     ids: SendBuffer,
     /// The next chunk's sequence number.
     sequence: SequenceNumberHandle,
@@ -250,7 +244,7 @@ impl WireTransport {
     /// refuses (too large, too many chunks) fails that request alone.
     fn encode(&mut self, request_id: u32, message: RequestMessage) -> TransportPollResult {
         let handle = message.request_handle();
-        let channel = self.state.channel_state.secure_channel().read();
+        let channel = self.state.channel.secure_channel().read();
         let mut storage = bytes::BytesMut::new();
         let mut chunks = Vec::new();
         let count = Chunker::encode_into(
@@ -284,7 +278,7 @@ impl WireTransport {
                 drop(channel);
                 let status = e.status();
                 tracing::debug!(url = %self.url, error = %e, "request not sent");
-                self.state.message_send_failed(request_id, e);
+                self.state.send_failed(request_id, e);
                 return TransportPollResult::RecoverableError(status);
             }
         };
@@ -293,11 +287,7 @@ impl WireTransport {
         // the agreed chunk size and the library's slack; a plaintext one is
         // copied as it is, so it gets only its own size (not a zeroed
         // 64 KiB per request).
-        let secured = channel.security_policy() != SecurityPolicy::None
-            && matches!(
-                channel.security_mode(),
-                MessageSecurityMode::Sign | MessageSecurityMode::SignAndEncrypt
-            );
+        let secured = signed(&channel);
         let room = |len: usize| {
             if secured {
                 len.max(self.limits.chunk) + SECURITY_SLACK
@@ -357,7 +347,7 @@ impl WireTransport {
                 tracing::debug!(url = %self.url, error = %e, "reading from the server failed");
                 TransportPollResult::Closed(StatusCode::BadConnectionClosed)
             }
-            Some(Ok(message)) => match self.state.handle_incoming_message(message) {
+            Some(Ok(message)) => match self.state.incoming(message) {
                 Ok(()) => TransportPollResult::IncomingMessage,
                 Err(e) => {
                     tracing::debug!(url = %self.url, error = %e, "closing the connection");
@@ -393,7 +383,7 @@ impl WireTransport {
                 return TransportPollResult::Closed(StatusCode::Good);
             }
             tokio::select! {
-                outgoing = self.state.wait_for_outgoing_message(&mut self.ids) => {
+                outgoing = self.state.next_request(&mut self.ids) => {
                     let Some((message, request_id)) = outgoing else {
                         return TransportPollResult::Closed(StatusCode::Good);
                     };
