@@ -23,7 +23,6 @@ use opcua::core::comms::chunker::Chunker;
 use opcua::core::comms::message_chunk::{MessageChunk, MessageFinalError, MessageIsFinalType};
 use opcua::core::comms::secure_channel::SecureChannel;
 use opcua::core::comms::sequence_number::SequenceNumberHandle;
-use opcua::core::comms::tcp_codec::Message;
 use opcua::core::{RequestMessage, ResponseMessage};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{Error, MessageSecurityMode, OpenSecureChannelResponse, StatusCode, UAString};
@@ -121,26 +120,8 @@ impl Requests {
         }
     }
 
-    /// One message from the server. An error ends the connection.
-    pub(super) fn incoming(&mut self, message: Message) -> Result<(), Error> {
-        match message {
-            Message::Chunk(chunk) => self.chunk(chunk),
-            Message::Error(e) => Err(Error::new(
-                e.error,
-                format!("Received error from server. Reason: {}", e.reason),
-            )),
-            Message::Acknowledge(_) => Err(Error::new(
-                StatusCode::BadUnexpectedError,
-                "Received an unexpected ACK from the server",
-            )),
-            other => Err(Error::new(
-                StatusCode::BadUnexpectedError,
-                format!("Expected a chunk or error, got {other:?}"),
-            )),
-        }
-    }
-
-    fn chunk(&mut self, chunk: MessageChunk) -> Result<(), Error> {
+    /// One chunk from the server. An error ends the connection.
+    pub(super) fn chunk(&mut self, chunk: MessageChunk) -> Result<(), Error> {
         let (chunk, info, options) = {
             let channel = self.channel.secure_channel().read();
             let chunk = channel.verify_and_remove_security(chunk.data)?;

@@ -347,13 +347,23 @@ impl WireTransport {
                 tracing::debug!(url = %self.url, error = %e, "reading from the server failed");
                 TransportPollResult::Closed(StatusCode::BadConnectionClosed)
             }
-            Some(Ok(message)) => match self.state.incoming(message) {
+            Some(Ok(Message::Chunk(chunk))) => match self.state.chunk(chunk) {
                 Ok(()) => TransportPollResult::IncomingMessage,
                 Err(e) => {
                     tracing::debug!(url = %self.url, error = %e, "closing the connection");
                     TransportPollResult::Closed(e.status())
                 }
             },
+            // The server's reason is the one place it says why it ends the
+            // connection (async-opcua logged it as an error).
+            Some(Ok(Message::Error(e))) => {
+                tracing::warn!(url = %self.url, status = %e.error, reason = %e.reason, "the server sent Error and ends the connection");
+                TransportPollResult::Closed(e.error)
+            }
+            Some(Ok(other)) => {
+                tracing::debug!(url = %self.url, message = ?other, "unexpected message instead of a chunk; closing the connection");
+                TransportPollResult::Closed(StatusCode::BadUnexpectedError)
+            }
         }
     }
 
