@@ -284,12 +284,7 @@ async fn a_wrong_password_fails_that_device_alone_under_backoff() {
         assert_eq!(s.reads_failed, 0, "{s:?}");
         assert_eq!(stats[i].connection_attempts, 2, "discovery + one session");
     }
-    let consumed =
-        support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
-    assert_eq!(consumed.messages as u64, totals.reads_ok);
-    for (device, records) in &consumed.by_device {
-        support::assert_gap_free(device, records);
-    }
+    support::assert_all_delivered(kafka.bootstrap_servers(), &totals).await;
     sim.shutdown().await;
 }
 
@@ -336,12 +331,7 @@ async fn secure_channels_are_renewed_without_a_lost_read() {
             stats[i]
         );
     }
-    let consumed =
-        support::consume(kafka.bootstrap_servers(), totals.records_delivered as usize).await;
-    assert_eq!(consumed.messages as u64, totals.reads_ok);
-    for (device, records) in &consumed.by_device {
-        support::assert_gap_free(device, records);
-    }
+    support::assert_all_delivered(kafka.bootstrap_servers(), &totals).await;
     sim.shutdown().await;
 }
 

@@ -75,6 +75,17 @@ pub async fn consume(bootstrap: &str, expected: usize) -> Consumed {
     consume_topic(bootstrap, TOPIC, expected).await
 }
 
+/// What a run delivered is on the topic: one record per successful read,
+/// each device's sequence gap-free. Returns it for further checks.
+pub async fn assert_all_delivered(bootstrap: &str, totals: &StatsSnapshot) -> Consumed {
+    let consumed = consume(bootstrap, totals.records_delivered as usize).await;
+    assert_eq!(consumed.messages as u64, totals.reads_ok);
+    for (device, records) in &consumed.by_device {
+        assert_gap_free(device, records);
+    }
+    consumed
+}
+
 /// Every message on `topic`, unparsed, once `expected` arrived and the
 /// topic stayed quiet for 5 s.
 pub async fn consume_messages(
